@@ -1,0 +1,48 @@
+# effsmall: two commands on a fresh machine.
+#   make test   set up .venv, run the package tests and every chapter under nbval
+#   make book   set up .venv, build the HTML book from the stored notebook outputs
+# Also: make lab, make execute NB=chapters/01_why_efficiency.ipynb, make bench SUITE=ceilings
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.effsmall-installed
+JOBS    ?= 2
+NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
+
+.PHONY: setup test test-package test-chapters book lab execute bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+test: test-package test-chapters
+
+test-package: setup
+	$(PY) -m pytest -q -n $(JOBS) tests
+
+test-chapters: setup
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile $(NBVAL) chapters
+
+book: setup
+	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going --quiet
+	@echo "$(CURDIR)/_build/html/index.html"
+
+lab: setup
+	$(VENV)/bin/jupyter lab chapters
+
+# Re-execute one chapter in place (refreshes its stored outputs), e.g. make execute NB=chapters/02_*.ipynb
+execute: setup
+	@test -n "$(NB)" || (echo "usage: make execute NB=chapters/NN_name.ipynb" && exit 2)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NB)
+
+bench: setup
+	$(PY) -m effsmall.bench $(SUITE) $(BENCH_ARGS)
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,57 @@
+"""Timing that is fair to each device.
+
+GPU: ``triton.testing.do_bench`` (CUDA events, warm-up, median of many runs; with
+``cuda_graph=True`` it replays a captured CUDA graph, which removes launch gaps).
+CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks of runs).
+Both return **seconds**.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+
+def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool = False,
+              warmup_ms: float = 25, rep_ms: float = 100, min_run_time: float = 0.2) -> float:
+    """Median run time of ``fn()`` in seconds."""
+    if str(device).startswith("cuda"):
+        import triton.testing as tt
+
+        if cuda_graph:
+            ms = tt.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
+        else:
+            ms = tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+        return ms / 1e3
+    import torch.utils.benchmark as tb
+
+    fn()  # warm-up (allocations, lazy initialisation)
+    m = tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    return m.median
+
+
+def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
+    """Peak bytes allocated while ``fn()`` runs, above what was allocated before.
+
+    CUDA: the caching allocator's peak counter. CPU: torch's profiler memory events
+    (what torch allocated for tensors; the Python heap is not counted).
+    """
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Walk allocation events in time order and track the running total.
+    events = sorted((e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+                    key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.cpu_memory_usage
+        peak = max(peak, cur)
+    return peak

@@ -1,0 +1,80 @@
+"""Where code runs: CUDA or CPU, compiled Triton or the Triton interpreter.
+
+Triton reads ``TRITON_INTERPRET`` when a function is decorated with ``@triton.jit``, so the
+choice must be made before any kernel module is imported. ``effsmall/__init__.py`` calls
+:func:`configure_triton_interpreter` first thing.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def configure_triton_interpreter() -> bool:
+    """Turn on the Triton interpreter when there is no CUDA device (respecting a user's choice).
+
+    Returns True when kernels will be interpreted on the CPU.
+    """
+    if "TRITON_INTERPRET" not in os.environ and not cuda_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return interpreting()
+
+
+def interpreting() -> bool:
+    """True when ``@triton.jit`` kernels run in the interpreter (on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - triton is a dependency of the book's environment
+        return False
+    return True
+
+
+def triton_device_ok(t: torch.Tensor) -> bool:
+    """Can a Triton kernel take this tensor? CUDA tensors when compiled, CPU tensors when interpreted."""
+    if not triton_available():
+        return False
+    return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def compute_capability(device_index: int = 0) -> tuple[int, int] | None:
+    if not cuda_available():
+        return None
+    return torch.cuda.get_device_capability(device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def tensor_cores_in_triton(device_index: int = 0) -> bool:
+    """Triton >= 3.3 emits tensor-core ``tl.dot`` only on compute capability >= 8.0.
+
+    On older GPUs (Colab's free T4 is sm75) ``tl.dot`` falls back to FMA instructions. Kernels
+    call :func:`warn_once` with this fact and pick their documented fallback.
+    """
+    cc = compute_capability(device_index)
+    return cc is not None and cc >= (8, 0)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Say something once per process (used for fallbacks, so a loop does not flood the output)."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if cuda_available() else "cpu")
