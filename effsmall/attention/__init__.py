@@ -1,0 +1,32 @@
+"""The attention ladder (chapters 3–7): quadratic attention → safe/online softmax → tiled
+attention (FlashAttention loop orders) → recomputation backward → FlashAttention-2 style Triton.
+
+Shapes: q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0`` (GQA/MQA);
+``scale`` defaults to ``D**-0.5``; ``causal`` is aligned bottom-right when ``Nq != Nk``; a
+query row that sees no key returns zeros.
+"""
+from effsmall._lazy import lazy_exports
+
+_EXPORTS = {
+    # naive.py — materializes S and P
+    "naive_attention": "naive",
+    "attention_mask": "naive",
+    # online_softmax.py — softmax three ways
+    "naive_softmax": "online_softmax",
+    "safe_softmax": "online_softmax",
+    "online_softmax": "online_softmax",
+    # tiled.py — pure-torch tiling, both loop orders
+    "tiled_attention": "tiled",
+    # backward.py — recomputation-based backward
+    "tiled_attention_backward": "backward",
+    # io_complexity.py — counting HBM bytes
+    "io_traffic": "io_complexity",
+    # block.py — a Transformer block done right (pre-norm, residuals, causal, GQA)
+    "TransformerBlock": "block",
+    # flash_triton.py — Triton forward + backward kernels in an autograd Function
+    "flash_attention": "flash_triton",
+    # varlen.py — packed sequences
+    "flash_attention_varlen": "varlen",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

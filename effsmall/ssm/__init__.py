@@ -1,0 +1,41 @@
+"""The state space ladder (chapters 8–11): the (A, B, C, D) recurrence → discretization →
+convolution → selective scan (Mamba) → semiseparable matrices → chunked SSD (Mamba-2) → Triton.
+
+SSD shapes (Mamba-2): X ``(b, l, h, p)``, A ``(b, l, h)`` per-step log decay (Δ·A ≤ 0),
+B and C ``(b, l, g, n)`` with ``h % g == 0``, states ``(b, h, p, n)``.
+"""
+from effsmall._lazy import lazy_exports
+
+_EXPORTS = {
+    # lti.py — linear time-invariant SSMs
+    "discretize": "lti",
+    "ssm_recurrent": "lti",
+    "ssm_kernel": "lti",
+    "ssm_convolution": "lti",
+    "LTISSMLayer": "lti",
+    # selective_scan.py — Mamba-1 selective scan in torch
+    "selective_scan_sequential": "selective_scan",
+    "selective_scan_parallel": "selective_scan",
+    # selective_scan_triton.py
+    "selective_scan_triton": "selective_scan_triton",
+    # ssd_recurrent.py — the SSD recurrence and stable segment sums
+    "segsum": "ssd_recurrent",
+    "ssd_recurrent": "ssd_recurrent",
+    # semiseparable.py — SSMs as matrices, the attention-like dual
+    "ssm_matrix": "semiseparable",
+    "ssd_quadratic": "semiseparable",
+    "is_semiseparable": "semiseparable",
+    "offdiagonal_ranks": "semiseparable",
+    "linear_attention": "semiseparable",
+    "structured_masked_attention": "semiseparable",
+    # ssd_chunked.py — the four-step chunked algorithm in readable torch
+    "ssd_chunked": "ssd_chunked",
+    # ssd_triton.py — Triton forward and backward
+    "ssd_triton": "ssd_triton",
+    # mamba_api.py — drop-in for mamba_ssm's function of the same name
+    "mamba_chunk_scan_combined": "mamba_api",
+    # mamba2_block.py — the Mamba-2 layer with recurrent step
+    "Mamba2Block": "mamba2_block",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)
