@@ -1,0 +1,55 @@
+"""The benchmark harness: CLI writes valid JSON; committed results load; timing works."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from effsmall.bench import benchmark, list_results, load_result, plot_rows
+from effsmall.bench.timing import peak_memory
+
+
+def test_cli_ceilings_cpu(tmp_path):
+    out = tmp_path / "c.json"
+    subprocess.run([sys.executable, "-m", "effsmall.bench", "ceilings", "--device", "cpu", "--quick",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    data = json.loads(out.read_text())
+    assert data["suite"] == "ceilings"
+    for key in ("device_name", "torch", "triton", "date"):
+        assert data["env"][key] is not None
+    assert any(r["op"] == "copy" for r in data["rows"])
+    assert data["summary"]["peak_flops"] > 0
+
+
+def test_cli_rejects_unknown_suite():
+    r = subprocess.run([sys.executable, "-m", "effsmall.bench", "nope"], capture_output=True, text=True)
+    assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+def test_committed_h100_ceilings():
+    assert any(n.startswith("ceilings-") for n in list_results())
+    res = load_result("ceilings", device="H100")
+    assert "H100" in res["env"]["device_name"]
+    s = res["summary"]
+    assert 1e12 < s["copy_bandwidth_Bps"] < 4e12          # HBM3, bytes read + written
+    assert 2e14 < s["matmul_flops"]["bf16"] < 1e15         # below the 989 TFLOP/s datasheet peak
+    with pytest.raises(FileNotFoundError):
+        load_result("ceilings", device="no such device")
+
+
+def test_benchmark_and_peak_memory_cpu():
+    import torch
+
+    t = benchmark(lambda: torch.ones(1000).sum(), device="cpu", min_run_time=0.01)
+    assert 0 < t < 0.1
+    n = 1 << 20
+    peak = peak_memory(lambda: torch.empty(n, dtype=torch.float32).fill_(1.0), device="cpu")
+    assert peak >= 4 * n
+
+
+def test_plot_rows():
+    import matplotlib
+    matplotlib.use("Agg")
+    rows = [dict(N=n, ms=n / 100, impl=i) for n in (1, 2, 4) for i in ("a", "b")]
+    ax = plot_rows(rows, "N", "ms", hue="impl")
+    assert len(ax.lines) == 2
