@@ -1,0 +1,113 @@
+"""Chunked SSD: the block decomposition of Mamba-2 (Dao & Gu 2024, §6) in readable torch.
+
+Cut the sequence into chunks of Q = ``chunk_size`` steps. The semiseparable matrix
+M = L ∘ (C Bᵀ) then splits into Q×Q blocks:
+
+1. **diagonal blocks** (intra-chunk): Y_diag = (L ∘ C Bᵀ) X inside each chunk — quadratic,
+   attention-like, all matmuls;
+2. **chunk states**: the state each chunk produces on its own, s_c = Σ_t exp(a_{t+1}+…+a_end) x_t B_tᵀ;
+3. **state passing**: a short recurrence over chunks, h_c = exp(Σ a over chunk c) h_{c-1} + s_c;
+4. **state to output**: the off-diagonal blocks are low rank through the state,
+   Y_off[t] = exp(a_start + … + a_t) · h_{c-1} C_t.
+
+Y = Y_diag + Y_off equals the recurrence exactly for every chunk size (chunking is a choice of
+evaluation order, not of model). Packed sequences (``seq_idx``): a new sequence starts wherever
+seq_idx[t] != seq_idx[t-1]; the state is reset to zero there (decay across the boundary is cut),
+so each sequence gives what ``ssd_recurrent`` gives on it alone. ``initial_states`` feed the first
+sequence of each row; ``final_states`` are the state after the last step (of the last sequence).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from effsmall.ssm._ssd_checks import check_ssd_inputs, compute_dtype, segment_ids
+from effsmall.ssm.ssd_recurrent import segsum
+
+
+def _pad_to_chunks(t: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
+    """Pad the time axis (dim 1) at the end by ``pad`` steps."""
+    if pad == 0:
+        return t
+    widths = [0, 0] * (t.dim() - 2) + [0, pad]  # F.pad lists the last dims first
+    return F.pad(t, widths, value=value)
+
+
+def ssd_chunked(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+                initial_states: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD forward. Same maths and shapes as :func:`ssd_recurrent`, plus ``seq_idx (b, l)``.
+
+    Any ``l``: the tail is padded with x = 0, B = C = 0 and a = 0 (decay 1), which leaves the
+    outputs and the final state unchanged. Returns ``(Y (b, l, h, p), final_states (b, h, p, n))``.
+    """
+    b, l, h, p, g, n = check_ssd_inputs(X, A, B, C, initial_states, seq_idx, chunk_size)
+    dt = compute_dtype(X, A, B, C)
+    Q = chunk_size
+    nc = -(-l // Q)  # number of chunks
+    pad = nc * Q - l
+    x = _pad_to_chunks(X.to(dt), pad).reshape(b, nc, Q, h, p)  # (b, c, Q, h, p)
+    a = _pad_to_chunks(A.to(dt), pad).reshape(b, nc, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    Bh = _pad_to_chunks(B.to(dt), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
+    Ch = _pad_to_chunks(C.to(dt), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
+    if seq_idx is not None:
+        seg = segment_ids(seq_idx)  # (b, l)
+        seg = torch.cat([seg, seg[:, -1:].expand(b, pad)], dim=1).reshape(b, nc, Q)  # (b, c, Q)
+    else:
+        seg = torch.zeros(b, nc, Q, dtype=torch.int64, device=X.device)  # (b, c, Q)
+
+    # decay[..., i, j] = exp(a_{j+1} + ... + a_i): the diagonal blocks of L, cut at sequence starts.
+    decay = torch.exp(segsum(a))  # (b, h, c, Q, Q)
+    same_seq = seg[:, :, :, None] == seg[:, :, None, :]  # (b, c, Q, Q)
+    decay = decay * same_seq[:, None]
+
+    # 1. diagonal blocks: Y_diag[t] = Σ_{s ≤ t} (C_t·B_s) L[t, s] x_s
+    scores = torch.einsum("bcthn,bcshn->bhcts", Ch, Bh)  # (b, h, c, Q, Q)
+    Y_diag = torch.einsum("bhcts,bcshp->bcthp", scores * decay, x)  # (b, c, Q, h, p)
+
+    # 2. chunk states: what each chunk writes into the state by its end (decay from s to the end).
+    to_end = decay[..., -1, :]  # (b, h, c, Q): exp(a_{s+1} + ... + a_{Q-1}), 0 if a sequence starts after s
+    states = torch.einsum("bcshn,bhcs,bcshp->bchpn", Bh, to_end, x)  # (b, c, h, p, n)
+
+    # 3. state passing over chunks: h_in[c] is the state entering chunk c.
+    chunk_decay = torch.exp(a.sum(dim=-1))  # (b, h, c)
+    seg_before = torch.cat([torch.zeros_like(seg[:, :1, 0]), seg[:, :-1, -1]], dim=1)  # (b, c): sequence of the step before chunk c
+    survives = (seg[:, :, -1] == seg_before).to(dt)  # (b, c): no sequence starts inside chunk c
+    h_in = [torch.zeros(b, h, p, n, dtype=dt, device=X.device) if initial_states is None
+            else initial_states.to(dt)]
+    for c in range(nc):
+        carry = (chunk_decay[:, :, c] * survives[:, c, None])[:, :, None, None]  # (b, h, 1, 1)
+        h_in.append(carry * h_in[-1] + states[:, c])  # (b, h, p, n)
+    final_states = h_in[-1]
+    h_prev = torch.stack(h_in[:-1], dim=1)  # (b, c, h, p, n)
+
+    # 4. state to output: Y_off[t] = exp(a_0 + ... + a_t) · h_prev C_t, only while still in the carried sequence.
+    from_start = torch.exp(torch.cumsum(a, dim=-1))  # (b, h, c, Q)
+    from_start = from_start * (seg == seg_before[:, :, None])[:, None]  # (b, h, c, Q)
+    Y_off = torch.einsum("bcthn,bchpn,bhct->bcthp", Ch, h_prev, from_start)  # (b, c, Q, h, p)
+
+    Y = (Y_diag + Y_off).reshape(b, nc * Q, h, p)[:, :l]  # (b, l, h, p)
+    return Y.to(X.dtype), final_states
+
+
+def ssd_chunked_cost(b: int, l: int, h: int, p: int, n: int, chunk_size: int, g: int = 1,
+                     bytes_per_element: int = 2) -> dict:
+    """FLOPs and HBM bytes of the four chunked steps (multiply-add = 2 FLOPs).
+
+    Per chunk of Q steps and head: C Bᵀ (2Q²n), masked (·)X (2Q²p), chunk state Bᵀ(decay·x)
+    (2Qpn), state to output C h (2Qpn); state passing 2pn per chunk. The minimal HBM traffic
+    reads X, A, B, C and writes Y; a step-by-step implementation also writes and reads the
+    (b, c, h, p, n) chunk states (in fp32) between kernels. Small Q: more states; large Q: more
+    quadratic FLOPs — the trade-off the chunk size tunes.
+    """
+    nc = -(-l // chunk_size)
+    Q = chunk_size
+    flops_intra = b * h * nc * (2 * Q * Q * n + 2 * Q * Q * p) // 2  # causal half of the Q×Q block
+    flops_states = b * h * nc * 2 * Q * p * n
+    flops_out = b * h * nc * 2 * Q * p * n
+    flops_pass = b * h * nc * 2 * p * n
+    io = bytes_per_element * (2 * b * l * h * p + 2 * b * l * g * n) + 4 * b * l * h
+    state_bytes = 4 * b * nc * h * p * n
+    return {"flops": flops_intra + flops_states + flops_out + flops_pass,
+            "flops_intra": flops_intra, "flops_states": flops_states + flops_out + flops_pass,
+            "bytes_min": io, "bytes_states": 2 * state_bytes, "bytes_unfused": io + 2 * state_bytes}
