@@ -1,0 +1,712 @@
+"""FlashAttention-2 in Triton: forward and backward kernels in a ``torch.autograd.Function``.
+
+References: {cite}`dao2022flashattention` (tiling + recomputation), {cite}`dao2023flashattention2`
+(§3.1 forward with the outer loop over query blocks, §3.2 backward, §3.3 parallelism),
+{cite}`tillet2019triton` (the language).
+
+Notation (book/notation.md): for a block of ``BLOCK_M`` query rows the forward keeps, per row,
+the running maximum ``m_i`` and running sum ``l_i`` of the online softmax and an unnormalized
+output ``acc``; after the last key block ``O_i = acc / l_i`` and ``lse_i = m_i + log l_i``.
+Scores are kept in base 2: ``s = (q·k) · scale · log2(e)`` so each exponential is one ``exp2``.
+
+Masking: key ``j`` is visible from query ``i`` iff ``j < Nk`` and
+``i + off + lo <= j <= i + off + hi`` with ``off = Nk - Nq`` (bottom-right alignment),
+``(lo, hi) = (-left, right)`` from ``window`` (±∞ when absent) and ``hi <= 0`` when causal.
+Each program splits its key range into blocks that are *fully visible* (no mask arithmetic at
+all) and *boundary* blocks (diagonal, window edge, last partial block) where the mask is built;
+invisible blocks are never visited (causal block skipping). A query row that sees no key
+returns zeros (``l_i = 0``), and stores ``lse = +inf`` internally so the backward's
+``P = exp(S - lse)`` is 0 for it.
+
+Backward (FA2 §3.2): a preprocess kernel computes ``Delta_i = rowsum(dO_i ∘ O_i)``; one
+kernel per key block loops over the query blocks (and over the ``Hq/Hk`` query heads of its
+GQA group, so dK and dV are reduced in registers without atomics) and accumulates
+``dV += Pᵀ dO`` and ``dK += dSᵀ Q``; another per query block accumulates ``dQ += dS K``, with
+``dS = P ∘ (dP − Delta)``, ``dP = dO Vᵀ``.
+
+Where it runs: CUDA tensors on GPUs of compute capability ≥ 8.0 (autotuned); CPU tensors under
+the Triton interpreter (``TRITON_INTERPRET=1``, one fixed configuration, fp32/fp16 — bfloat16
+inputs are computed in fp32 there and cast back, with a one-time warning). On older GPUs
+(Turing T4, sm75) Triton ≥ 3.3 has no tensor-core ``tl.dot``; there the function warns once
+and computes with the pure-torch :func:`effsmall.attention.tiled_attention` (or
+:func:`effsmall.attention.naive_attention` when a window is given) — correct, not fast.
+Head dims 16..256 are supported; non-powers of two (96, 192) are padded to the next power of
+two inside the kernels with masked loads.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from effsmall.runtime import interpreting, tensor_cores_in_triton, warn_once
+
+__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs"]
+
+LOG2E = 1.4426950408889634
+_BIG = 1 << 30  # "no window edge": far beyond any sequence length, still safe in int32
+
+
+# ---------------------------------------------------------------------------------------------
+# Index helpers (shared by the forward and backward kernels)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _visible(offs_m, offs_n, n_len, OFF, LO, HI):
+    """Boolean (BLOCK_M, BLOCK_N): query offs_m sees key offs_n."""
+    rel = offs_n[None, :] - offs_m[:, None] - OFF                     # (BLOCK_M, BLOCK_N) j - i - off
+    return (offs_n[None, :] < n_len) & (rel >= LO) & (rel <= HI)
+
+
+@triton.jit
+def _key_ranges(m0, m_last, n_len, OFF, LO, HI, BLOCK_N: tl.constexpr):
+    """Key blocks a query block [m0, m_last] visits: [start, full_lo) boundary, [full_lo, full_hi)
+    fully visible, [full_hi, end) boundary. All multiples of BLOCK_N except ``end``."""
+    k_lo = tl.maximum(m0 + OFF + LO, 0)
+    k_hi = tl.minimum(m_last + OFF + HI + 1, n_len)
+    k_hi = tl.maximum(k_hi, k_lo)
+    start = (k_lo // BLOCK_N) * BLOCK_N
+    full_lo = tl.cdiv(tl.maximum(m_last + OFF + LO, k_lo), BLOCK_N) * BLOCK_N
+    full_hi = (tl.minimum(m0 + OFF + HI + 1, k_hi) // BLOCK_N) * BLOCK_N
+    end_blk = tl.cdiv(k_hi, BLOCK_N) * BLOCK_N
+    no_full = full_hi <= full_lo
+    full_lo = tl.where(no_full, end_blk, full_lo)
+    full_hi = tl.where(no_full, end_blk, full_hi)
+    return start, full_lo, full_hi, k_hi
+
+
+@triton.jit
+def _query_ranges(n0, n_last, m_len, OFF, LO, HI, BLOCK_M: tl.constexpr):
+    """Query blocks a key block [n0, n_last] is seen from (the transpose of ``_key_ranges``)."""
+    q_lo = tl.maximum(n0 - OFF - HI, 0)
+    q_hi = tl.minimum(n_last - OFF - LO + 1, m_len)
+    q_hi = tl.maximum(q_hi, q_lo)
+    start = (q_lo // BLOCK_M) * BLOCK_M
+    full_lo = tl.cdiv(tl.maximum(n_last - OFF - HI, q_lo), BLOCK_M) * BLOCK_M
+    full_hi = (tl.minimum(n0 - OFF - LO + 1, q_hi) // BLOCK_M) * BLOCK_M
+    end_blk = tl.cdiv(q_hi, BLOCK_M) * BLOCK_M
+    no_full = full_hi <= full_lo
+    full_lo = tl.where(no_full, end_blk, full_lo)
+    full_hi = tl.where(no_full, end_blk, full_hi)
+    return start, full_lo, full_hi, q_hi
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, b, N, VARLEN: tl.constexpr):
+    """(start row, length) of sequence b: packed (cu_seqlens) or dense (0, N)."""
+    if VARLEN:
+        start = tl.load(cu_ptr + b)
+        length = tl.load(cu_ptr + b + 1) - start
+    else:
+        start = tl.full([], 0, tl.int32)
+        length = N + start
+    return start, length
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
+              n_len, OFF, LO, HI, qk_scale,
+              MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of the online softmax (FA2 Algorithm 1, inner loop body)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)                                # (BLOCK_N,) key rows
+    d_ok = offs_d[None, :] < D                                         # (1, BLOCK_D)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if MASKED:
+        n_ok = offs_n[:, None] < n_len
+        k = tl.load(k_ptrs, mask=n_ok & d_ok, other=0.0)              # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptrs, mask=n_ok & d_ok, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    else:
+        k = tl.load(k_ptrs, mask=d_ok, other=0.0)
+        v = tl.load(v_ptrs, mask=d_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k))                                         # (BLOCK_M, BLOCK_N) fp32 q·k
+    if MASKED:
+        s = tl.where(_visible(offs_m, offs_n, n_len, OFF, LO, HI), s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))                          # (BLOCK_M,)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)           # fully masked row: no NaN
+        p = tl.math.exp2(s - m_use[:, None])                           # (BLOCK_M, BLOCK_N)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_use = m_new
+        p = tl.math.exp2(s * qk_scale - m_use[:, None])                # one FMA + exp2 per score
+    alpha = tl.math.exp2(m_i - m_use)                                  # (BLOCK_M,) rescale old stats
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)              # (BLOCK_M, BLOCK_D)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+               lo, hi, n_len, OFF, LO, HI, qk_scale,
+               MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr,
+               BLOCK_N: tl.constexpr, INTERP: tl.constexpr):
+    """Key blocks lo, lo + BLOCK_N, ... < hi. A ``for`` loop on GPUs (software-pipelined with
+    num_stages); a ``while`` loop in the interpreter (its ``range`` needs Python ints)."""
+    if INTERP:
+        n0 = lo
+        while n0 < hi:
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+            n0 += BLOCK_N
+    else:
+        for n0 in tl.range(lo, hi, BLOCK_N):
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["Nq", "Nk", "LO", "HI"])
+def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
+                stride_qb, stride_qh, stride_qn,
+                stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, stride_on,
+                stride_lb, stride_lh,
+                H, GROUP, Nq, Nk, LO, HI, qk_scale, N_BUCKET,
+                D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP                                                    # GQA: index, never copy
+    q_start, m_len = _seq_bounds(CU_Q, b, Nq, VARLEN)
+    k_start, n_len = _seq_bounds(CU_K, b, Nk, VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= m_len:
+        return
+    OFF = n_len - m_len                                                # bottom-right alignment
+    m_last = tl.minimum(m0 + BLOCK_M, m_len) - 1
+    EVEN_D: tl.constexpr = D == BLOCK_D
+
+    b64 = b.to(tl.int64)
+    q_base = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qn
+    k_base = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
+    v_base = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
+    o_base = O + b64 * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_on
+    lse_base = LSE + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)                                # (BLOCK_M,)
+    offs_d = tl.arange(0, BLOCK_D)                                     # (BLOCK_D,) padded head dim
+    qo_mask = (offs_m[:, None] < m_len) & (offs_d[None, :] < D)        # (BLOCK_M, BLOCK_D)
+    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=qo_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)                # running max (base 2)
+    l_i = tl.zeros([BLOCK_M], tl.float32)                              # running sum
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)                     # unnormalized O
+
+    start, full_lo, full_hi, end = _key_ranges(m0, m_last, n_len, OFF, LO, HI, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               start, full_lo, n_len, OFF, LO, HI, qk_scale,
+                               True, EVEN_D, D, BLOCK_N, INTERP)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               full_lo, full_hi, n_len, OFF, LO, HI, qk_scale,
+                               False, EVEN_D, D, BLOCK_N, INTERP)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                               full_hi, end, n_len, OFF, LO, HI, qk_scale,
+                               True, EVEN_D, D, BLOCK_N, INTERP)
+
+    empty = l_i == 0.0                                                 # row saw no key
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]                                          # (BLOCK_M, BLOCK_D); zeros if empty
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
+    tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :], o.to(O.dtype.element_ty), mask=qo_mask)
+    tl.store(lse_base + offs_m, lse, mask=offs_m < m_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["Nq"])
+def _bwd_preprocess(O, DO, DELTA, CU_Q,
+                    stride_ob, stride_oh, stride_on,
+                    stride_dob, stride_doh, stride_don,
+                    stride_lb, stride_lh, H, Nq,
+                    D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta_i = rowsum(dO_i ∘ O_i) (FA2 §3.2), fp32, laid out like lse."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    q_start, m_len = _seq_bounds(CU_Q, b, Nq, VARLEN)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < m_len) & (offs_d[None, :] < D)
+    b64 = b.to(tl.int64)
+    rows = (q_start + offs_m).to(tl.int64)
+    o = tl.load(O + b64 * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)            # (BLOCK_M,)
+    tl.store(DELTA + b64 * stride_lb + h * stride_lh + q_start + offs_m, delta, mask=offs_m < m_len)
+
+
+@triton.jit
+def _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                   offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
+                   MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One query block's contribution to dK, dV of a key block (computed transposed: Sᵀ, Pᵀ)."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)                                # (BLOCK_M,) query rows
+    d_ok = offs_d[None, :] < D
+    q_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d[None, :]
+    do_ptrs = do_base + offs_m[:, None] * stride_don + offs_d[None, :]
+    if MASKED:
+        m_ok = offs_m < m_len
+        q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok, other=0.0)       # (BLOCK_M, BLOCK_D)
+        do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
+        delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+    else:
+        if EVEN_D:
+            q = tl.load(q_ptrs)
+            do = tl.load(do_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=d_ok, other=0.0)
+            do = tl.load(do_ptrs, mask=d_ok, other=0.0)
+        lse = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
+    sT = tl.dot(k, tl.trans(q))                                        # (BLOCK_N, BLOCK_M) Sᵀ unscaled
+    pT = tl.math.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])  # Pᵀ
+    if MASKED:
+        vis = _visible(offs_m, offs_n, n_len, OFF, LO, HI)             # (BLOCK_M, BLOCK_N)
+        pT = tl.where(tl.trans(vis), pT, 0.0)
+    dv += tl.dot(pT.to(do.dtype), do)                                  # (BLOCK_N, BLOCK_D)
+    dpT = tl.dot(v, tl.trans(do))                                      # (BLOCK_N, BLOCK_M) dPᵀ
+    dsT = pT * (dpT - delta[None, :])                                  # dSᵀ (without scale)
+    dk += tl.dot(dsT.to(q.dtype), q)                                   # (BLOCK_N, BLOCK_D)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                    offs_n, offs_d, lo, hi, m_len, n_len, OFF, LO, HI, qk_scale,
+                    MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    INTERP: tl.constexpr):
+    if INTERP:
+        m0 = lo
+        while m0 < hi:
+            dk, dv = _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                                    offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
+                                    MASKED, EVEN_D, D, BLOCK_M)
+            m0 += BLOCK_M
+    else:
+        for m0 in tl.range(lo, hi, BLOCK_M):
+            dk, dv = _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                                    offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
+                                    MASKED, EVEN_D, D, BLOCK_M)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["Nq", "Nk", "LO", "HI"])
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
+                     stride_qb, stride_qh, stride_qn,
+                     stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     stride_dob, stride_doh, stride_don,
+                     stride_dkb, stride_dkh, stride_dkn,
+                     stride_dvb, stride_dvh, stride_dvn,
+                     stride_lb, stride_lh,
+                     HK, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (key block, batch, kv head): loops over the GROUP query heads and the
+    query blocks that see this key block; dK, dV accumulate in fp32 registers."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HK
+    hk = pid_bh % HK
+    q_start, m_len = _seq_bounds(CU_Q, b, Nq, VARLEN)
+    k_start, n_len = _seq_bounds(CU_K, b, Nk, VARLEN)
+    n0 = pid_n * BLOCK_N
+    if n0 >= n_len:
+        return
+    OFF = n_len - m_len
+    n_last = tl.minimum(n0 + BLOCK_N, n_len) - 1
+    EVEN_D: tl.constexpr = D == BLOCK_D
+    b64 = b.to(tl.int64)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < n_len) & (offs_d[None, :] < D)
+    k_rows = k_start.to(tl.int64) + offs_n
+    k = tl.load(K + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn + offs_d[None, :],
+                mask=kv_mask, other=0.0)                               # (BLOCK_N, BLOCK_D)
+    v = tl.load(V + b64 * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    start, full_lo, full_hi, end = _query_ranges(n0, n_last, m_len, OFF, LO, HI, BLOCK_M)
+    g = tl.full([], 0, tl.int32)
+    while g < GROUP:                                                   # query heads of this kv head
+        h = (hk * GROUP + g).to(tl.int64)
+        q_base = Q + b64 * stride_qb + h * stride_qh + q_start.to(tl.int64) * stride_qn
+        do_base = DO + b64 * stride_dob + h * stride_doh + q_start.to(tl.int64) * stride_don
+        lse_base = LSE + b64 * stride_lb + h * stride_lh + q_start
+        delta_base = DELTA + b64 * stride_lb + h * stride_lh + q_start
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                                 offs_n, offs_d, start, full_lo, m_len, n_len, OFF, LO, HI, qk_scale,
+                                 True, EVEN_D, D, BLOCK_M, INTERP)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                                 offs_n, offs_d, full_lo, full_hi, m_len, n_len, OFF, LO, HI, qk_scale,
+                                 False, EVEN_D, D, BLOCK_M, INTERP)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
+                                 offs_n, offs_d, full_hi, end, m_len, n_len, OFF, LO, HI, qk_scale,
+                                 True, EVEN_D, D, BLOCK_M, INTERP)
+        g += 1
+    dk = dk * sm_scale                                                 # dS was unscaled
+    tl.store(DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + k_rows[:, None] * stride_dkn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b64 * stride_dvb + hk.to(tl.int64) * stride_dvh + k_rows[:, None] * stride_dvn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
+                 n_len, OFF, LO, HI, qk_scale,
+                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block's contribution to dQ of a query block."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    d_ok = offs_d[None, :] < D
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if MASKED:
+        n_ok = offs_n[:, None] < n_len
+        k = tl.load(k_ptrs, mask=n_ok & d_ok, other=0.0)              # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptrs, mask=n_ok & d_ok, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    else:
+        k = tl.load(k_ptrs, mask=d_ok, other=0.0)
+        v = tl.load(v_ptrs, mask=d_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k))                                         # (BLOCK_M, BLOCK_N)
+    p = tl.math.exp2(s * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(_visible(offs_m, offs_n, n_len, OFF, LO, HI), p, 0.0)
+    dp = tl.dot(do, tl.trans(v))                                       # (BLOCK_M, BLOCK_N)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k)                                    # (BLOCK_M, BLOCK_D)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                  lo, hi, n_len, OFF, LO, HI, qk_scale,
+                  MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                  INTERP: tl.constexpr):
+    if INTERP:
+        n0 = lo
+        while n0 < hi:
+            dq = _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
+                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+            n0 += BLOCK_N
+    else:
+        for n0 in tl.range(lo, hi, BLOCK_N):
+            dq = _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
+                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+    return dq
+
+
+@triton.jit(do_not_specialize=["Nq", "Nk", "LO", "HI"])
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+                   stride_qb, stride_qh, stride_qn,
+                   stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn,
+                   stride_dob, stride_doh, stride_don,
+                   stride_dqb, stride_dqh, stride_dqn,
+                   stride_lb, stride_lh,
+                   H, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    q_start, m_len = _seq_bounds(CU_Q, b, Nq, VARLEN)
+    k_start, n_len = _seq_bounds(CU_K, b, Nk, VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= m_len:
+        return
+    OFF = n_len - m_len
+    m_last = tl.minimum(m0 + BLOCK_M, m_len) - 1
+    EVEN_D: tl.constexpr = D == BLOCK_D
+    b64 = b.to(tl.int64)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < m_len) & (offs_d[None, :] < D)
+    rows = q_start.to(tl.int64) + offs_m
+    q = tl.load(Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+                mask=mask, other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h.to(tl.int64) * stride_doh + rows[:, None] * stride_don + offs_d[None, :],
+                 mask=mask, other=0.0)
+    l_off = b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start + offs_m
+    lse2 = tl.load(LSE + l_off, mask=offs_m < m_len, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + l_off, mask=offs_m < m_len, other=0.0)
+    k_base = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
+    v_base = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    start, full_lo, full_hi, end = _key_ranges(m0, m_last, n_len, OFF, LO, HI, BLOCK_N)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       start, full_lo, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, BLOCK_N, INTERP)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       full_lo, full_hi, n_len, OFF, LO, HI, qk_scale, False, EVEN_D, D, BLOCK_N, INTERP)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+                       full_hi, end, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, BLOCK_N, INTERP)
+    dq = dq * sm_scale
+    tl.store(DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + rows[:, None] * stride_dqn + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations: autotuned on GPUs, one fixed configuration in the interpreter
+# ---------------------------------------------------------------------------------------------
+def _smem_bytes(cfg: triton.Config, block_d: int, elt: int, kind: str) -> int:
+    """Rough shared-memory need of a config: pipelined K and V tiles (+ the resident tile)."""
+    bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
+    if kind == "fwd":
+        return st * 2 * bn * block_d * elt + bm * block_d * elt
+    if kind == "dq":
+        return st * 2 * bn * block_d * elt + 2 * bm * block_d * elt
+    return st * 2 * bm * block_d * elt + 2 * bn * block_d * elt      # dkdv streams Q and dO
+
+
+def _prune(kind: str):
+    def prune(configs, named_args, **kwargs):
+        block_d = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs.get("BLOCK_D", 128)
+        elt = named_args["Q"].element_size()
+        try:
+            limit = torch.cuda.get_device_properties(named_args["Q"].device).shared_memory_per_block_optin
+        except Exception:  # pragma: no cover - no CUDA device
+            limit = 100 * 1024
+        kept = [c for c in configs if _smem_bytes(c, block_d, elt, kind) <= limit]
+        if block_d >= 256 or elt == 4:  # big tiles: keep register pressure sane
+            kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
+        return kept or [min(configs, key=lambda c: _smem_bytes(c, block_d, elt, kind))]
+    return prune
+
+
+def _cfg(bm, bn, w, s):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+
+# Hopper/Ampere FA configs first; the last ones fit GPUs with <= 100 KB shared memory per SM.
+FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _cfg(128, 128, 8, 2),
+               _cfg(128, 64, 8, 4), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 1)]
+DKDV_CONFIGS = [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3),
+                _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 1)]
+DQ_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2),
+              _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 1)]
+INTERPRETER_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)  # small tiles: tests exercise many blocks
+_TUNE_KEY = ["N_BUCKET", "BLOCK_D", "LO", "HI", "GROUP"]
+
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})(_fwd_kernel)
+_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("dkdv")})(_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("dq")})(_bwd_dq_kernel)
+
+
+def _n_bucket(n: int) -> int:
+    """Sequence-length bucket for autotuning keys: <=1K, <=4K, longer."""
+    return 0 if n <= 1024 else (1 if n <= 4096 else 2)
+
+
+def _launch(tuned, raw, grid_fn, *args, **kwargs):
+    if interpreting():
+        kw = dict(kwargs, **INTERPRETER_BLOCKS)
+        raw[grid_fn(kw)](*args, **kw)
+    else:
+        tuned[grid_fn](*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks and host wrappers
+# ---------------------------------------------------------------------------------------------
+_SUPPORTED_D = (16, 256)
+
+
+def check_attention_inputs(q, k, v, *, rank: int = 4) -> None:
+    """Raise ValueError/TypeError naming the argument for inputs the kernels cannot take."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != rank:
+            raise ValueError(f"{name} must have rank {rank}, got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last (head) dimension")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"k and v must have q's dtype {q.dtype}, got k {k.dtype}, v {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"k and v must be on q's device {q.device}, got k {k.device}, v {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    D = q.shape[-1]
+    if k.shape[-1] != D:
+        raise ValueError(f"k's head dim {k.shape[-1]} differs from q's {D}")
+    if not (_SUPPORTED_D[0] <= D <= _SUPPORTED_D[1]):
+        raise ValueError(f"q's head dim D={D} is outside the supported range 16..256")
+    hq, hk = (q.shape[1], k.shape[1]) if rank == 4 else (q.shape[-2], k.shape[-2])
+    if hk == 0 or hq % hk != 0:
+        raise ValueError(f"q's heads ({hq}) must be a multiple of k's heads ({hk})")
+    if rank == 4 and q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k batch sizes differ: {q.shape[0]} vs {k.shape[0]}")
+
+
+def _window_bounds(causal: bool, window) -> tuple[int, int]:
+    """(LO, HI) of the visible band ``LO <= j - i - off <= HI``."""
+    lo, hi = -_BIG, _BIG
+    if window is not None:
+        if not (isinstance(window, (tuple, list)) and len(window) == 2):
+            raise ValueError(f"window must be a (left, right) pair or None, got {window!r}")
+        left, right = window
+        if left is not None and left >= 0:
+            lo = -int(left)
+        if right is not None and right >= 0:
+            hi = int(right)
+    if causal:
+        hi = min(hi, 0)
+    return lo, hi
+
+
+def _check_scale(q, scale) -> float:
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    return scale
+
+
+def _strides3(t: torch.Tensor, varlen: bool):
+    """(batch, head, row) strides of a (B, H, N, D) tensor, or of a packed (total, H, D) one."""
+    return (0, t.stride(1), t.stride(0)) if varlen else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
+    """Launch the forward kernel. Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
+    varlen = cu_q is not None
+    D = q.shape[-1]
+    block_d = max(16, triton.next_power_of_2(D))
+    o = torch.empty_like(q)
+    if varlen:
+        B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
+        lse = torch.empty((Hq, q.shape[0]), device=q.device, dtype=torch.float32)   # (Hq, total_q)
+        lse_strides = (0, lse.stride(0))
+    else:
+        B, Hq, Nq, _ = q.shape
+        Hk, Nk = k.shape[1], k.shape[2]
+        lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)        # (B, Hq, Nq)
+        lse_strides = (lse.stride(0), lse.stride(1))
+        cu_q = cu_k = q  # unused placeholders (VARLEN=False)
+    grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+    _launch(_fwd_tuned, _fwd_kernel, grid,
+            q, k, v, o, lse, cu_q, cu_k,
+            *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
+            *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, _n_bucket(max(Nq, Nk)),
+            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting())
+    return o, lse
+
+
+def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
+    varlen = cu_q is not None
+    D = q.shape[-1]
+    block_d = max(16, triton.next_power_of_2(D))
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    if varlen:
+        B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
+        lse_strides = (0, lse.stride(0))
+    else:
+        B, Hq, Nq, _ = q.shape
+        Hk, Nk = k.shape[1], k.shape[2]
+        lse_strides = (lse.stride(0), lse.stride(1))
+        cu_q = cu_k = q
+    delta = torch.empty_like(lse)
+    pre_m = 16 if interpreting() else 64
+    _bwd_preprocess[(triton.cdiv(Nq, pre_m), B * Hq)](
+        o, do, delta, cu_q, *_strides3(o, varlen), *_strides3(do, varlen), *lse_strides, Hq, Nq,
+        D=D, BLOCK_D=block_d, VARLEN=varlen, BLOCK_M=pre_m)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting())
+    bucket = _n_bucket(max(Nq, Nk))
+    grid_kv = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
+    _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid_kv,
+            q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
+            *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
+            *_strides3(dk, varlen), *_strides3(dv, varlen), *lse_strides,
+            Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
+    grid_q = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+    _launch(_dq_tuned, _bwd_dq_kernel, grid_q,
+            q, k, v, do, lse, delta, dq, cu_q, cu_k,
+            *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
+            *_strides3(dq, varlen), *lse_strides,
+            Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
+    return dq, dk, dv
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, lo, hi, scale):
+        o, lse = _fwd(q, k, v, lo, hi, scale)
+        ctx.save_for_backward(q, k, v, o, lse)       # O(N) extra memory: lse, not P
+        ctx.lo, ctx.hi, ctx.scale = lo, hi, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def _fallback_reason(q: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot take q here (None when they can)."""
+    if interpreting():
+        return None if q.device.type == "cpu" else "TRITON_INTERPRET=1 needs CPU tensors"
+    if q.device.type != "cuda":
+        return f"flash_attention's Triton kernels need CUDA tensors (got {q.device}) or TRITON_INTERPRET=1"
+    if not tensor_cores_in_triton(q.device.index or 0):
+        return ("this GPU has compute capability < 8.0: Triton >= 3.3 has no tensor-core tl.dot here, "
+                "so flash_attention computes with the pure-torch tiled_attention (correct, not fast)")
+    return None
+
+
+def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):
+    """Exact softmax attention ``softmax(Q Kᵀ · scale + mask) V`` with FlashAttention-2 kernels.
+
+    q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0``; returns ``(B, Hq, Nq, D)``
+    in q's dtype. ``causal`` is bottom-right aligned (query i sees keys ``j <= i + Nk - Nq``);
+    ``window=(left, right)`` keeps keys ``i + off - left <= j <= i + off + right`` (a negative or
+    None side is unlimited). Rows that see no key are zeros. Differentiable (Triton backward).
+    """
+    check_attention_inputs(q, k, v)
+    lo, hi = _window_bounds(causal, window)
+    scale = _check_scale(q, scale)
+    reason = _fallback_reason(q)
+    if reason is not None:  # documented fallback: correct pure-torch attention, never a crash
+        warn_once("flash_attention.fallback", reason)
+        from effsmall.attention import naive_attention, tiled_attention
+        if window is None:
+            return tiled_attention(q, k, v, causal=causal, scale=scale)
+        return naive_attention(q, k, v, causal=causal, scale=scale, window=window)
+    if interpreting() and q.dtype == torch.bfloat16:
+        warn_once("flash_attention.bf16_interpreter",
+                  "the Triton interpreter has no bfloat16: flash_attention computes in float32 and casts back")
+        out = _FlashAttention.apply(q.float(), k.float(), v.float(), lo, hi, scale)
+        return out.to(torch.bfloat16)
+    return _FlashAttention.apply(q, k, v, lo, hi, scale)
+
+
+def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):
+    """Forward only, returning ``(O, lse)``; lse ``(B, Hq, Nq)`` fp32 is ``+inf`` for empty rows."""
+    check_attention_inputs(q, k, v)
+    lo, hi = _window_bounds(causal, window)
+    scale = _check_scale(q, scale)
+    reason = _fallback_reason(q)
+    if reason is not None:
+        raise ValueError(f"q: {reason}")
+    return _fwd(q, k, v, lo, hi, scale)
+
