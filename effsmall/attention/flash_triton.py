@@ -685,6 +685,9 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     check_attention_inputs(q, k, v)
     lo, hi = _window_bounds(causal, window)
     scale = _check_scale(q, scale)
+    if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to launch: empty output / rows that see no key
+        from effsmall.attention import naive_attention
+        return naive_attention(q, k, v, causal=causal, scale=scale, window=window)
     reason = _fallback_reason(q)
     if reason is not None:  # documented fallback: correct pure-torch attention, never a crash
         warn_once("flash_attention.fallback", reason)
