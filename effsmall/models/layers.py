@@ -1,0 +1,143 @@
+"""The pieces of a small LM: RMSNorm, SwiGLU MLP, rotary positions, and causal self-attention
+with a KV cache and the fastest exact attention kernel for the device.
+
+Attention backend (``attention_backend(device)``):
+
+- **CUDA**: ``effsmall.attention.flash_attention`` — the book's FlashAttention-2 style Triton
+  kernel (chapter 7), forward and backward;
+- **CPU**: ``torch.nn.functional.scaled_dot_product_attention`` — exact attention in fused C++
+  (the same maths as ``effsmall.attention.naive_attention``, checked in the tests). The Triton
+  interpreter would also be exact on CPU but is orders of magnitude too slow to train with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from effsmall.runtime import warn_once
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · w  (Zhang & Sennrich 2019), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x if x.dtype == torch.float64 else x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """MLP(x) = W_down (SiLU(W_gate x) ⊙ W_up x), the gated MLP of Llama/Phi-3 (Shazeer 2020)."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, d_ff, bias=False)
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021): rotate each pair (x_i, x_{i+D/2}) of a head by
+    the angle pos·base^(−2i/D). x ``(b, h, l, D)``, pos ``(l,)`` absolute positions.
+
+    q·k after rotation depends only on the *difference* of positions, so a KV cache stores
+    rotated keys once and stays valid as decoding proceeds.
+    """
+    D = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float64) / D)  # (D/2,)
+    ang = pos.to(torch.float64)[:, None] * inv_freq[None, :]                              # (l, D/2)
+    dt = x.dtype if x.dtype == torch.float64 else torch.float32
+    cos, sin = ang.cos().to(dt), ang.sin().to(dt)                                          # (l, D/2)
+    x1, x2 = x.to(dt).chunk(2, dim=-1)                                                     # (b,h,l,D/2) ×2
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)                    # (b, h, l, D)
+    return out.to(x.dtype)
+
+
+def attention_backend(device: torch.device | str) -> str:
+    """``"flash_triton"`` on CUDA when ``effsmall.attention.flash_attention`` exists, else ``"sdpa"``."""
+    if torch.device(device).type == "cuda":
+        try:
+            from effsmall.attention import flash_attention  # noqa: F401
+            return "flash_triton"
+        except (ImportError, AttributeError):
+            warn_once("models-flash-missing", "effsmall.attention.flash_attention is not available: "
+                      "the models use torch SDPA on CUDA instead")
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """softmax(q kᵀ / √D + mask) v with q ``(b, h, nq, D)``, k, v ``(b, hk, nk, D)``, h % hk == 0.
+
+    ``causal`` is aligned bottom-right: query i (of nq) sees keys 0 … nk − nq + i, which is what
+    a decoding step with a KV cache needs (nq = 1 sees every cached key).
+    """
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of key heads {k.shape[1]}")
+    if attention_backend(q.device) == "flash_triton" and q.dtype != torch.float64:
+        from effsmall.attention import flash_attention
+        return flash_attention(q, k, v, causal=causal)
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k = k.repeat_interleave(rep, dim=1)                               # (b, h, nk, D)
+        v = v.repeat_interleave(rep, dim=1)                               # (b, h, nk, D)
+    nq, nk = q.shape[2], k.shape[2]
+    if not causal or nq == 1 and nk >= 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    if nq == nk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    i = torch.arange(nq, device=q.device)[:, None]
+    j = torch.arange(nk, device=q.device)[None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=j <= i + (nk - nq))  # (b, h, nq, D)
+
+
+@dataclass
+class KVCache:
+    """Rotated keys and values of every past token: ``k, v (b, hk, t, D)``. Grows by one column
+    per decoded token — 2·hk·D numbers per layer per token."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with GQA ({cite}`ainslie2023gqa`), RoPE and a KV cache."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_base: float = 10000.0):
+        super().__init__()
+        self.h, self.hk, self.d = n_heads, n_kv_heads, d_model // n_heads
+        self.rope_base = rope_base
+        self.wq = nn.Linear(d_model, n_heads * self.d, bias=False)
+        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.d, bias=False)
+        self.wo = nn.Linear(n_heads * self.d, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
+        """x ``(b, l, d_model)`` → ``(y (b, l, d_model), cache extended by l tokens)``.
+
+        With ``cache`` the l new tokens sit at positions t … t+l−1 after the t cached ones.
+        """
+        b, l, _ = x.shape
+        t = 0 if cache is None else cache.length
+        pos = torch.arange(t, t + l, device=x.device)                             # (l,)
+        q = self.wq(x).view(b, l, self.h, self.d).transpose(1, 2)                 # (b, h, l, D)
+        k, v = self.wkv(x).view(b, l, 2, self.hk, self.d).permute(2, 0, 3, 1, 4)  # (b, hk, l, D) ×2
+        q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
+        if cache is not None:
+            k = torch.cat([cache.k, k], dim=2)                                     # (b, hk, t+l, D)
+            v = torch.cat([cache.v, v], dim=2)                                     # (b, hk, t+l, D)
+        y = attention(q, k, v, causal=True)                                        # (b, h, l, D)
+        y = self.wo(y.transpose(1, 2).reshape(b, l, self.h * self.d))              # (b, l, d_model)
+        return y, KVCache(k, v)
