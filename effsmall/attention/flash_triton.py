@@ -28,8 +28,8 @@ Where it runs: CUDA tensors on GPUs of compute capability ≥ 8.0 (autotuned); C
 the Triton interpreter (``TRITON_INTERPRET=1``, one fixed configuration, fp32/fp16 — bfloat16
 inputs are computed in fp32 there and cast back, with a one-time warning). On older GPUs
 (Turing T4, sm75) Triton ≥ 3.3 has no tensor-core ``tl.dot``; there the function warns once
-and computes with the pure-torch :func:`effsmall.attention.tiled_attention` (or
-:func:`effsmall.attention.naive_attention` when a window is given) — correct, not fast.
+and computes with the pure-torch :func:`effsmall.attention.tiled_attention` (autograd
+through it gives the gradients) — correct, not fast.
 Head dims 16..256 are supported; non-powers of two (96, 192) are padded to the next power of
 two inside the kernels with masked loads.
 """
@@ -476,18 +476,26 @@ def _smem_bytes(cfg: triton.Config, block_d: int, elt: int, kind: str) -> int:
     return st * 2 * bm * block_d * elt + 2 * bn * block_d * elt      # dkdv streams Q and dO
 
 
+def _smem_limit(t: torch.Tensor) -> int:
+    try:
+        return torch.cuda.get_device_properties(t.device).shared_memory_per_block_optin
+    except Exception:  # pragma: no cover - no CUDA device
+        return 100 * 1024
+
+
 def _prune(kind: str):
+    """Keep the configs that fit this GPU: the big-tile list on GPUs with >= 160 KB of shared
+    memory per block (A100, H100), the small list (<= 100 KB: T4, consumer cards) otherwise."""
     def prune(configs, named_args, **kwargs):
-        block_d = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs.get("BLOCK_D", 128)
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
         elt = named_args["Q"].element_size()
-        try:
-            limit = torch.cuda.get_device_properties(named_args["Q"].device).shared_memory_per_block_optin
-        except Exception:  # pragma: no cover - no CUDA device
-            limit = 100 * 1024
-        kept = [c for c in configs if _smem_bytes(c, block_d, elt, kind) <= limit]
-        if block_d >= 256 or elt == 4:  # big tiles: keep register pressure sane
-            kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or kept
-        return kept or [min(configs, key=lambda c: _smem_bytes(c, block_d, elt, kind))]
+        limit = _smem_limit(named_args["Q"])
+        big = limit >= 160 * 1024
+        kept = [c for c in configs if (c in _SMALL) != big and _smem_bytes(c, block_d, elt, kind) <= limit]
+        if block_d >= 256 or elt == 4:  # big head dims / fp32: keep register pressure sane
+            kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+            kept = kept + [_SAFE[kind]] if _SAFE[kind] not in kept else kept  # one that surely fits
+        return kept or [_SAFE[kind]]
     return prune
 
 
@@ -495,32 +503,53 @@ def _cfg(bm, bn, w, s):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
 
 
-# Hopper/Ampere FA configs first; the last ones fit GPUs with <= 100 KB shared memory per SM.
-FWD_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3), _cfg(128, 128, 8, 2),
-               _cfg(128, 64, 8, 4), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 1)]
-DKDV_CONFIGS = [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3),
-                _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 1)]
-DQ_CONFIGS = [_cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 64, 8, 2),
-              _cfg(64, 32, 4, 2), _cfg(32, 32, 4, 1)]
+# Big tiles for A100/H100 (FA2 on Hopper without TMA: BLOCK_M=128, BLOCK_N 64/128, 8 warps,
+# 3-4 stages); small tiles for GPUs with <= 100 KB of shared memory per SM.
+_FWD_BIG = [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 2),
+            _cfg(64, 64, 4, 3)]
+_DKDV_BIG = [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(64, 64, 4, 3)]
+_DQ_BIG = [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3), _cfg(128, 32, 4, 3)]
+_SAFE = {"fwd": _cfg(64, 32, 4, 2), "dkdv": _cfg(32, 32, 4, 2), "dq": _cfg(64, 32, 4, 2)}
+_SMALL_FWD = [_SAFE["fwd"], _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 1)]
+_SMALL_DKDV = [_SAFE["dkdv"], _cfg(32, 64, 4, 2), _cfg(16, 32, 4, 1)]
+_SMALL_DQ = [_SAFE["dq"], _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 1)]
+_SMALL = _SMALL_FWD + _SMALL_DKDV + _SMALL_DQ
+FWD_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS = _FWD_BIG + _SMALL_FWD, _DKDV_BIG + _SMALL_DKDV, _DQ_BIG + _SMALL_DQ
 INTERPRETER_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)  # small tiles: tests exercise many blocks
+AUTOTUNE = True  # False: launch the safe configuration (quick correctness checks on a GPU)
 _TUNE_KEY = ["N_BUCKET", "BLOCK_D", "LO", "HI", "GROUP"]
 
-_fwd_tuned = triton.autotune(FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("fwd")})(_fwd_kernel)
-_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("dkdv")})(_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune("dq")})(_bwd_dq_kernel)
+
+def _quick_bench(fn, quantiles=None):
+    import triton.testing as tt
+    return tt.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _tuned(configs, kind, kernel):
+    return triton.autotune(configs, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune(kind)},
+                           do_bench=_quick_bench)(kernel)
+
+
+_fwd_tuned = _tuned(FWD_CONFIGS, "fwd", _fwd_kernel)
+_dkdv_tuned = _tuned(DKDV_CONFIGS, "dkdv", _bwd_dkdv_kernel)
+_dq_tuned = _tuned(DQ_CONFIGS, "dq", _bwd_dq_kernel)
 
 
 def _n_bucket(n: int) -> int:
-    """Sequence-length bucket for autotuning keys: <=1K, <=4K, longer."""
-    return 0 if n <= 1024 else (1 if n <= 4096 else 2)
+    """Sequence-length bucket for autotuning keys: <= 1K or longer."""
+    return 0 if n <= 1024 else 1
 
 
-def _launch(tuned, raw, grid_fn, *args, **kwargs):
+def _launch(tuned, raw, kind, grid_fn, *args, **kwargs):
     if interpreting():
         kw = dict(kwargs, **INTERPRETER_BLOCKS)
         raw[grid_fn(kw)](*args, **kw)
-    else:
+    elif AUTOTUNE:
         tuned[grid_fn](*args, **kwargs)
+    else:
+        c = _SAFE[kind]
+        kw = dict(kwargs, **c.kwargs)
+        raw[grid_fn(kw)](*args, **kw, num_warps=c.num_warps, num_stages=c.num_stages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +632,7 @@ def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
         lse_strides = (lse.stride(0), lse.stride(1))
         cu_q = cu_k = q  # unused placeholders (VARLEN=False)
     grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_fwd_tuned, _fwd_kernel, grid,
+    _launch(_fwd_tuned, _fwd_kernel, "fwd", grid,
             q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
             *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, _n_bucket(max(Nq, Nk)),
@@ -633,13 +662,13 @@ def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, m
     common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting())
     bucket = _n_bucket(max(Nq, Nk))
     grid_kv = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
-    _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid_kv,
+    _launch(_dkdv_tuned, _bwd_dkdv_kernel, "dkdv", grid_kv,
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dk, varlen), *_strides3(dv, varlen), *lse_strides,
             Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
     grid_q = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_dq_tuned, _bwd_dq_kernel, grid_q,
+    _launch(_dq_tuned, _bwd_dq_kernel, "dq", grid_q,
             q, k, v, do, lse, delta, dq, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dq, varlen), *lse_strides,
@@ -691,10 +720,8 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     reason = _fallback_reason(q)
     if reason is not None:  # documented fallback: correct pure-torch attention, never a crash
         warn_once("flash_attention.fallback", reason)
-        from effsmall.attention import naive_attention, tiled_attention
-        if window is None:
-            return tiled_attention(q, k, v, causal=causal, scale=scale)
-        return naive_attention(q, k, v, causal=causal, scale=scale, window=window)
+        from effsmall.attention import tiled_attention
+        return tiled_attention(q, k, v, causal=causal, scale=scale, window=window)
     if interpreting() and q.dtype == torch.bfloat16:
         warn_once("flash_attention.bf16_interpreter",
                   "the Triton interpreter has no bfloat16: flash_attention computes in float32 and casts back")

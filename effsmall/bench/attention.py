@@ -1,0 +1,324 @@
+"""Suite ``attention``: effsmall's FlashAttention kernels against PyTorch's, in one run.
+
+CUDA (``python -m effsmall.bench attention --device cuda``): bf16, B·N = 16K tokens,
+H = 2048 / D, N ∈ {512, …, 16K}, D ∈ {64, 128}, causal and not; implementations
+``effsmall`` (:func:`effsmall.attention.flash_attention`), ``sdpa_flash`` (SDPA's
+FlashAttention-2 backend), ``sdpa_cudnn`` (SDPA's cuDNN backend) and ``flex``
+(``torch.compile(flex_attention)``, a block mask for causal). Modes ``fwd`` and ``fwdbwd``
+(forward + ``torch.autograd.grad``). FLOPs ``4·B·H·N²·D`` (halved when causal), fwd+bwd
+``3.5×`` fwd. The same run measures the device ceilings (``measure_ceilings``) for the
+``pct_of_matmul_ceiling`` column and checks the kernels' correctness on the GPU (fp16, bf16,
+fp32 and every supported head dim; rows of ``kind="check"``).
+
+The run limits itself: ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 480) — a shape that would
+not fit is recorded as ``kind="skipped"`` — and appends every row to the JSON-lines file
+``EFFSMALL_BENCH_PARTIAL`` (if set) as it goes, so a killed run still leaves its numbers.
+
+CPU (``--device cpu``): ``tiled_attention`` vs ``naive_attention`` peak memory and time at
+N = 8K (B = H = 1) — the O(N) vs O(N²) memory row — and a few interpreter-sized
+``flash_attention`` timings for completeness.
+
+``python -m effsmall.bench.attention FILE.json`` prints the summary table of a saved result.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from effsmall.bench.timing import benchmark, peak_memory
+
+TOKENS = 16 * 1024
+HIDDEN = 2048
+SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
+HEAD_DIMS = (64, 128)
+IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn", "flex")
+BASELINES = {"flex": "vs_flex", "sdpa_flash": "vs_fa2", "sdpa_cudnn": "vs_cudnn"}
+
+
+def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str, Nk: int | None = None) -> float:
+    """4·B·H·Nq·Nk·D for the forward (two matmuls), halved when causal; fwd+bwd = 3.5× fwd."""
+    f = 4.0 * B * H * N * (Nk or N) * D
+    if causal:
+        f /= 2
+    return f * (3.5 if mode == "fwdbwd" else 1.0)
+
+
+class _Recorder:
+    """Collects rows, appends each to the partial file, keeps the time budget."""
+
+    def __init__(self, budget_s: float):
+        self.rows: list[dict] = []
+        self.t0 = time.time()
+        self.budget_s = budget_s
+        self.partial = os.environ.get("EFFSMALL_BENCH_PARTIAL")
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        if self.partial:
+            with open(self.partial, "a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+        return row
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------------
+def _sdpa(backend):
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    def f(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return f
+
+
+def _flex_impl():
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks: dict = {}
+
+    def causal_mod(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    def f(q, k, v, causal):
+        bm = None
+        if causal:
+            key = (q.shape[2], k.shape[2])
+            if key not in masks:
+                masks[key] = create_block_mask(causal_mod, None, None, key[0], key[1], device=q.device)
+            bm = masks[key]
+        return compiled(q, k, v, block_mask=bm)
+    return f
+
+
+def _effsmall_impl():
+    from effsmall.attention import flash_attention
+
+    return lambda q, k, v, causal: flash_attention(q, k, v, causal=causal)
+
+
+def _impls() -> dict:
+    from torch.nn.attention import SDPBackend
+
+    return {"effsmall": _effsmall_impl(), "sdpa_flash": _sdpa(SDPBackend.FLASH_ATTENTION),
+            "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
+
+
+def gpu_correctness(rec: _Recorder) -> None:
+    """Check flash_attention (output and gradients) against naive_attention in fp32 on the GPU,
+    for fp16/bf16/fp32 and every supported head dim, with GQA, Nq ≠ Nk, causal and a window."""
+    import effsmall.attention.flash_triton as ft
+    from effsmall.attention import flash_attention, naive_attention
+
+    cases = [(torch.float16, D) for D in (16, 32, 64, 96, 128, 192, 256)]
+    cases += [(torch.bfloat16, D) for D in (64, 128)] + [(torch.float32, D) for D in (32, 96)]
+    tol = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 3e-3}
+    ft.AUTOTUNE = False  # one safe configuration per dtype/D: the checks are about the math
+    try:
+        for dtype, D in cases:
+            g = torch.Generator(device="cuda").manual_seed(D)
+            t = time.time()
+            q = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype).requires_grad_()
+            k = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
+            v = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
+            do = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype)
+            worst = 0.0
+            for causal, window in ((False, None), (True, None), (False, (40, 7))):
+                o = flash_attention(q, k, v, causal=causal, window=window)
+                grads = torch.autograd.grad(o, (q, k, v), do)
+                q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+                with _no_tf32():
+                    r = naive_attention(q32, k32, v32, causal=causal, window=window)
+                    rgrads = torch.autograd.grad(r, (q32, k32, v32), do.float())
+                for a, b in zip((o, *grads), (r, *rgrads)):
+                    err = ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+                    worst = max(worst, err)
+            rec.add(dict(kind="check", dtype=str(dtype).replace("torch.", ""), D=D, rel_err=worst,
+                         tol=tol[dtype], ok=bool(worst <= tol[dtype]), seconds=round(time.time() - t, 2)))
+    finally:
+        ft.AUTOTUNE = True
+
+
+class _no_tf32:
+    def __enter__(self):
+        self.prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.prev
+
+
+def _time_impl(fn, q, k, v, do, causal, mode) -> float:
+    if mode == "fwd":
+        call = lambda: fn(q, k, v, causal)  # noqa: E731
+    else:
+        def call():
+            o = fn(q, k, v, causal)
+            return torch.autograd.grad(o, (q, k, v), do)
+    call()  # warm-up: compiles, autotunes
+    torch.cuda.synchronize()
+    return benchmark(call, "cuda", warmup_ms=10, rep_ms=60)
+
+
+def _run_cuda(quick: bool) -> list[dict]:
+    from effsmall.hardware import measure_ceilings
+
+    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 480)))
+    ceil = measure_ceilings("cuda", quick=quick)
+    peak = ceil["matmul_flops"].get("bf16", ceil["peak_flops"])
+    rec.add(dict(kind="ceiling", matmul_bf16_flops=peak, copy_bandwidth_Bps=ceil["copy_bandwidth_Bps"],
+                 matmul_n=ceil.get("matmul_n")))
+    if os.environ.get("EFFSMALL_BENCH_SKIP_CHECKS") != "1":
+        gpu_correctness(rec)
+    impls = _impls()
+    seq_lens = SEQ_LENS[:2] if quick else SEQ_LENS
+    shapes = [(N, D, causal) for N in seq_lens for D in HEAD_DIMS for causal in (False, True)]
+    per_shape: list[float] = []
+    for N, D, causal in shapes:
+        est = max(per_shape) if per_shape else 0.0
+        if rec.elapsed() + est > rec.budget_s:
+            rec.add(dict(kind="skipped", D=D, N=N, causal=causal, reason="time budget"))
+            continue
+        t_shape = time.time()
+        B, H = TOKENS // N, HIDDEN // D
+        g = torch.Generator(device="cuda").manual_seed(N + D)
+        q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        shape_rows = {}
+        for mode in ("fwd", "fwdbwd"):
+            for name, fn in impls.items():
+                row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
+                try:
+                    s = _time_impl(fn, q, k, v, do, causal, mode)
+                    fl = attention_flops(B, H, N, D, causal, mode)
+                    row.update(ms=s * 1e3, tflops=fl / s / 1e12, pct_of_matmul_ceiling=100 * fl / s / peak)
+                except Exception as e:  # a backend may refuse a shape: record it, keep going
+                    row.update(ms=None, tflops=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                shape_rows[(name, mode)] = row
+        for mode in ("fwd", "fwdbwd"):
+            mine = shape_rows[("effsmall", mode)]
+            for base, col in BASELINES.items():
+                other = shape_rows[(base, mode)]
+                if mine.get("ms") and other.get("ms"):
+                    mine[col] = other["ms"] / mine["ms"]  # > 1: effsmall is faster
+            for name in impls:
+                rec.add(shape_rows[(name, mode)])
+        del q, k, v, do
+        torch.cuda.empty_cache()
+        per_shape.append(time.time() - t_shape)
+    return rec.rows
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+# ---------------------------------------------------------------------------------------------
+def _run_cpu(quick: bool) -> list[dict]:
+    from effsmall.attention import flash_attention, naive_attention, tiled_attention
+
+    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 300)))
+    torch.manual_seed(0)
+    N, D = (2048 if quick else 8192), 64
+    q, k, v = (torch.randn(1, 1, N, D) for _ in range(3))
+    for name, fn in (("naive", lambda: naive_attention(q, k, v, causal=True)),
+                     ("tiled", lambda: tiled_attention(q, k, v, causal=True, block_m=512, block_n=512))):
+        mem = peak_memory(fn, "cpu")
+        s = benchmark(fn, "cpu", min_run_time=0.1)
+        fl = attention_flops(1, 1, N, D, True, "fwd")
+        rec.add(dict(kind="cpu_memory", impl=name, N=N, D=D, B=1, H=1, causal=True, mode="fwd",
+                     peak_bytes=mem, ms=s * 1e3, tflops=fl / s / 1e12))
+    for N in (16, 32, 64):
+        q, k, v = (torch.randn(1, 2, N, 32) for _ in range(3))
+        s = benchmark(lambda: flash_attention(q, k, v, causal=True), "cpu", min_run_time=0.1)
+        rec.add(dict(kind="interpreter", impl="effsmall", N=N, D=32, B=1, H=2, causal=True, mode="fwd",
+                     ms=s * 1e3))
+    return rec.rows
+
+
+def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+    rows = _run_cuda(quick) if str(device).startswith("cuda") else _run_cpu(quick)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+def _geomean(xs) -> float | None:
+    xs = [x for x in xs if x]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Geomean and minimum ratios of effsmall vs Flex, FA2 and cuDNN, and the pass/fail lines."""
+    out: dict = {}
+    checks = [r for r in rows if r.get("kind") == "check"]
+    if checks:
+        out["gpu_checks_passed"] = all(r["ok"] for r in checks)
+        out["gpu_checks_worst_rel_err"] = max(r["rel_err"] for r in checks)
+    mine = [r for r in rows if r.get("kind") == "attention" and r["impl"] == "effsmall" and r.get("ms")]
+    for mode in ("fwd", "fwdbwd"):
+        rs = [r for r in mine if r["mode"] == mode]
+        for col in BASELINES.values():
+            vals = [r[col] for r in rs if r.get(col)]
+            if vals:
+                out[f"{mode}_{col}_geomean"] = _geomean(vals)
+                out[f"{mode}_{col}_min"] = min(vals)
+        out[f"{mode}_per_shape"] = [
+            {k: r.get(k) for k in ("D", "N", "causal", "tflops", "pct_of_matmul_ceiling", *BASELINES.values())}
+            for r in rs]
+    if mine:
+        g = out.get
+
+        def line(v, bound):
+            return None if v is None else bool(v >= bound)
+        out["lines"] = {
+            "fwd >= 1.0x Flex geomean": line(g("fwd_vs_flex_geomean"), 1.0),
+            "fwd >= 0.9x Flex every shape": line(g("fwd_vs_flex_min"), 0.9),
+            "fwd+bwd >= 1.0x FA2 every shape": line(g("fwdbwd_vs_fa2_min"), 1.0),
+            "fwd+bwd >= 0.9x Flex geomean": line(g("fwdbwd_vs_flex_geomean"), 0.9),
+            "stretch: fwd >= 0.85x cuDNN geomean": line(g("fwd_vs_cudnn_geomean"), 0.85),
+        }
+        out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
+    cpu = {r["impl"]: r for r in rows if r.get("kind") == "cpu_memory"}
+    if "naive" in cpu and "tiled" in cpu:
+        ratio = cpu["tiled"]["peak_bytes"] / max(cpu["naive"]["peak_bytes"], 1)
+        out["cpu_tiled_over_naive_peak_memory"] = ratio
+        out["lines"] = {"tiled peak memory <= 10% of naive at N=8K": bool(ratio <= 0.10)}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """A plain-text table: one line per (D, causal, N, mode), TFLOP/s of each implementation."""
+    att = [r for r in rows if r.get("kind") == "attention"]
+    keys = sorted({(r["D"], r["causal"], r["mode"], r["N"]) for r in att})
+    lines = [f"{'D':>4} {'causal':>6} {'mode':>6} {'N':>6} " + " ".join(f"{i:>10}" for i in IMPLS)
+             + "  vs_flex vs_fa2 vs_cudnn"]
+    for key in keys:
+        rs = {r["impl"]: r for r in att if (r["D"], r["causal"], r["mode"], r["N"]) == key}
+        cells = " ".join(f"{rs[i]['tflops']:10.1f}" if i in rs and rs[i].get("tflops") else f"{'-':>10}"
+                         for i in IMPLS)
+        me = rs.get("effsmall", {})
+        ratios = " ".join(f"{me[c]:7.2f}" if me.get(c) else f"{'-':>7}" for c in BASELINES.values())
+        lines.append(f"{key[0]:>4} {str(key[1]):>6} {key[2]:>6} {key[3]:>6} {cells}  {ratios}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m effsmall.bench.attention RESULT.json
+    with open(sys.argv[1]) as f:
+        res = json.load(f)
+    print(table(res["rows"]))
+    print(json.dumps(res.get("summary", summarize(res["rows"])).get("lines", {}), indent=1))

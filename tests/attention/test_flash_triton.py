@@ -1,0 +1,173 @@
+"""flash_attention (Triton, run by the interpreter on CPU) equals naive_attention.
+
+Sizes are tiny: the interpreter executes every tile in Python. The kernels use 16×16 tiles in
+the interpreter, so N up to 40 already crosses several key/query blocks, partial blocks,
+causal diagonals and window edges.
+"""
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import effsmall.attention.flash_triton as ft
+from effsmall.attention import flash_attention, naive_attention
+
+
+def _qkv(B, Hq, Hk, Nq, Nk, D, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(B, Hq, Nq, D, generator=g) * scale).to(dtype)
+    k = (torch.randn(B, Hk, Nk, D, generator=g) * scale).to(dtype)
+    v = torch.randn(B, Hk, Nk, D, generator=g).to(dtype)
+    return q, k, v
+
+
+def _ref64(q, k, v, **kw):
+    return naive_attention(q.double(), k.double(), v.double(), **kw)
+
+
+CASES = [  # B, Hq, Hk, Nq, Nk, D, causal, window
+    (1, 1, 1, 1, 1, 16, False, None),        # N = 1
+    (1, 2, 2, 1, 1, 32, True, None),
+    (2, 2, 2, 37, 37, 32, True, None),       # not a multiple of the block
+    (1, 4, 2, 20, 33, 64, True, None),       # Nq < Nk causal, GQA
+    (1, 2, 1, 33, 20, 16, True, None),       # Nq > Nk causal: first 13 rows see no key
+    (1, 4, 1, 17, 40, 32, False, None),      # MQA
+    (1, 2, 2, 40, 40, 96, False, (5, 3)),    # D = 96 padded to 128, sliding window
+    (1, 2, 1, 25, 30, 32, False, (3, -1)),   # left window only
+    (1, 2, 2, 30, 30, 16, True, (4, None)),  # causal + left window
+    (1, 1, 1, 24, 24, 16, False, (0, 0)),    # only the diagonal
+]
+
+
+@pytest.mark.parametrize("B,Hq,Hk,Nq,Nk,D,causal,window", CASES)
+def test_forward_fp32_matches_naive(B, Hq, Hk, Nq, Nk, D, causal, window):
+    q, k, v = _qkv(B, Hq, Hk, Nq, Nk, D)
+    o = flash_attention(q, k, v, causal=causal, window=window)
+    ref = _ref64(q, k, v, causal=causal, window=window)
+    err = (o.double() - ref).abs().max().item()
+    print(f"max error {err:.2e} (tol 1e-5)")
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert torch.isfinite(o).all()
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize("B,Hq,Hk,Nq,Nk,D,causal,window", CASES[2:7])
+def test_gradients_match_naive_autograd(B, Hq, Hk, Nq, Nk, D, causal, window):
+    q, k, v = _qkv(B, Hq, Hk, Nq, Nk, D, seed=1)
+    do = torch.randn(B, Hq, Nq, D, generator=torch.Generator().manual_seed(2))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    o = flash_attention(q, k, v, causal=causal, window=window)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = naive_attention(q64, k64, v64, causal=causal, window=window)
+    rgrads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    for name, a, b in zip("qkv", grads, rgrads):
+        err = (a.double() - b).abs().max().item()
+        print(f"d{name} max error {err:.2e}")
+        assert a.shape == b.shape
+        assert err < 2e-5, name
+
+
+def test_fully_masked_rows_are_zero_with_zero_grad():
+    q, k, v = _qkv(1, 2, 2, 20, 6, 16)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    o = flash_attention(q, k, v, causal=True)  # rows 0..13 see no key (bottom-right)
+    assert torch.equal(o[:, :, :14], torch.zeros_like(o[:, :, :14]))
+    o.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.equal(q.grad[:, :, :14], torch.zeros_like(q.grad[:, :, :14]))
+
+
+def test_huge_logits_are_stable():
+    # Integer q, k: every score (~1e4) is exact in fp32, so only the softmax is tested.
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-30, 31, (1, 2, 33, 16), generator=g).float()
+    k = torch.randint(-30, 31, (1, 2, 33, 16), generator=g).float()
+    v = torch.randn(1, 2, 33, 16, generator=g)
+    o = flash_attention(q, k, v, causal=True, scale=1.0)
+    ref = _ref64(q, k, v, causal=True, scale=1.0)
+    assert torch.isfinite(o).all()
+    assert (o.double() - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("D", [128, 192, 256])
+def test_large_head_dims(D):
+    q, k, v = _qkv(1, 2, 1, 7, 8, D)
+    o = flash_attention(q, k, v, causal=True)
+    assert (o.double() - _ref64(q, k, v, causal=True)).abs().max().item() < 1e-5
+
+
+def test_fp16_matches_naive():
+    q, k, v = _qkv(1, 2, 1, 33, 40, 64, dtype=torch.float16)
+    o = flash_attention(q, k, v, causal=True)
+    ref = naive_attention(q.float(), k.float(), v.float(), causal=True)
+    assert o.dtype == torch.float16
+    assert (o.float() - ref).abs().max().item() < 1e-2
+
+
+def test_bf16_in_interpreter_computes_in_fp32():
+    q, k, v = _qkv(1, 2, 2, 9, 9, 16, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        o = flash_attention(q, k, v)
+    assert o.dtype == torch.bfloat16
+    assert (o.float() - naive_attention(q.float(), k.float(), v.float())).abs().max().item() < 1e-2
+
+
+def test_matches_torch_sdpa_in_float64_reference():
+    q, k, v = _qkv(1, 2, 2, 19, 19, 32)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    o = flash_attention(q, k, v, causal=True)
+    assert (o.double() - ref).abs().max().item() < 1e-5
+
+
+def test_lse_is_returned_by_the_forward():
+    q, k, v = _qkv(1, 1, 1, 18, 18, 16)
+    o, lse = ft.flash_attention_forward(q, k, v, causal=True)
+    s = (q.double() @ k.double().transpose(-1, -2)) * 16 ** -0.5
+    s = s.masked_fill(torch.ones(18, 18, dtype=torch.bool).triu(1), float("-inf"))
+    assert (lse.double() - torch.logsumexp(s, -1)).abs().max().item() < 1e-5
+
+
+@given(Nq=st.integers(1, 40), Nk=st.integers(1, 40), group=st.sampled_from([1, 2]),
+       D=st.sampled_from([16, 32]), causal=st.booleans())
+def test_random_shapes_property(Nq, Nk, group, D, causal):
+    q, k, v = _qkv(1, 2 * group, 2, Nq, Nk, D, seed=Nq * 41 + Nk)
+    o = flash_attention(q, k, v, causal=causal)
+    assert o.shape == (1, 2 * group, Nq, D)
+    assert (o.double() - _ref64(q, k, v, causal=causal)).abs().max().item() < 1e-5
+
+
+def test_fallback_on_old_gpus_warns_and_is_correct(monkeypatch):
+    # Simulate a GPU without tensor-core tl.dot (T4): the documented fallback is tiled_attention.
+    monkeypatch.setattr(ft, "_fallback_reason", lambda q: "compute capability < 8.0 (simulated)")
+    monkeypatch.setattr("effsmall.runtime._warned", set())
+    q, k, v = _qkv(1, 2, 1, 12, 12, 16)
+    with pytest.warns(RuntimeWarning, match="compute capability"):
+        o = flash_attention(q, k, v, causal=True)
+    assert (o.double() - _ref64(q, k, v, causal=True)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("make,exc,word", [
+    (lambda q, k, v: (q[0], k, v), ValueError, "q"),                                  # rank
+    (lambda q, k, v: (q, k[:, :, :, :8], v[:, :, :, :8]), ValueError, "head dim"),    # D mismatch
+    (lambda q, k, v: (q[:, :, :, :8], k[:, :, :, :8], v[:, :, :, :8]), ValueError, "D=8"),
+    (lambda q, k, v: (torch.cat([q, q[:, :1]], 1), k, v), ValueError, "heads"),    # 3 % 2
+    (lambda q, k, v: (q, k.half(), v.half()), TypeError, "dtype"),
+    (lambda q, k, v: (q.long(), k.long(), v.long()), TypeError, "q"),
+    (lambda q, k, v: (q, k, v[:, :, :3]), ValueError, "shape"),
+    (lambda q, k, v: (q.transpose(-1, -2), k, v), ValueError, "q"),                   # non-contiguous D
+])
+def test_bad_inputs_name_the_argument(make, exc, word):
+    q, k, v = _qkv(1, 2, 2, 16, 16, 16)
+    with pytest.raises(exc, match=word):
+        flash_attention(*make(q, k, v))
+
+
+def test_bad_scale_and_window():
+    q, k, v = _qkv(1, 1, 1, 4, 4, 16)
+    with pytest.raises(ValueError, match="scale"):
+        flash_attention(q, k, v, scale=-1.0)
+    with pytest.raises(ValueError, match="window"):
+        flash_attention(q, k, v, window=3)
