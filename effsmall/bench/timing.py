@@ -7,6 +7,9 @@ Both return **seconds**.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Callable
 
 
@@ -28,6 +31,21 @@ def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool
     return m.median
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the C++ profiler's start/stop lines (written to fd 2 with timestamps)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before.
 
@@ -45,7 +63,7 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Walk allocation events in time order and track the running total.
     events = sorted((e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),

@@ -1,0 +1,53 @@
+"""The book's structure: every chapter follows the template and is in the table of contents."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+SETUP_FIRST_LINE = "# Set-up: in Colab, install effsmall from the book's repository; elsewhere this does nothing."
+NUMBERING = {
+    "01": "why_efficiency", "02": "memory_hierarchy_roofline", "03": "quadratic_attention",
+    "04": "safe_online_softmax", "05": "tiled_attention_io", "06": "backward_recomputation",
+    "07": "flashattention_triton", "08": "state_space_models", "09": "selective_scan",
+    "10": "semiseparable_matrices", "11": "chunked_ssd_triton", "12": "small_language_models",
+    "13": "making_models_smaller", "14": "llm_in_a_flash",
+}
+
+
+def toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+def test_toc_lists_only_existing_files_and_every_chapter():
+    files = toc_files()
+    for f in files:
+        assert (ROOT / f).with_suffix(".ipynb").exists() or (ROOT / f).with_suffix(".md").exists(), f
+    listed = {f for f in files if f.startswith("chapters/")}
+    assert listed == {f"chapters/{p.stem}" for p in CHAPTERS}
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 2
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_follows_template(path):
+    m = re.fullmatch(r"(\d\d)_(\w+)", path.stem)
+    assert m and NUMBERING.get(m.group(1)) == m.group(2), f"{path.name} does not match the book's numbering"
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ")
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert "".join(code[0]["source"]).startswith(SETUP_FIRST_LINE), "first code cell must be the Colab set-up"
+    text = "\n".join("".join(c["source"]) for c in cells)
+    assert "effsmall" in text
+    assert "## Exercises" in text and ":class: dropdown" in text, "exercises with hidden solutions"
+    assert "## Summary" in text
+    assert all(c.get("execution_count") for c in code[1:]), "committed with outputs (run `make execute`)"
+    for c in code:  # no stored errors
+        assert not any(o.get("output_type") == "error" for o in c.get("outputs", [])), path.name
