@@ -51,3 +51,10 @@ def test_chapter_follows_template(path):
     assert all(c.get("execution_count") for c in code[1:]), "committed with outputs (run `make execute`)"
     for c in code:  # no stored errors
         assert not any(o.get("output_type") == "error" for o in c.get("outputs", [])), path.name
+
+
+@pytest.mark.parametrize("svg", sorted((ROOT / "book" / "static").glob("*.svg")), ids=lambda p: p.name)
+def test_static_svgs_are_well_formed(svg):
+    import xml.dom.minidom
+
+    xml.dom.minidom.parse(str(svg))  # a malformed SVG renders as a broken image in the book
