@@ -1,0 +1,34 @@
+"""Making small models smaller (chapter 13).
+
+- ``distillation_loss``/``distill``: knowledge distillation {cite}`hinton2015distilling`.
+- ``quantize_int8``/``quantize_int4``/``dequantize``, ``pack_int4``/``unpack_int4``,
+  ``QuantLinear``/``quantize_model``: weight-only quantization.
+- ``tie_embeddings``/``share_layers``: parameter sharing (ALBERT {cite}`lan2019albert`).
+- ``memory_table``/``fits``: what a real model needs in fp16/int8/int4 vs a device's memory.
+"""
+from effsmall._lazy import lazy_exports
+
+_EXPORTS = {
+    # distillation.py
+    "distillation_loss": "distillation",
+    "distill": "distillation",
+    # quant.py
+    "quantize_int8": "quant",
+    "quantize_int4": "quant",
+    "dequantize": "quant",
+    "pack_int4": "quant",
+    "unpack_int4": "quant",
+    "QuantizedTensor": "quant",
+    "QuantLinear": "quant",
+    "quantize_model": "quant",
+    "model_bytes": "quant",
+    # sharing.py
+    "tie_embeddings": "sharing",
+    "share_layers": "sharing",
+    # memory.py
+    "memory_table": "memory",
+    "model_memory": "memory",
+    "fits": "memory",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)
