@@ -116,6 +116,24 @@ def test_affine_scan_operator():
         affine_scan(a, b, "kogge")
 
 
+@pytest.mark.parametrize("L", [2, 8, 16])
+def test_scan_graphs_compute_the_scan(L):
+    """The drawn dependency graphs (chapter 09) are correct scans: replay them on numbers."""
+    from effsmall.ssm.viz_scan import blelloch_edges, hillis_steele_edges
+
+    g = torch.Generator().manual_seed(L)
+    a, b = torch.rand(L, generator=g, dtype=f64), torch.randn(L, generator=g, dtype=f64)
+    ref = affine_scan(a[:, None], b[:, None], "hillis_steele")[:, 0]
+    for edges_fn in (hillis_steele_edges, blelloch_edges):
+        va, vb = a.clone(), b.clone()
+        for edges in edges_fn(L):
+            oa, ob = va.clone(), vb.clone()
+            for s, t in edges:
+                va[t], vb[t] = oa[s] * oa[t], oa[t] * ob[s] + ob[t]
+        torch.testing.assert_close(vb, ref)
+    assert sum(map(len, blelloch_edges(L))) < 2 * L
+
+
 def test_bytes_moved():
     r = scan_bytes_moved(b=1, d=1536, l=2048, n=16)
     assert r["materialized"] > 10 * r["fused"] and r["ratio"] == r["materialized"] / r["fused"]
