@@ -138,10 +138,11 @@ class Mamba2Block(nn.Module):
         xBC = self.conv1d(xBC.transpose(1, 2))[..., :l]   # (b, conv_dim, l): causal (left pad)
         xBC = F.silu(xBC.transpose(1, 2))                 # (b, l, conv_dim)
         x, B, C = self._split_xbc(xBC)                    # (b,l,h,P), (b,l,g,N), (b,l,g,N)
-        dt = F.softplus(dt + self.dt_bias)                # (b, l, h)
+        dt = F.softplus(self._fp32_or_64(dt + self.dt_bias))  # (b, l, h), Δ in fp32
         A = -torch.exp(self._fp32_or_64(self.A_log))      # (h,)
         ssd = _ssd_fn(u.device)
-        Y, final = ssd(x * dt[..., None].to(x.dtype), (dt * A).to(x.dtype), B, C, self.chunk_size)
+        # SSD inputs: X = x·Δ in the activation dtype, log decays a = Δ·A kept in fp32.
+        Y, final = ssd(x * dt[..., None].to(x.dtype), dt * A, B, C, self.chunk_size)
         y = Y + x * self.D[:, None].to(x.dtype)           # (b, l, h, P)
         y = self.norm(y.flatten(-2), z)                   # (b, l, d_inner)
         out = self.out_proj(y)                            # (b, l, d_model)
@@ -171,14 +172,14 @@ class Mamba2Block(nn.Module):
         if self.conv1d.bias is not None:
             xBC = xBC + self.conv1d.bias
         x, B, C = self._split_xbc(F.silu(xBC))             # (b,h,P), (b,g,N), (b,g,N)
-        dt = F.softplus(dt + self.dt_bias)                 # (b, h)
+        dt = F.softplus(self._fp32_or_64(dt + self.dt_bias))  # (b, h), Δ in fp32
         A = -torch.exp(self._fp32_or_64(self.A_log))       # (h,)
         rep = self.nheads // self.ngroups
         Bh = B.repeat_interleave(rep, dim=1)               # (b, h, N)
         Ch = C.repeat_interleave(rep, dim=1)               # (b, h, N)
         s = cache.ssm_state
         decay = torch.exp(dt * A).to(s.dtype)              # (b, h)
-        xdt = (x * dt[..., None]).to(s.dtype)              # (b, h, P)
+        xdt = (x * dt[..., None].to(x.dtype)).to(s.dtype)  # (b, h, P), rounded as in forward
         s = decay[..., None, None] * s + xdt[..., None] * Bh.to(s.dtype)[:, :, None, :]  # (b, h, P, N)
         y = torch.einsum("bhpn,bhn->bhp", s, Ch.to(s.dtype)).to(x.dtype)          # (b, h, P)
         y = y + x * self.D[:, None].to(x.dtype)            # (b, h, P)

@@ -73,3 +73,15 @@ def test_bad_inputs():
         m(torch.randn(1, 4, 16))
     with pytest.raises(ValueError, match="conv_state"):
         m.step(torch.randn(3, 16, dtype=f64), m.allocate_cache(2))
+
+
+def test_triton_ssd_path_matches(monkeypatch):
+    """The CUDA path (Triton SSD) gives the CPU path's outputs (here under the interpreter)."""
+    triton_mod = pytest.importorskip("effsmall.ssm.ssd_triton")
+    import effsmall.ssm.mamba2_block as mb
+
+    m = block(dtype=torch.float32)
+    u = torch.randn(1, 9, 16)
+    y_ref = m(u)
+    monkeypatch.setattr(mb, "_ssd_fn", lambda device: triton_mod.ssd_triton)
+    torch.testing.assert_close(m(u), y_ref, rtol=1e-4, atol=1e-5)
