@@ -58,3 +58,21 @@ def test_bad_input():
         io_traffic(0, 8, 1024)
     with pytest.raises(ValueError, match="block_m"):
         io_traffic(16, 8, 1024, algorithm="fa1", block_m=0)
+
+
+def test_peak_memory_stand_in_counts_each_allocation_once():
+    from effsmall.attention.viz_memory import peak_memory
+
+    a = torch.randn(256, 256)
+    got = peak_memory(lambda: (a @ a) @ a)  # two 256x256 float32 results alive at most
+    assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
+
+
+def test_tile_trace_bytes_equal_formula():
+    from effsmall.attention.viz import tile_trace
+
+    for order in ("fa1", "fa2"):
+        steps = tile_trace(48, 16, 16, 8, order, causal=True)
+        f = io_traffic(48, 16, 4096, algorithm=order, block_m=16, block_n=8, causal=True)
+        assert len(steps) == 12 and steps[-1]["bytes"] == f["total"]
+        assert all(a["bytes"] <= b["bytes"] for a, b in zip(steps, steps[1:]))
