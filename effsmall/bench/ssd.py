@@ -1,0 +1,230 @@
+"""Benchmark suite ``ssd``: chunked SSD (Mamba-2) in Triton against mamba_ssm, fla and attention.
+
+CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 … 16K):
+
+* ``effsmall_ssd_triton`` — :func:`effsmall.ssm.mamba_chunk_scan_combined` (x, dt, A (h,), B, C),
+  i.e. ssd_triton with x·Δ folded in; ``mamba_ssm`` — its ``mamba_chunk_scan_combined``, same
+  inputs, chunk 256; ``fla_simple_gla`` — fla's ``chunk_simple_gla`` on the equivalent
+  per-head operands (q = C, k = B, v = x·Δ, g = Δ·A; forward only on Hopper with Triton < 3.7.1);
+  ``effsmall_ssd_chunked`` — the readable torch version; ``flash_attention`` — this book's
+  FlashAttention (causal, D = 64, same tokens and heads), or SDPA when it is not importable.
+* ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 (outputs, final
+  states and all gradients, with initial states and packed sequences) and against mamba_ssm.
+
+CPU rows (``--device cpu``): ssd_chunked vs ssd_recurrent and selective_scan_parallel vs
+sequential at l = 4096. Set ``EFFSMALL_BENCH_PARTIAL=path.jsonl`` to have every row appended
+to that file as soon as it is measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from effsmall.bench.timing import benchmark
+
+TOKENS, H, P = 16384, 32, 64
+LENGTHS = (512, 2048, 8192, 16384)
+STATES = (64, 128)
+HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # measured H100 copy bandwidth, bf16 matmul (effsmall/results ceilings)
+
+
+def _emit(rows: list, row: dict) -> None:
+    rows.append(row)
+    print(json.dumps(row, default=float), flush=True)
+    path = os.environ.get("EFFSMALL_BENCH_PARTIAL")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _import_baselines():
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as mamba_fn
+    except Exception:  # noqa: BLE001 - optional baseline
+        mamba_fn = None
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla as fla_fn
+    except Exception:  # noqa: BLE001
+        fla_fn = None
+    try:
+        from effsmall.attention import flash_attention as fa
+        attn, attn_name = (lambda q, k, v: fa(q, k, v, causal=True)), "flash_attention"
+    except Exception:  # noqa: BLE001
+        attn, attn_name = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)), "sdpa_flash"
+    return mamba_fn, fla_fn, attn, attn_name
+
+
+def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> None:
+    """ssd_triton in every dtype vs ssd_chunked in fp64: outputs, final states, gradients."""
+    from effsmall.ssm._ssd_testing import ssd_inputs
+    from effsmall.ssm.ssd_chunked import ssd_chunked
+    from effsmall.ssm.ssd_triton import ssd_triton
+
+    for n in STATES:
+        X, A, B, C, h0 = ssd_inputs(b=2, l=1000, h=8, p=64, g=2, n=n, device=device)
+        seq = torch.cat([torch.zeros(2, 300), torch.ones(2, 450), 2 * torch.ones(2, 250)], 1).int().to(device)
+        args64 = [t.clone().requires_grad_() for t in (X, A, B, C, h0)]
+        Y64, s64 = ssd_chunked(*args64[:4], 64, initial_states=args64[4], seq_idx=seq)
+        gY, gs = torch.randn_like(Y64), torch.randn_like(s64)
+        ((Y64 * gY).sum() + (s64 * gs).sum()).backward()
+        for dt in dtypes:
+            args = [X.to(dt), A.float(), B.to(dt), C.to(dt), h0.float()]
+            args = [t.clone().requires_grad_() for t in args]
+            Y, s = ssd_triton(*args[:4], 64, initial_states=args[4], seq_idx=seq)
+            ((Y.double() * gY).sum() + (s.double() * gs).sum()).backward()
+            row = dict(impl="effsmall_ssd_triton", mode="check", dtype=str(dt).split(".")[-1], N=n,
+                       rel_err_y=_rel(Y, Y64), rel_err_final=_rel(s, s64))
+            for name, a, r in zip("X A B C h0".split(), args, args64):
+                row[f"rel_err_d{name}"] = _rel(a.grad, r.grad)
+            _emit(rows, row)
+
+
+def _cuda_rows(rows: list, quick: bool) -> None:
+    from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
+    from effsmall.ssm.ssd_chunked import ssd_chunked, ssd_chunked_cost
+
+    dev = "cuda"
+    mamba_fn, fla_fn, attn, attn_name = _import_baselines()
+    fla_fwd_only = os.environ.get("FLA_FWD_ONLY", "1") == "1"
+    # every dtype is checked by default; EFFSMALL_SSD_CHECK_DTYPES=bfloat16,float32 narrows it (compile time)
+    names = os.environ.get("EFFSMALL_SSD_CHECK_DTYPES", "float32,bfloat16,float16").split(",")
+    _check_rows(rows, dev, tuple(getattr(torch, n) for n in names if n))
+    lengths = (512, 4096) if quick else LENGTHS
+    bench = lambda fn: benchmark(fn, dev, warmup_ms=10, rep_ms=50) * 1e3  # noqa: E731  ms
+    for L in lengths:
+        Bsz = TOKENS // L
+        q = torch.randn(Bsz, H, L, P, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        k, v = torch.randn_like(q).requires_grad_(), torch.randn_like(q).requires_grad_()
+        do = torch.randn_like(q)
+        fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
+        for mode in ("fwd",):  # the crossover is a forward comparison
+            fn = lambda: attn(q, k, v)  # noqa: E731
+            ms = bench(fn)
+            f = fl if mode == "fwd" else 3.5 * fl
+            _emit(rows, dict(impl=attn_name, D=P, L=L, B=Bsz, H=H, mode=mode, ms=ms, tflops=f / ms / 1e9))
+        del q, k, v, do
+        for N in STATES:
+            g = torch.Generator(device=dev).manual_seed(L + N)
+            x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+            dt = F.softplus(torch.randn(Bsz, L, H, device=dev, generator=g) - 4).requires_grad_()
+            A = (-torch.exp(torch.rand(H, device=dev, generator=g))).requires_grad_()
+            Bm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+            Cm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
+            dy = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g)
+            cost = ssd_chunked_cost(Bsz, L, H, P, N, 64, g=1)
+            floor_ms = max(cost["bytes_min"] / HBM_BPS, cost["flops"] / BF16_FLOPS) * 1e3
+            with torch.no_grad():
+                y_ours = ours(x, dt, A, Bm, Cm, 256).float()
+                err_m = _rel(y_ours, mamba_fn(x, dt, A, Bm, Cm, 256)) if mamba_fn else None
+            impls = {"effsmall_ssd_triton": lambda: ours(x, dt, A, Bm, Cm, 256)}
+            if mamba_fn:
+                impls["mamba_ssm"] = lambda: mamba_fn(x, dt, A, Bm, Cm, 256)
+            if fla_fn:
+                qf = Cm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
+                kf = Bm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
+                vf = (x.detach() * dt.detach()[..., None]).to(torch.bfloat16).requires_grad_()
+                gf = (dt.detach() * A.detach()).float().requires_grad_()
+                impls["fla_simple_gla"] = lambda: fla_fn(qf, kf, vf, g=gf, scale=1.0)[0]
+            if L == 512:
+                xd = (x.detach().float() * dt.detach()[..., None])
+                ad = dt.detach() * A.detach()
+                impls["effsmall_ssd_chunked"] = lambda: ssd_chunked(xd, ad, Bm.detach(), Cm.detach(), 64)[0]
+            for name, fn in impls.items():
+                for mode in ("fwd", "fwdbwd"):
+                    if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and fla_fwd_only)):
+                        continue
+                    f = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
+                    try:
+                        ms = bench(f)
+                    except Exception as e:  # noqa: BLE001 - a baseline failing must not lose the run
+                        _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(e)[:300]))
+                        continue
+                    fwd_bytes = cost["bytes_min"] * (1 if mode == "fwd" else 3)
+                    fwd_flops = cost["flops"] * (1 if mode == "fwd" else 3)
+                    _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms,
+                                     gbps=fwd_bytes / ms / 1e6, tflops=fwd_flops / ms / 1e9,
+                                     floor_ms=floor_ms * (1 if mode == "fwd" else 3),
+                                     x_floor=ms / (floor_ms * (1 if mode == "fwd" else 3)),
+                                     rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
+            del x, dt, A, Bm, Cm, dy, impls
+            torch.cuda.empty_cache()
+
+
+def _cpu_rows(rows: list, quick: bool) -> None:
+    from effsmall.ssm._ssd_testing import ssd_inputs
+    from effsmall.ssm.ssd_chunked import ssd_chunked
+    from effsmall.ssm.ssd_recurrent import ssd_recurrent
+
+    l = 1024 if quick else 4096
+    X, A, B, C, _ = ssd_inputs(b=1, l=l, h=4, p=16, g=1, n=16, dtype=torch.float32)
+    t_rec = benchmark(lambda: ssd_recurrent(X, A, B, C), "cpu", min_run_time=0.5)
+    t_chk = benchmark(lambda: ssd_chunked(X, A, B, C, 64), "cpu", min_run_time=0.5)
+    _emit(rows, dict(impl="ssd_recurrent", L=l, mode="fwd", ms=t_rec * 1e3))
+    _emit(rows, dict(impl="ssd_chunked", L=l, mode="fwd", ms=t_chk * 1e3, speedup_vs_recurrent=t_rec / t_chk))
+    try:
+        from effsmall.ssm.selective_scan import selective_scan_parallel, selective_scan_sequential
+    except Exception as e:  # noqa: BLE001 - a teammate's module may not exist yet
+        _emit(rows, dict(impl="selective_scan", L=l, mode="skipped", error=repr(e)[:200]))
+        return
+    gen = torch.Generator().manual_seed(0)
+    b, d, n = 1, 16, 8
+    u = torch.randn(b, d, l, generator=gen)
+    delta = torch.rand(b, d, l, generator=gen) * 0.1
+    As = -torch.rand(d, n, generator=gen)
+    Bs, Cs = torch.randn(b, n, l, generator=gen), torch.randn(b, n, l, generator=gen)
+    t_seq = benchmark(lambda: selective_scan_sequential(u, delta, As, Bs, Cs), "cpu", min_run_time=0.5)
+    t_par = benchmark(lambda: selective_scan_parallel(u, delta, As, Bs, Cs), "cpu", min_run_time=0.5)
+    _emit(rows, dict(impl="selective_scan_sequential", L=l, mode="fwd", ms=t_seq * 1e3))
+    _emit(rows, dict(impl="selective_scan_parallel", L=l, mode="fwd", ms=t_par * 1e3,
+                     speedup_vs_sequential=t_seq / t_par))
+
+
+def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+    rows: list[dict] = []
+    t0 = time.time()
+    if str(device).startswith("cuda"):
+        _cuda_rows(rows, quick)
+    else:
+        _cpu_rows(rows, quick)
+    print(f"ssd suite: {len(rows)} rows in {time.time() - t0:.0f} s", flush=True)
+    return rows
+
+
+def _geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    ms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["ms"] for r in rows if "ms" in r}
+    out: dict = {}
+    ours = "effsmall_ssd_triton"
+    for base, mode in (("mamba_ssm", "fwd"), ("mamba_ssm", "fwdbwd"), ("fla_simple_gla", "fwd")):
+        ratios = [ms[(base, n, l, m)] / ms[k] for k in ms for (i, n, l, m) in [k]
+                  if i == ours and m == mode and (base, n, l, m) in ms]
+        if ratios:
+            out[f"speedup_vs_{base}_{mode}_geomean"] = round(_geomean(ratios), 3)
+            out[f"speedup_vs_{base}_{mode}_min"] = round(min(ratios), 3)
+    attn = [k for k in ms if k[0] in ("flash_attention", "sdpa_flash") and k[3] == "fwd"]
+    for k in sorted(attn, key=lambda k: k[2]):
+        ours_l = [ms[o] for o in ms if o[0] == ours and o[2] == k[2] and o[3] == "fwd"]
+        if ours_l:
+            out[f"speedup_vs_attention_fwd_L{k[2]}"] = round(ms[k] / max(ours_l), 3)
+    checks = [r for r in rows if r.get("mode") == "check"]
+    if checks:
+        out["check_max_rel_err"] = {r["dtype"] + f"_N{r['N']}": round(max(v for kk, v in r.items()
+                                    if kk.startswith("rel_err")), 5) for r in checks}
+    cpu = {r["impl"]: r for r in rows if "speedup_vs_recurrent" in r or "speedup_vs_sequential" in r}
+    for name, r in cpu.items():
+        out[f"{name}_speedup"] = round(r.get("speedup_vs_recurrent", r.get("speedup_vs_sequential")), 2)
+    return out
