@@ -60,9 +60,9 @@ class GatedRMSNorm(nn.Module):
         return (xg.flatten(-2) * self.weight.float()).to(y.dtype)          # (..., dim)
 
 
-def _ssd_fn(device: torch.device):
-    """The fastest exact SSD forward for this device: Triton on CUDA if present, else torch."""
-    if device.type == "cuda":
+def _ssd_fn(device: torch.device, dtype: torch.dtype = torch.float32):
+    """The fastest exact SSD forward here: Triton on CUDA (fp32/bf16/fp16) if present, else torch."""
+    if device.type == "cuda" and dtype in (torch.float32, torch.bfloat16, torch.float16):
         try:
             from effsmall.ssm.ssd_triton import ssd_triton
             return ssd_triton
@@ -140,7 +140,7 @@ class Mamba2Block(nn.Module):
         x, B, C = self._split_xbc(xBC)                    # (b,l,h,P), (b,l,g,N), (b,l,g,N)
         dt = F.softplus(self._fp32_or_64(dt + self.dt_bias))  # (b, l, h), Δ in fp32
         A = -torch.exp(self._fp32_or_64(self.A_log))      # (h,)
-        ssd = _ssd_fn(u.device)
+        ssd = _ssd_fn(u.device, x.dtype)
         # SSD inputs: X = x·Δ in the activation dtype, log decays a = Δ·A kept in fp32.
         Y, final = ssd(x * dt[..., None].to(x.dtype), dt * A, B, C, self.chunk_size)
         y = Y + x * self.D[:, None].to(x.dtype)           # (b, l, h, P)
