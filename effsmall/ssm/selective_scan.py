@@ -220,6 +220,8 @@ def scan_bytes_moved(b: int, d: int, l: int, n: int, g: int = 1, itemsize: int =
 
     *Fused* (Mamba's kernel): read u, Δ, z (b·d·l each), A (d·n), B, C (b·g·n·l each),
     write y (b·d·l) and the last state (b·d·n); the per-step Ā, B̄u and h live in SRAM.
+    (This is the ideal: a kernel that splits channels into blocks re-reads B and C once per
+    block, which on a GPU mostly hits the L2 cache.)
     *Materialized* (a framework graph, e.g. ``selective_scan_parallel``): additionally write
     and read back Ā and B̄u (b·d·l·n each), write the states h (b·d·l·n) and read them again
     to contract with C. Returns ``{"fused", "materialized", "ratio"}`` in bytes.
