@@ -43,7 +43,7 @@ import triton.language as tl
 
 from effsmall.runtime import interpreting, tensor_cores_in_triton, warn_once
 
-__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs"]
+__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule"]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30  # "no window edge": far beyond any sequence length, still safe in int32
@@ -110,7 +110,7 @@ def _seq_bounds(cu_ptr, b, N, VARLEN: tl.constexpr):
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
               n_len, OFF, LO, HI, qk_scale,
-              MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+              MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the online softmax (FA2 Algorithm 1, inner loop body)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)                                # (BLOCK_N,) key rows
     d_ok = offs_d[None, :] < D                                         # (1, BLOCK_D)
@@ -126,7 +126,7 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, of
     else:
         k = tl.load(k_ptrs, mask=d_ok, other=0.0)
         v = tl.load(v_ptrs, mask=d_ok, other=0.0)
-    s = tl.dot(q, tl.trans(k))                                         # (BLOCK_M, BLOCK_N) fp32 q·k
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (BLOCK_M, BLOCK_N) fp32 q·k
     if MASKED:
         s = tl.where(_visible(offs_m, offs_n, n_len, OFF, LO, HI), s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))                          # (BLOCK_M,)
@@ -138,14 +138,14 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, of
         p = tl.math.exp2(s * qk_scale - m_use[:, None])                # one FMA + exp2 per score
     alpha = tl.math.exp2(m_i - m_use)                                  # (BLOCK_M,) rescale old stats
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)              # (BLOCK_M, BLOCK_D)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)  # (BLOCK_M, BLOCK_D)
     return acc, l_i, m_new
 
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                lo, hi, n_len, OFF, LO, HI, qk_scale,
-               MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr,
+               MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                BLOCK_N: tl.constexpr, INTERP: tl.constexpr):
     """Key blocks lo, lo + BLOCK_N, ... < hi. A ``for`` loop on GPUs (software-pipelined with
     num_stages); a ``while`` loop in the interpreter (its ``range`` needs Python ints)."""
@@ -153,12 +153,12 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, o
         n0 = lo
         while n0 < hi:
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, PREC, BLOCK_N)
             n0 += BLOCK_N
     else:
         for n0 in tl.range(lo, hi, BLOCK_N):
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+                                      n0, n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, PREC, BLOCK_N)
     return acc, l_i, m_i
 
 
@@ -170,7 +170,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                 stride_ob, stride_oh, stride_on,
                 stride_lb, stride_lh,
                 H, GROUP, Nq, Nk, LO, HI, qk_scale, N_BUCKET,
-                D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -205,13 +205,13 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     start, full_lo, full_hi, end = _key_ranges(m0, m_last, n_len, OFF, LO, HI, BLOCK_N)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                                start, full_lo, n_len, OFF, LO, HI, qk_scale,
-                               True, EVEN_D, D, BLOCK_N, INTERP)
+                               True, EVEN_D, D, PREC, BLOCK_N, INTERP)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                                full_lo, full_hi, n_len, OFF, LO, HI, qk_scale,
-                               False, EVEN_D, D, BLOCK_N, INTERP)
+                               False, EVEN_D, D, PREC, BLOCK_N, INTERP)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                                full_hi, end, n_len, OFF, LO, HI, qk_scale,
-                               True, EVEN_D, D, BLOCK_N, INTERP)
+                               True, EVEN_D, D, PREC, BLOCK_N, INTERP)
 
     empty = l_i == 0.0                                                 # row saw no key
     l_safe = tl.where(empty, 1.0, l_i)
@@ -250,7 +250,7 @@ def _bwd_preprocess(O, DO, DELTA, CU_Q,
 @triton.jit
 def _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                    offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
-                   MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
+                   MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr):
     """One query block's contribution to dK, dV of a key block (computed transposed: Sᵀ, Pᵀ)."""
     offs_m = m0 + tl.arange(0, BLOCK_M)                                # (BLOCK_M,) query rows
     d_ok = offs_d[None, :] < D
@@ -271,35 +271,35 @@ def _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_q
             do = tl.load(do_ptrs, mask=d_ok, other=0.0)
         lse = tl.load(lse_base + offs_m)
         delta = tl.load(delta_base + offs_m)
-    sT = tl.dot(k, tl.trans(q))                                        # (BLOCK_N, BLOCK_M) Sᵀ unscaled
+    sT = tl.dot(k, tl.trans(q), input_precision=PREC)  # (BLOCK_N, BLOCK_M) Sᵀ unscaled
     pT = tl.math.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])  # Pᵀ
     if MASKED:
         vis = _visible(offs_m, offs_n, n_len, OFF, LO, HI)             # (BLOCK_M, BLOCK_N)
         pT = tl.where(tl.trans(vis), pT, 0.0)
-    dv += tl.dot(pT.to(do.dtype), do)                                  # (BLOCK_N, BLOCK_D)
-    dpT = tl.dot(v, tl.trans(do))                                      # (BLOCK_N, BLOCK_M) dPᵀ
+    dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
+    dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # (BLOCK_N, BLOCK_M) dPᵀ
     dsT = pT * (dpT - delta[None, :])                                  # dSᵀ (without scale)
-    dk += tl.dot(dsT.to(q.dtype), q)                                   # (BLOCK_N, BLOCK_D)
+    dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
     return dk, dv
 
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                     offs_n, offs_d, lo, hi, m_len, n_len, OFF, LO, HI, qk_scale,
-                    MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                    INTERP: tl.constexpr):
+                    MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, INTERP: tl.constexpr):
     if INTERP:
         m0 = lo
         while m0 < hi:
             dk, dv = _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                                     offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
-                                    MASKED, EVEN_D, D, BLOCK_M)
+                                    MASKED, EVEN_D, D, PREC, BLOCK_M)
             m0 += BLOCK_M
     else:
         for m0 in tl.range(lo, hi, BLOCK_M):
             dk, dv = _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                                     offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
-                                    MASKED, EVEN_D, D, BLOCK_M)
+                                    MASKED, EVEN_D, D, PREC, BLOCK_M)
     return dk, dv
 
 
@@ -313,7 +313,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
                      stride_dvb, stride_dvh, stride_dvn,
                      stride_lb, stride_lh,
                      HK, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
-                     D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block, batch, kv head): loops over the GROUP query heads and the
     query blocks that see this key block; dK, dV accumulate in fp32 registers."""
@@ -350,13 +350,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
         delta_base = DELTA + b64 * stride_lb + h * stride_lh + q_start
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                                  offs_n, offs_d, start, full_lo, m_len, n_len, OFF, LO, HI, qk_scale,
-                                 True, EVEN_D, D, BLOCK_M, INTERP)
+                                 True, EVEN_D, D, PREC, BLOCK_M, INTERP)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                                  offs_n, offs_d, full_lo, full_hi, m_len, n_len, OFF, LO, HI, qk_scale,
-                                 False, EVEN_D, D, BLOCK_M, INTERP)
+                                 False, EVEN_D, D, PREC, BLOCK_M, INTERP)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                                  offs_n, offs_d, full_hi, end, m_len, n_len, OFF, LO, HI, qk_scale,
-                                 True, EVEN_D, D, BLOCK_M, INTERP)
+                                 True, EVEN_D, D, PREC, BLOCK_M, INTERP)
         g += 1
     dk = dk * sm_scale                                                 # dS was unscaled
     tl.store(DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + k_rows[:, None] * stride_dkn + offs_d[None, :],
@@ -368,7 +368,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
 @triton.jit
 def _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
                  n_len, OFF, LO, HI, qk_scale,
-                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block's contribution to dQ of a query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     d_ok = offs_d[None, :] < D
@@ -384,31 +384,31 @@ def _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, o
     else:
         k = tl.load(k_ptrs, mask=d_ok, other=0.0)
         v = tl.load(v_ptrs, mask=d_ok, other=0.0)
-    s = tl.dot(q, tl.trans(k))                                         # (BLOCK_M, BLOCK_N)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
     p = tl.math.exp2(s * qk_scale - lse2[:, None])
     if MASKED:
         p = tl.where(_visible(offs_m, offs_n, n_len, OFF, LO, HI), p, 0.0)
-    dp = tl.dot(do, tl.trans(v))                                       # (BLOCK_M, BLOCK_N)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k)                                    # (BLOCK_M, BLOCK_D)
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # (BLOCK_M, BLOCK_D)
     return dq
 
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
                   lo, hi, n_len, OFF, LO, HI, qk_scale,
-                  MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                  INTERP: tl.constexpr):
+                  MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                  BLOCK_N: tl.constexpr, INTERP: tl.constexpr):
     if INTERP:
         n0 = lo
         while n0 < hi:
             dq = _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
-                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, PREC, BLOCK_N)
             n0 += BLOCK_N
     else:
         for n0 in tl.range(lo, hi, BLOCK_N):
             dq = _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
-                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, BLOCK_N)
+                              n_len, OFF, LO, HI, qk_scale, MASKED, EVEN_D, D, PREC, BLOCK_N)
     return dq
 
 
@@ -421,7 +421,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
                    stride_dqb, stride_dqh, stride_dqn,
                    stride_lb, stride_lh,
                    H, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
-                   D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -453,11 +453,11 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     start, full_lo, full_hi, end = _key_ranges(m0, m_last, n_len, OFF, LO, HI, BLOCK_N)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       start, full_lo, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, BLOCK_N, INTERP)
+                       start, full_lo, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, PREC, BLOCK_N, INTERP)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       full_lo, full_hi, n_len, OFF, LO, HI, qk_scale, False, EVEN_D, D, BLOCK_N, INTERP)
+                       full_lo, full_hi, n_len, OFF, LO, HI, qk_scale, False, EVEN_D, D, PREC, BLOCK_N, INTERP)
     dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-                       full_hi, end, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, BLOCK_N, INTERP)
+                       full_hi, end, n_len, OFF, LO, HI, qk_scale, True, EVEN_D, D, PREC, BLOCK_N, INTERP)
     dq = dq * sm_scale
     tl.store(DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + rows[:, None] * stride_dqn + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=mask)
@@ -533,6 +533,16 @@ def _tuned(configs, kind, kernel):
 _fwd_tuned = _tuned(FWD_CONFIGS, "fwd", _fwd_kernel)
 _dkdv_tuned = _tuned(DKDV_CONFIGS, "dkdv", _bwd_dkdv_kernel)
 _dq_tuned = _tuned(DQ_CONFIGS, "dq", _bwd_dq_kernel)
+
+
+def _dot_precision(q: torch.Tensor) -> str:
+    """``tl.dot`` precision for fp32 inputs, following PyTorch's knob: exact fp32 ("ieee") under
+    ``torch.set_float32_matmul_precision("highest")`` (the default) and in the interpreter,
+    TF32 tensor cores ("tf32", ~1e-3 relative error) under "high"/"medium". fp16/bf16 inputs
+    always multiply on tensor cores with fp32 accumulation."""
+    if q.dtype != torch.float32 or interpreting():
+        return "ieee" if interpreting() else "tf32"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def _n_bucket(n: int) -> int:
@@ -636,7 +646,7 @@ def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
             q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
             *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, _n_bucket(max(Nq, Nk)),
-            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting())
+            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=_dot_precision(q))
     return o, lse
 
 
@@ -659,7 +669,7 @@ def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, m
         o, do, delta, cu_q, *_strides3(o, varlen), *_strides3(do, varlen), *lse_strides, Hq, Nq,
         D=D, BLOCK_D=block_d, VARLEN=varlen, BLOCK_M=pre_m)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting())
+    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=_dot_precision(q))
     bucket = _n_bucket(max(Nq, Nk))
     grid_kv = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
     _launch(_dkdv_tuned, _bwd_dkdv_kernel, "dkdv", grid_kv,
@@ -674,6 +684,29 @@ def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, m
             *_strides3(dq, varlen), *lse_strides,
             Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
     return dq, dk, dv
+
+
+def block_schedule(Nq: int, Nk: int, block_m: int, block_n: int, *, causal: bool = False, window=None):
+    """What the forward kernel does with each (query block, key block) tile, as an int tensor
+    ``(cdiv(Nq, block_m), cdiv(Nk, block_n))``: 0 skipped, 1 fully visible (no mask math),
+    2 boundary (mask built). A host-side mirror of ``_key_ranges`` for pictures and tests."""
+    lo, hi = _window_bounds(causal, window)
+    off = Nk - Nq
+    nm, nn = triton.cdiv(Nq, block_m), triton.cdiv(Nk, block_n)
+    sched = torch.zeros(nm, nn, dtype=torch.int64)                     # (query blocks, key blocks)
+    for bm in range(nm):
+        m0, m_last = bm * block_m, min(bm * block_m + block_m, Nq) - 1
+        k_lo = max(m0 + off + lo, 0)
+        k_hi = max(min(m_last + off + hi + 1, Nk), k_lo)
+        start = k_lo // block_n * block_n
+        full_lo = triton.cdiv(max(m_last + off + lo, k_lo), block_n) * block_n
+        full_hi = min(m0 + off + hi + 1, k_hi) // block_n * block_n
+        end_blk = triton.cdiv(k_hi, block_n) * block_n
+        if full_hi <= full_lo:
+            full_lo = full_hi = end_blk
+        for n0 in range(start, end_blk, block_n):
+            sched[bm, n0 // block_n] = 1 if full_lo <= n0 < full_hi else 2
+    return sched
 
 
 class _FlashAttention(torch.autograd.Function):

@@ -121,23 +121,29 @@ def _impls() -> dict:
 
 def gpu_correctness(rec: _Recorder) -> None:
     """Check flash_attention (output and gradients) against naive_attention in fp32 on the GPU,
-    for fp16/bf16/fp32 and every supported head dim, with GQA, Nq ≠ Nk, causal and a window."""
+    for fp16/bf16/fp32 (exact, and TF32 under ``set_float32_matmul_precision("high")``) and
+    every supported head dim, with GQA, Nq ≠ Nk, causal and a window; and varlen against
+    per-sequence calls. Errors are max |a − b| / max |b| per tensor."""
     import effsmall.attention.flash_triton as ft
-    from effsmall.attention import flash_attention, naive_attention
+    from effsmall.attention import flash_attention, flash_attention_varlen, naive_attention
 
-    cases = [(torch.float16, D) for D in (16, 32, 64, 96, 128, 192, 256)]
-    cases += [(torch.bfloat16, D) for D in (64, 128)] + [(torch.float32, D) for D in (32, 96)]
-    tol = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 3e-3}
+    cases = [(torch.float16, D, "highest") for D in (16, 32, 64, 96, 128, 192, 256)]
+    cases += [(torch.bfloat16, D, "highest") for D in (64, 128)]
+    cases += [(torch.float32, D, "highest") for D in (32, 96)] + [(torch.float32, 64, "high")]
+    tol = {"float16": 1e-2, "bfloat16": 2e-2, "float32": 1e-4, "tf32": 1e-2}
     ft.AUTOTUNE = False  # one safe configuration per dtype/D: the checks are about the math
+    prev_prec = torch.get_float32_matmul_precision()
     try:
-        for dtype, D in cases:
+        for dtype, D, prec in cases:
+            torch.set_float32_matmul_precision(prec)
+            name = "tf32" if prec == "high" else str(dtype).replace("torch.", "")
             g = torch.Generator(device="cuda").manual_seed(D)
             t = time.time()
             q = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype).requires_grad_()
             k = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
             v = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
             do = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype)
-            worst = 0.0
+            err_o = err_g = 0.0
             for causal, window in ((False, None), (True, None), (False, (40, 7))):
                 o = flash_attention(q, k, v, causal=causal, window=window)
                 grads = torch.autograd.grad(o, (q, k, v), do)
@@ -145,13 +151,24 @@ def gpu_correctness(rec: _Recorder) -> None:
                 with _no_tf32():
                     r = naive_attention(q32, k32, v32, causal=causal, window=window)
                     rgrads = torch.autograd.grad(r, (q32, k32, v32), do.float())
-                for a, b in zip((o, *grads), (r, *rgrads)):
-                    err = ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
-                    worst = max(worst, err)
-            rec.add(dict(kind="check", dtype=str(dtype).replace("torch.", ""), D=D, rel_err=worst,
-                         tol=tol[dtype], ok=bool(worst <= tol[dtype]), seconds=round(time.time() - t, 2)))
+                rel = lambda a, b: ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()  # noqa: E731
+                err_o = max(err_o, rel(o, r))
+                err_g = max(err_g, *(rel(a, b) for a, b in zip(grads, rgrads)))
+            rec.add(dict(kind="check", dtype=name, D=D, rel_err=err_o, rel_err_grad=err_g, tol=tol[name],
+                         ok=bool(max(err_o, err_g) <= tol[name]), seconds=round(time.time() - t, 2)))
+        torch.set_float32_matmul_precision("highest")
+        lens = [5, 170, 1, 300]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        q, k, v = (torch.randn(sum(lens), 4, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+        o = flash_attention_varlen(q, k, v, cu, cu, max(lens), max(lens), causal=True)
+        ref = torch.cat([flash_attention(*(x[cu[b]:cu[b + 1]].transpose(0, 1)[None] for x in (q, k, v)),
+                                         causal=True)[0].transpose(0, 1) for b in range(len(lens))])
+        err = (o.float() - ref.float()).abs().max().item()
+        rec.add(dict(kind="check", dtype="float16", D=64, what="varlen vs per-sequence", rel_err=err,
+                     tol=1e-3, ok=bool(err <= 1e-3)))
     finally:
         ft.AUTOTUNE = True
+        torch.set_float32_matmul_precision(prev_prec)
 
 
 class _no_tf32:

@@ -171,3 +171,32 @@ def test_bad_scale_and_window():
         flash_attention(q, k, v, scale=-1.0)
     with pytest.raises(ValueError, match="window"):
         flash_attention(q, k, v, window=3)
+
+
+@pytest.mark.parametrize("Nq,Nk,bm,bn,causal,window", [
+    (100, 100, 16, 32, True, None), (37, 90, 16, 16, True, None), (90, 37, 32, 16, True, None),
+    (64, 64, 16, 16, False, (10, 3)), (50, 70, 16, 32, False, None), (33, 33, 16, 16, True, (5, None))])
+def test_block_schedule_covers_exactly_the_visible_tiles(Nq, Nk, bm, bn, causal, window):
+    from effsmall.attention.naive import attention_mask
+
+    sched = ft.block_schedule(Nq, Nk, bm, bn, causal=causal, window=window)
+    mask = attention_mask(Nq, Nk, causal, window)                       # (Nq, Nk) visible pairs
+    for i in range(sched.shape[0]):
+        for j in range(sched.shape[1]):
+            tile = mask[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+            full_tile = tile.shape[1] == bn and bool(tile.all())  # padded query rows never stored
+            if sched[i, j] == 0:
+                assert not tile.any()                 # skipped tiles hold no visible pair
+            if sched[i, j] == 1:
+                assert full_tile                      # unmasked tiles need no mask at all
+
+
+def test_triton_intro_kernels():
+    from effsmall.attention.triton_intro import softmax_rows, vector_add
+
+    x, y = torch.randn(3000), torch.randn(3000)
+    assert torch.equal(vector_add(x, y), x + y)
+    a = torch.randn(7, 100) * 50
+    assert (softmax_rows(a) - torch.softmax(a, -1)).abs().max().item() < 1e-6
+    with pytest.raises(ValueError, match="x"):
+        softmax_rows(torch.randn(3))
