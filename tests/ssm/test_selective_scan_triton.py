@@ -64,3 +64,14 @@ def test_bad_inputs():
         selective_scan_triton(**dict(x, B=x["B"][:, :2]))
     with pytest.raises(TypeError, match="u"):
         selective_scan_triton(**dict(x, u=[1.0]))
+
+
+def test_half_inputs_accumulate_in_fp32():
+    x32 = inputs(l=12, seed=5)
+    x16 = {k: v.half() for k, v in x32.items()}
+    ref = {k: v.float() for k, v in x16.items()}          # the same rounded inputs, in fp32
+    y0, h0 = selective_scan_sequential(**ref, delta_softplus=True)
+    y1, h1 = selective_scan_triton(**x16, delta_softplus=True)
+    assert y1.dtype == torch.float16 and h1.dtype == torch.float32
+    torch.testing.assert_close(y1.float(), y0, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(h1, h0, rtol=1e-4, atol=1e-4)
