@@ -1,0 +1,104 @@
+"""Benchmark suite ``offload`` (chapter 14): LLM in a Flash on this machine's disk.
+
+``python -m effsmall.bench offload --device cpu``: trains (or loads from the cache) the ReluLM
+of :data:`effsmall.offload.FULL_CONFIG`, its low-rank predictors, writes the FFN stores under
+the cache dir, measures the disk's read throughput (cold and warm), then generates with every
+strategy at a DRAM budget of 50% of the model's weights, the page cache dropped before every
+token. Rows carry a ``kind``: ``model``, ``predictor``, ``window``, ``read_throughput``,
+``strategy``; ``summarize`` checks the issue's performance lines.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+
+def _load():
+    from effsmall.data import token_splits
+    from effsmall.offload import FULL_CONFIG, load_or_train
+    from effsmall.offload.predictor import load_or_train_predictors
+
+    t0 = time.time()
+    model = load_or_train(FULL_CONFIG)
+    preds = load_or_train_predictors(model, rank=32, recall=0.99)
+    _, val_ids, tok = token_splits(vocab_size=FULL_CONFIG.vocab_size)
+    return model, preds, val_ids, tok, time.time() - t0
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[dict]:
+    if device != "cpu":
+        raise ValueError("the offload suite measures this machine's disk and CPU: use --device cpu")
+    from effsmall.offload import OffloadedLM, STRATEGIES, activation_sparsity, cache_dir
+    from effsmall.offload.offloaded_lm import neurons_added_per_token
+    from effsmall.offload.predictor import quality, record_activations, teacher_forced_agreement
+    from effsmall.offload.throughput import measure_read_throughput, scratch_file
+
+    torch.manual_seed(0)
+    model, preds, val_ids, tok, setup_s = _load()
+    cfg = model.cfg
+    rows: list[dict] = []
+    load = os.getloadavg()
+    rows.append({"kind": "model", "config": cfg.key(), "d_model": cfg.d_model, "d_ff": cfg.d_ff,
+                 "n_layers": cfg.n_layers, "ffn_bytes_fp16": cfg.ffn_bytes_fp16, "setup_s": setup_s,
+                 "sparsity": activation_sparsity(model, val_ids[:4 * 128].view(4, 128)),
+                 "loadavg_at_start": load})
+    # predictor quality on held-out activations, and windowing
+    recs = record_activations(model, val_ids, n_windows=8, seq_len=64, seed=1)
+    for l, ((h, a), p) in enumerate(zip(recs, preds)):
+        rows.append({"kind": "predictor", "layer": l, "rank": p.A.out_features, **quality(p.predict(h), a)})
+    seq_h, seq_a = recs[0][0][:64], recs[0][1][:64]                 # one 64-token window, layer 0
+    for w in (1, 2, 4, 8, 16):
+        rows.append({"kind": "window", "window": w, "layer": 0,
+                     "added_active": neurons_added_per_token(seq_a, w),
+                     "added_predicted": neurons_added_per_token(preds[0].predict(seq_h), w)})
+    rows.append({"kind": "agreement", **teacher_forced_agreement(model, preds, val_ids, max_windows=16)})
+    # the disk
+    path = scratch_file(256 << 20)
+    for r in measure_read_throughput(path, chunk_sizes=(4096, 16384, 65536, 262144, 1 << 20),
+                                     threads=(1, 4, 16) if not quick else (1, 4),
+                                     bytes_per_point=(16 << 20) if not quick else (2 << 20)):
+        rows.append({"kind": "read_throughput", **r})
+    # generation
+    olm = OffloadedLM.from_model(model, cache_dir() / f"offload-{cfg.key()}", predictors=preds, threads=8)
+    budget = olm.model_bytes // 2
+    prompt = val_ids[:16].tolist()
+    n_new = 8 if quick else 48
+    ref = model.generate(prompt, n_new)
+    for s in STRATEGIES:
+        r = olm.generate(prompt, n_new, budget, strategy=s, window=4)
+        summ = r.summary()
+        same = sum(a == b for a, b in zip(r.tokens[len(prompt):], ref[len(prompt):]))
+        rows.append({"kind": "strategy", **summ, "budget_bytes": budget, "model_bytes": olm.model_bytes,
+                     "ffn_bytes": olm.ffn_bytes, "non_ffn_bytes": olm.non_ffn_bytes,
+                     "bytes_fraction_of_ffn": summ["bytes_per_token"] / olm.ffn_bytes,
+                     "identical_to_in_memory": r.tokens == ref, "tokens_agreeing": same / n_new,
+                     "sample": tok.decode(r.tokens[len(prompt):])})
+    rows.append({"kind": "prompt", "text": tok.decode(prompt), "in_memory_sample": tok.decode(ref[len(prompt):]),
+                 "loadavg_at_end": os.getloadavg()})
+    olm.close()
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    st = {r["strategy"]: r for r in rows if r["kind"] == "strategy"}
+    agree = next(r for r in rows if r["kind"] == "agreement")
+    model = next(r for r in rows if r["kind"] == "model")
+    full, naive = st["predictor+window+bundle"], st["naive"]
+    return {
+        "tokens_per_s": {k: round(v["tokens_per_s"], 2) for k, v in st.items()},
+        "speedup_full_vs_naive": full["tokens_per_s"] / naive["tokens_per_s"],
+        "full_bytes_fraction_of_ffn": full["bytes_fraction_of_ffn"],
+        "bundle_reads_vs_unbundled": full["reads_per_token"] / max(1e-9, st["predictor+window"]["reads_per_token"]),
+        "oracle_identical": st["oracle"]["identical_to_in_memory"],
+        "predictor_agreement": agree["agreement"],
+        "ppl_ratio": agree["ppl_pred"] / agree["ppl_ref"],
+        "min_sparsity": min(model["sparsity"]),
+        "checks": {"speedup>=4": full["tokens_per_s"] >= 4 * naive["tokens_per_s"],
+                   "bytes<=10%": full["bytes_fraction_of_ffn"] <= 0.10,
+                   "oracle_identical": st["oracle"]["identical_to_in_memory"],
+                   "agreement>=95%": agree["agreement"] >= 0.95,
+                   "ppl_within_2%": abs(agree["ppl_pred"] / agree["ppl_ref"] - 1) <= 0.02,
+                   "sparsity>=90%": min(model["sparsity"]) >= 0.90},
+    }
