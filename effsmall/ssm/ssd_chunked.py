@@ -6,7 +6,8 @@ M = L ∘ (C Bᵀ) then splits into Q×Q blocks:
 1. **diagonal blocks** (intra-chunk): Y_diag = (L ∘ C Bᵀ) X inside each chunk — quadratic,
    attention-like, all matmuls;
 2. **chunk states**: the state each chunk produces on its own, s_c = Σ_t exp(a_{t+1}+…+a_end) x_t B_tᵀ;
-3. **state passing**: a short recurrence over chunks, h_c = exp(Σ a over chunk c) h_{c-1} + s_c;
+3. **state passing**: a short recurrence over chunks, h_c = exp(Σ a over chunk c) h_{c-1} + s_c —
+   a scalar-decay SSM of length l/Q, evaluated with its own small decay matrix exp(segsum);
 4. **state to output**: the off-diagonal blocks are low rank through the state,
    Y_off[t] = exp(a_start + … + a_t) · h_{c-1} C_t.
 
@@ -67,24 +68,24 @@ def ssd_chunked(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
 
     # 2. chunk states: what each chunk writes into the state by its end (decay from s to the end).
     to_end = decay[..., -1, :]  # (b, h, c, Q): exp(a_{s+1} + ... + a_{Q-1}), 0 if a sequence starts after s
-    states = torch.einsum("bcshn,bhcs,bcshp->bchpn", Bh, to_end, x)  # (b, c, h, p, n)
+    Bw = Bh * to_end.permute(0, 2, 3, 1)[..., None]  # (b, c, Q, h, n): B_s scaled by its decay to the end
+    states = torch.einsum("bcshn,bcshp->bchpn", Bw, x)  # (b, c, h, p, n)
 
-    # 3. state passing over chunks: h_in[c] is the state entering chunk c.
-    chunk_decay = torch.exp(a.sum(dim=-1))  # (b, h, c)
+    # 3. state passing: h_in[c] = exp(Σ a over chunk c-1) h_in[c-1] + s_{c-1} is itself a scalar-decay
+    #    SSM over chunks, so it is evaluated the same way: one (c+1)×(c+1) decay matrix from segsum.
     seg_before = torch.cat([torch.zeros_like(seg[:, :1, 0]), seg[:, :-1, -1]], dim=1)  # (b, c): sequence of the step before chunk c
-    survives = (seg[:, :, -1] == seg_before).to(dt)  # (b, c): no sequence starts inside chunk c
-    h_in = [torch.zeros(b, h, p, n, dtype=dt, device=X.device) if initial_states is None
-            else initial_states.to(dt)]
-    for c in range(nc):
-        carry = (chunk_decay[:, :, c] * survives[:, c, None])[:, :, None, None]  # (b, h, 1, 1)
-        h_in.append(carry * h_in[-1] + states[:, c])  # (b, h, p, n)
-    final_states = h_in[-1]
-    h_prev = torch.stack(h_in[:-1], dim=1)  # (b, c, h, p, n)
+    survives = seg[:, :, -1] == seg_before  # (b, c): no sequence starts inside chunk c
+    chunk_log = a.sum(dim=-1).masked_fill(~survives[:, None], float("-inf"))  # (b, h, c): log decay across chunk c
+    chunk_decay = torch.exp(segsum(F.pad(chunk_log, (1, 0))))  # (b, h, c+1, c+1); index 0 is the initial state
+    h0 = (torch.zeros(b, 1, h, p, n, dtype=dt, device=X.device) if initial_states is None
+          else initial_states.to(dt)[:, None])  # (b, 1, h, p, n)
+    h_all = torch.einsum("bhij,bjhpn->bihpn", chunk_decay, torch.cat([h0, states], dim=1))  # (b, c+1, h, p, n)
+    h_prev, final_states = h_all[:, :-1], h_all[:, -1]  # (b, c, h, p, n) entering each chunk, (b, h, p, n)
 
     # 4. state to output: Y_off[t] = exp(a_0 + ... + a_t) · h_prev C_t, only while still in the carried sequence.
     from_start = torch.exp(torch.cumsum(a, dim=-1))  # (b, h, c, Q)
     from_start = from_start * (seg == seg_before[:, :, None])[:, None]  # (b, h, c, Q)
-    Y_off = torch.einsum("bcthn,bchpn,bhct->bcthp", Ch, h_prev, from_start)  # (b, c, Q, h, p)
+    Y_off = torch.einsum("bcthn,bchpn->bcthp", Ch, h_prev) * from_start.permute(0, 2, 3, 1)[..., None]  # (b, c, Q, h, p)
 
     Y = (Y_diag + Y_off).reshape(b, nc * Q, h, p)[:, :l]  # (b, l, h, p)
     return Y.to(X.dtype), final_states
