@@ -5,7 +5,7 @@ Shapes: q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0`` (
 ``scale`` defaults to ``D**-0.5``; ``causal`` is aligned bottom-right when ``Nq != Nk``; a
 query row that sees no key returns zeros.
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     # naive.py — materializes S and P
@@ -28,5 +28,5 @@ _EXPORTS = {
     # varlen.py — packed sequences
     "flash_attention_varlen": "varlen",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

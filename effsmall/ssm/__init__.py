@@ -4,7 +4,7 @@ convolution → selective scan (Mamba) → semiseparable matrices → chunked SS
 SSD shapes (Mamba-2): X ``(b, l, h, p)``, A ``(b, l, h)`` per-step log decay (Δ·A ≤ 0),
 B and C ``(b, l, g, n)`` with ``h % g == 0``, states ``(b, h, p, n)``.
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     # lti.py — linear time-invariant SSMs
@@ -37,5 +37,5 @@ _EXPORTS = {
     # mamba2_block.py — the Mamba-2 layer with recurrent step
     "Mamba2Block": "mamba2_block",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
