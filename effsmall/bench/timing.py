@@ -65,11 +65,13 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # Walk allocation events in time order and track the running total.
-    events = sorted((e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+    # Walk allocations (+) and frees (-) in time order. ``self_cpu_memory_usage`` counts each
+    # exactly once; ``cpu_memory_usage`` also includes child ops' allocations, so a nested op
+    # (matmul -> bmm) would be counted twice and the running total would drift upward.
+    events = sorted((e for e in prof.events() if getattr(e, "self_cpu_memory_usage", 0)),
                     key=lambda e: e.time_range.start)
     cur = peak = 0
     for e in events:
-        cur += e.cpu_memory_usage
+        cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak

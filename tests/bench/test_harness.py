@@ -53,3 +53,16 @@ def test_plot_rows():
     rows = [dict(N=n, ms=n / 100, impl=i) for n in (1, 2, 4) for i in ("a", "b")]
     ax = plot_rows(rows, "N", "ms", hue="impl")
     assert len(ax.lines) == 2
+
+
+def test_peak_memory_counts_nested_ops_once():
+    """A loop of many small matmuls (nested aten ops) must not look like a leak."""
+    import torch
+
+    a = torch.randn(64, 64)
+    one = peak_memory(lambda: a @ a, device="cpu")
+    many = peak_memory(lambda: [a @ a for _ in range(200)], device="cpu")
+    loop_freeing = peak_memory(lambda: [(a @ a).sum() for _ in range(200)], device="cpu")
+    assert one >= 64 * 64 * 4
+    assert loop_freeing < 4 * one, "temporaries freed in a loop must not accumulate"
+    assert many >= one
