@@ -19,6 +19,7 @@ the memory saved is the same, which is what matters for fitting on a device).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +125,11 @@ class QuantLinear(nn.Module):
     def qweight(self) -> QuantizedTensor:
         return QuantizedTensor(self.qdata, self.scale, self.bits, self.shape, self.group_size)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight Ŵ ``(out, in)`` (for code that reads ``.weight`` of a Linear)."""
+        return dequantize(self.qweight(), self.compute_dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = dequantize(self.qweight(), x.dtype)                              # (out, in)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
@@ -139,13 +145,16 @@ def quantize_model(model: nn.Module, bits: int = 8, group_size: int = 64, skip: 
 
     Modules whose qualified name contains a string of ``skip`` stay in float (by default the
     output layer, which is tied to the embedding in our models and is the most sensitive).
+    For int4, a layer whose ``in_features`` is not a multiple of ``group_size`` uses groups of
+    ``gcd(in_features, group_size)`` (e.g. 32 for 160 inputs at group_size 64).
     Works for effsmall LMs and ``transformers`` models alike. Returns ``model``.
     """
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, nn.Linear) and not any(s in full for s in skip):
-                setattr(module, child_name, QuantLinear.from_linear(child, bits, group_size, scale_dtype))
+                g = math.gcd(child.in_features, group_size)
+                setattr(module, child_name, QuantLinear.from_linear(child, bits, g, scale_dtype))
     return model
 
 
