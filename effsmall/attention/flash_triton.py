@@ -242,7 +242,8 @@ def _bwd_preprocess(O, DO, DELTA, CU_Q,
     b64 = b.to(tl.int64)
     rows = (q_start + offs_m).to(tl.int64)
     o = tl.load(O + b64 * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b64 * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :],
+                 mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)            # (BLOCK_M,)
     tl.store(DELTA + b64 * stride_lb + h * stride_lh + q_start + offs_m, delta, mask=offs_m < m_len)
 
@@ -250,7 +251,8 @@ def _bwd_preprocess(O, DO, DELTA, CU_Q,
 @triton.jit
 def _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don,
                    offs_n, offs_d, m0, m_len, n_len, OFF, LO, HI, qk_scale,
-                   MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr):
+                   MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
     """One query block's contribution to dK, dV of a key block (computed transposed: Sᵀ, Pᵀ)."""
     offs_m = m0 + tl.arange(0, BLOCK_M)                                # (BLOCK_M,) query rows
     d_ok = offs_d[None, :] < D
@@ -313,7 +315,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
                      stride_dvb, stride_dvh, stride_dvn,
                      stride_lb, stride_lh,
                      HK, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
-                     D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                     PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block, batch, kv head): loops over the GROUP query heads and the
     query blocks that see this key block; dK, dV accumulate in fp32 registers."""
@@ -368,7 +371,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
 @triton.jit
 def _bwd_dq_step(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d, n0,
                  n_len, OFF, LO, HI, qk_scale,
-                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
     """One key block's contribution to dQ of a query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     d_ok = offs_d[None, :] < D
@@ -421,7 +425,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
                    stride_dqb, stride_dqh, stride_dqn,
                    stride_lb, stride_lh,
                    H, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale, N_BUCKET,
-                   D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, INTERP: tl.constexpr,
+                   PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
