@@ -46,9 +46,11 @@ TUNING: dict = {}
 def _chunk_step(c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
                 Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
                 Q: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, IEEE: tl.constexpr,
-                SCALE: tl.constexpr, EPI: tl.constexpr):
+                SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr):
     """One chunk c: diagonal block, state to output (unless STATE_ONLY), then the state update."""
     t = c * Q + offs_q  # (Q,) logical time steps
+    if BIG:  # time offsets past 2**31 elements: 64-bit address arithmetic
+        t = t.to(tl.int64)
     tv = t < L
     a = tl.load(A + t * sal, mask=tv & (t >= A_LO), other=0.0).to(tl.float32)  # (Q,)
     cs = tl.cumsum(a, 0)  # (Q,) dA_cumsum
@@ -132,7 +134,7 @@ def _ssd_scan_kernel(
     L, H, DX, DS, chunks_per_seg, nseg,
     Q: tl.constexpr, BX: tl.constexpr, BS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, WRITE_HF: tl.constexpr,
-    IEEE: tl.constexpr, FOR_LOOP: tl.constexpr, SCALE: tl.constexpr, EPI: tl.constexpr,
+    IEEE: tl.constexpr, FOR_LOOP: tl.constexpr, SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -182,7 +184,7 @@ def _ssd_scan_kernel(
             h, seg_prev, fac_total = _chunk_step(
                 c_start + k, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
                 Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI)
+                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG)
     else:  # while, not range(): the interpreter under numpy 2 rejects runtime range() bounds
         c = c_start
         c_end = tl.minimum(c_start + chunks_per_seg, tl.cdiv(L, Q))
@@ -190,7 +192,7 @@ def _ssd_scan_kernel(
             h, seg_prev, fac_total = _chunk_step(
                 c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
                 Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI)
+                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG)
             c += 1
 
     if STATE_ONLY:
@@ -290,7 +292,8 @@ def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtyp
               l, h, DX, DS, cfg["cps"], cfg["nseg"])
     meta = dict(Q=cfg["Q"], BX=cfg["BX"], BS=cfg["BS"], HAS_H0=h0 is not None, HAS_SEG=seg is not None,
                 IEEE=ieee, FOR_LOOP=cfg["for_loop"], SCALE=scale_role if dt is not None else 0,
-                EPI=0 if epilogue is None else (2 if epi_dt else 1), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                EPI=0 if epilogue is None else (2 if epi_dt else 1),
+                BIG=max(abs(t.stride(1)) for t in (x, a, bm, cm, Y, segt, dtt, RC)) * (l + 1) >= 2**31, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg["nseg"] > 1:
         _ssd_scan_kernel[(b * h, cfg["nseg"] - 1, cfg["nx"])](*common, STATE_ONLY=True, WRITE_HF=False, **meta)
     _ssd_scan_kernel[(b * h, cfg["nseg"], cfg["nx"])](*common, STATE_ONLY=False, WRITE_HF=want_final, **meta)
