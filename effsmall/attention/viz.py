@@ -106,7 +106,7 @@ def animate_tiles(N: int = 64, D: int = 16, block_m: int = 16, block_n: int = 16
     from matplotlib.animation import FuncAnimation
 
     traces = {o: tile_trace(N, D, block_m, block_n, o, causal, dtype_bytes) for o in ("fa1", "fa2")}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2), dpi=60)
     fig.text(0.5, 0.02, _LEGEND, ha="center", fontsize=7, wrap=True)
 
     def update(s):
@@ -144,9 +144,9 @@ def explorer():
 
     return w.interact(
         show,
-        N=w.IntSlider(128, 16, 1024, 16), D=w.IntSlider(32, 16, 128, 16),
+        N=w.IntSlider(value=128, min=16, max=1024, step=16), D=w.IntSlider(value=32, min=16, max=128, step=16),
         sram_kb=w.FloatLogSlider(value=16, base=2, min=2, max=8, step=1, description="SRAM KB"),
-        block_m=w.IntSlider(0, 0, 256, 8, description="B_r (0=auto)"),
-        block_n=w.IntSlider(0, 0, 256, 8, description="B_c (0=auto)"),
-        order=w.ToggleButtons(options=["fa1", "fa2"], value="fa2"), causal=w.Checkbox(True),
-        progress=w.FloatSlider(0.5, 0.0, 1.0, 0.01, description="step"))
+        block_m=w.IntSlider(value=0, min=0, max=256, step=8, description="B_r (0=auto)"),
+        block_n=w.IntSlider(value=0, min=0, max=256, step=8, description="B_c (0=auto)"),
+        order=w.ToggleButtons(options=["fa1", "fa2"], value="fa2"), causal=w.Checkbox(value=True),
+        progress=w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="step"))
