@@ -33,6 +33,7 @@ _EXPORTS = {
     "train": "training",
     "evaluate": "training",
     "lm_loss": "training",
+    "train_cached": "training",
     # classifier.py
     "SequenceClassifier": "classifier",
     # stats.py — parameters, FLOPs/token, memory per context token

@@ -85,3 +85,22 @@ def train(model: nn.Module, data: Iterable, steps: int, *, lr: float = 3e-3, wei
     _eval(steps)
     model.eval()
     return hist
+
+
+def train_cached(model: nn.Module, key: str, data: Iterable, steps: int, **train_kw) -> dict:
+    """:func:`train`, but the trained weights and history are cached under
+    ``effsmall.data.cache_dir() / f"{key}.pt"`` and loaded on the next call (chapters use this so
+    re-running a notebook does not retrain). Pick a ``key`` that names the config and steps."""
+    from effsmall.data.tokenizer import cache_dir
+
+    path = cache_dir() / f"{key}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        model.load_state_dict(saved["state"])
+        model.eval()
+        return {k: list(v) for k, v in saved["history"].items()}
+    hist = train(model, data, steps, **train_kw)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state": model.state_dict(), "history": hist}, tmp)
+    tmp.replace(path)
+    return hist
