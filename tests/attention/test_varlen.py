@@ -26,7 +26,7 @@ def _per_sequence(q, k, v, cq, ck, **kw):
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, (6, 2))])
 def test_varlen_equals_per_sequence_calls(causal, window):
     lens_q, lens_k = [5, 17, 1, 30], [9, 17, 3, 30]
-    q, k, v, cq, ck = _packed(lens_q, lens_k)
+    q, k, v, cq, ck = _packed(lens_q, lens_k, Hq=2, Hk=1)  # GQA group of 2
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     o = flash_attention_varlen(q, k, v, cq, ck, max(lens_q), max(lens_k), causal=causal, window=window)
     ref = _per_sequence(q, k, v, cq, ck, causal=causal, window=window)
