@@ -70,3 +70,11 @@ def test_bad_input():
         online_softmax(torch.randn(3), dim=2)
     with pytest.raises(ValueError, match="v"):
         online_softmax_matmul(torch.randn(2, 3), torch.randn(4, 2))
+
+
+def test_package_name_stays_callable_after_module_import():
+    import effsmall.attention as A
+    import effsmall.attention.online_softmax  # noqa: F401  (binds the package attribute to the module)
+
+    x = torch.randn(3, 10, dtype=torch.float64)
+    torch.testing.assert_close(A.online_softmax(x, block=4), torch.softmax(x, -1))
