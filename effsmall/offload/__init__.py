@@ -8,7 +8,7 @@
 - ``OffloadedLM``: ``generate(prompt, max_new_tokens, dram_budget_bytes, strategy=...)``
 - ``offload_cost``: the measured mechanism scaled to a 7B model with the paper's bandwidths
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     "ReluLM": "relu_lm", "ReluLMConfig": "relu_lm", "FULL_CONFIG": "relu_lm", "SMALL_CONFIG": "relu_lm",
@@ -24,5 +24,5 @@ _EXPORTS = {
     "neurons_added_per_token": "offloaded_lm",
     "offload_cost": "cost_model",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
