@@ -139,7 +139,7 @@ def bench_decode(device, contexts=(64, 256, 1024, 4096)):
             idx = torch.randint(0, VOCAB, (1, ctx), device=device)
             _, caches = model.prefill(idx)
             tok = torch.zeros(1, dtype=torch.long, device=device)
-            sec = benchmark(lambda: model.step(tok, caches), device=device, min_run_time=0.1)
+            sec = benchmark(lambda: model.step(tok, caches), device=device, min_run_time=0.3)
             rows.append({"experiment": "decode", "arch": arch, "context": ctx, "ms_per_token": sec * 1e3,
                          "cache_bytes": cache_bytes(caches), "weight_bytes": model_bytes(model)})
     return rows
@@ -209,12 +209,16 @@ def bench_quant(device, teacher, val):
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     s = (lambda n: max(2, n // 50)) if quick else (lambda n: n)
-    # Step counts sized for a shared 2-core CPU (≈15 minutes); raise them on a GPU.
-    rows, models, data = bench_lm(device, s(150), eval_every=s(25))
-    rows += bench_mqar(device, s(150))
-    rows += bench_order(device, s(60))
-    rows += bench_decode(device, (16, 64) if quick else (64, 256, 1024, 4096))
-    d_rows, teacher = bench_distill(device, s(150), models, data)
+    # Step counts sized for a shared 2-core CPU (≈15 minutes); raise them on a GPU. One torch
+    # thread: on a CPU shared with other jobs, two threads per process oversubscribe the cores
+    # and made each step ≈5× slower in our runs.
+    if not str(device).startswith("cuda"):
+        torch.set_num_threads(1)
+    rows, models, data = bench_lm(device, s(300), eval_every=s(50))
+    rows += bench_mqar(device, s(300))
+    rows += bench_order(device, s(100))
+    rows += bench_decode(device, (16, 64) if quick else (64, 256, 1024, 4096, 16384))
+    d_rows, teacher = bench_distill(device, s(300), models, data)
     rows += d_rows + bench_quant(device, teacher, data[1])
     for r in rows:
         r["attention_backend"] = attention_backend(device)

@@ -31,8 +31,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
-    zs = student_logits.flatten(0, -2).float()                       # (n, vocab)
-    zt = teacher_logits.flatten(0, -2).float().detach()              # (n, vocab)
+    dt = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    zs = student_logits.flatten(0, -2).to(dt)                        # (n, vocab)
+    zt = teacher_logits.flatten(0, -2).to(dt).detach()               # (n, vocab)
     y = targets.flatten()                                            # (n,)
     keep = y != ignore_index                                         # (n,)
     log_ps = F.log_softmax(zs[keep] / temperature, -1)
