@@ -11,6 +11,8 @@ layer and, at each FFN, gets the neurons it needs from one of five strategies:
   each token needs; only those are read (unbundled layout: 2 reads per run of neurons).
 - ``"predictor+window"``: neurons predicted for any of the last ``window`` tokens stay in a
   :class:`~effsmall.offload.neuron_cache.NeuronCache`; a token reads only the new ones (§3.1).
+  The cache's capacity is what the budget leaves; if the window's union would overflow it, the
+  least recently active neurons are evicted first (the budget shortens the window).
 - ``"predictor+window+bundle"``: the same, reading the bundled layout (1 read per run, §3.3).
 - ``"oracle"``: the true active set (computed from an in-memory copy of ``W_up``, which the
   budget does not count — a correctness reference, not a deployable strategy), windowed and
@@ -42,14 +44,14 @@ STRATEGIES = ("naive", "predictor", "predictor+window", "predictor+window+bundle
 class GenerationResult:
     strategy: str
     tokens: list[int]
-    steps: list[dict] = field(default_factory=list)     # one per generated token
+    steps: list[dict] = field(default_factory=list)     # one per measured decoding step
     dram_bytes: int = 0
     window: int = 0
 
     def summary(self) -> dict:
         n = max(1, len(self.steps))
         tot = sum(s["total_s"] for s in self.steps)
-        return {"strategy": self.strategy, "window": self.window, "new_tokens": len(self.steps),
+        return {"strategy": self.strategy, "window": self.window, "steps": len(self.steps),
                 "tokens_per_s": len(self.steps) / tot if tot else float("nan"),
                 "ms_per_token": 1e3 * tot / n,
                 "read_ms": 1e3 * sum(s["read_s"] for s in self.steps) / n,
@@ -196,6 +198,14 @@ class OffloadedLM:
             stale = res[last[l][res] <= t - window]                                  # left the window
             c.delete(stale)
             new = ids[np.fromiter((i not in c.slot for i in ids), bool, len(ids))] if len(ids) else ids
+            over = c.n + len(new) - c.capacity
+            if over > 0:                # the budget bounds the window: evict least recently active first
+                res = c.ids[:c.n]
+                old = res[last[l][res] < t]                                          # not needed now
+                if len(old) < over:
+                    raise RuntimeError(f"layer {l}: {len(ids)} neurons needed now exceed the NeuronCache "
+                                       f"capacity {c.capacity} (raise the DRAM budget)")
+                c.delete(old[np.argsort(last[l][old], kind="stable")[:over]])
             t1 = time.perf_counter()
             if len(new):
                 _, up, down_t = store.read_neurons(l, new)                           # (k, d) each
@@ -216,8 +226,12 @@ class OffloadedLM:
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, dram_budget_bytes: int,
                  strategy: str = "predictor+window+bundle", window: int = 4,
-                 drop_page_cache: bool = True) -> GenerationResult:
-        """Greedy generation; returns tokens and per-token stats (see :class:`GenerationResult`)."""
+                 drop_page_cache: bool = True, measure_prompt: bool = False) -> GenerationResult:
+        """Greedy generation; returns tokens and per-token stats (see :class:`GenerationResult`).
+
+        Stats cover the generated tokens; with ``measure_prompt`` also every prompt token (the
+        prompt is then a teacher-forced text: real tokens rather than the model's own output).
+        """
         avail = self._check(prompt, max_new_tokens, dram_budget_bytes, strategy, window)
         timer = _Timer()
         step = [0]
@@ -231,11 +245,8 @@ class OffloadedLM:
         dram += self.non_ffn_bytes + (self._pred_bytes() if strategy.startswith("predictor") else 0)
         result = GenerationResult(strategy, list(prompt), dram_bytes=dram, window=window if "window" in strategy or strategy == "oracle" else 0)
         caches = [dict() for _ in self.model.blocks]
-        for pos, tok in enumerate(prompt[:-1]):                # the prompt, one token at a time
-            step[0] = pos
-            decode_step(self.model, tok, pos, caches, ffn=ffn)
-        tok, pos = prompt[-1], len(prompt) - 1
-        for _ in range(max_new_tokens):
+
+        def measured_step(tok, pos):
             step[0] = pos
             if drop_page_cache:
                 for s in self.stores.values():
@@ -245,13 +256,24 @@ class OffloadedLM:
             timer.neurons = 0
             t0 = time.perf_counter()
             logits = decode_step(self.model, tok, pos, caches, ffn=ffn)
-            tok = int(logits.argmax())
+            nxt = int(logits.argmax())
             total = time.perf_counter() - t0
             after = [(s.stats.bytes_read, s.stats.read_calls) for s in self.stores.values()]
             result.steps.append({"total_s": total, "read_s": timer.read, "cache_s": timer.cache,
                                  "compute_s": total - timer.read - timer.cache, "neurons": timer.neurons,
                                  "bytes": sum(a[0] - b[0] for a, b in zip(after, before)),
                                  "calls": sum(a[1] - b[1] for a, b in zip(after, before))})
+            return nxt
+
+        for pos, tok in enumerate(prompt[:-1]):                # the prompt, one token at a time
+            if measure_prompt:
+                measured_step(tok, pos)
+            else:
+                step[0] = pos
+                decode_step(self.model, tok, pos, caches, ffn=ffn)
+        tok, pos = prompt[-1], len(prompt) - 1
+        for _ in range(max_new_tokens):
+            tok = measured_step(tok, pos)
             result.tokens.append(tok)
             pos += 1
         return result

@@ -49,12 +49,14 @@ def test_every_strategy_runs_within_budget_and_counts_bytes(setup):
     for s in STRATEGIES:
         r = olm.generate([1, 2, 3], 5, budget, strategy=s, window=2)
         summ = r.summary()
-        assert len(r.tokens) == 8 and summ["new_tokens"] == 5
+        assert len(r.tokens) == 8 and summ["steps"] == 5
         assert r.dram_bytes <= budget
         assert all(st["read_s"] >= 0 and st["cache_s"] >= 0 for st in r.steps)
         if s == "naive":   # everything that is not resident, every token
             resident = (budget - olm.non_ffn_bytes) // olm.record_bytes * olm.record_bytes
             assert summ["bytes_per_token"] == olm.ffn_bytes - resident
+    tf = olm.generate([1, 2, 3, 4], 2, budget, strategy="oracle", measure_prompt=True)
+    assert tf.summary()["steps"] == 3 + 2
     big = olm.generate([1, 2, 3], 3, olm.model_bytes, strategy="naive")
     assert big.summary()["bytes_per_token"] == 0                          # all resident: nothing read
 
@@ -85,3 +87,12 @@ def test_predictor_reaches_recall_on_synthetic_activations():
         train_predictor(h, active, recall=0.0)
     with pytest.raises(ValueError, match="rank"):
         LowRankPredictor(4, 8, rank=0)
+
+
+def test_tight_budget_evicts_least_recent_and_stays_exact(setup):
+    model, olm = setup
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    budget = olm.non_ffn_bytes + CFG.n_layers * olm.record_bytes * 70     # room for 70 neurons per layer
+    r = olm.generate(prompt, 20, budget, strategy="oracle", window=16)
+    assert r.tokens == model.generate(prompt, 20)
+    assert r.dram_bytes <= budget
