@@ -100,6 +100,8 @@ def _cuda_rows(rows: list, quick: bool) -> None:
     names = os.environ.get("EFFSMALL_SSD_CHECK_DTYPES", "float32,bfloat16,float16").split(",")
     _check_rows(rows, dev, tuple(getattr(torch, n) for n in names if n))
     lengths = (512, 4096) if quick else LENGTHS
+    if os.environ.get("EFFSMALL_SSD_LENGTHS"):  # e.g. "2048,16384" to fit a short GPU lease
+        lengths = tuple(int(x) for x in os.environ["EFFSMALL_SSD_LENGTHS"].split(","))
     bench = lambda fn: benchmark(fn, dev, warmup_ms=10, rep_ms=50) * 1e3  # noqa: E731  ms
     for L in lengths:
         Bsz = TOKENS // L
