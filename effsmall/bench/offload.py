@@ -39,13 +39,19 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
 
     torch.manual_seed(0)
     model, preds, val_ids, tok, setup_s = _load()
+    # Decoding one token is a chain of tiny matrix-vector products: on a shared 2-core machine,
+    # intra-op threads spend more time synchronising than computing, for every strategy alike.
+    # The reads use their own thread pool.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     cfg = model.cfg
     rows: list[dict] = []
     load = os.getloadavg()
     rows.append({"kind": "model", "config": cfg.key(), "d_model": cfg.d_model, "d_ff": cfg.d_ff,
                  "n_layers": cfg.n_layers, "ffn_bytes_fp16": cfg.ffn_bytes_fp16, "setup_s": setup_s,
                  "sparsity": activation_sparsity(model, val_ids[:4 * 128].view(4, 128)),
-                 "loadavg_at_start": load})
+                 "loadavg_at_start": load, "torch_threads_decode": 1, "torch_threads_default": torch_threads,
+                 "io_threads": 16})
     # predictor quality on held-out activations, and windowing
     recs = record_activations(model, val_ids, n_windows=8, seq_len=64, seed=1)
     for l, ((h, a), p) in enumerate(zip(recs, preds)):
@@ -81,6 +87,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     rows.append({"kind": "prompt", "text": tok.decode(prompt), "in_memory_sample": tok.decode(ref[len(prompt):]),
                  "loadavg_at_end": os.getloadavg()})
     olm.close()
+    torch.set_num_threads(torch_threads)
     return rows
 
 

@@ -197,7 +197,7 @@ class OffloadedLM:
             res = c.ids[:c.n]
             stale = res[last[l][res] <= t - window]                                  # left the window
             c.delete(stale)
-            new = ids[np.fromiter((i not in c.slot for i in ids), bool, len(ids))] if len(ids) else ids
+            new = ids[~np.isin(ids, c.ids[:c.n])]                                     # not resident yet
             over = c.n + len(new) - c.capacity
             if over > 0:                # the budget bounds the window: evict least recently active first
                 res = c.ids[:c.n]
