@@ -105,19 +105,3 @@ def online_softmax_matmul(x: torch.Tensor, v: torch.Tensor, block: int = 64) -> 
         o = alpha * o + p @ vb  # (..., D)
         m = m_new
     return o / torch.where(l > 0, l, torch.ones_like(l))
-
-
-class _CallableModule(type(torch)):
-    """``effsmall.attention.online_softmax`` names both this module and its main function.
-
-    Python's import system binds the package attribute to the *module* once it is imported,
-    so the module itself is made callable: calling it calls :func:`online_softmax`.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return online_softmax(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

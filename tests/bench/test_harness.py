@@ -66,3 +66,11 @@ def test_peak_memory_counts_nested_ops_once():
     assert one >= 64 * 64 * 4
     assert loop_freeing < 4 * one, "temporaries freed in a loop must not accumulate"
     assert many >= one
+
+
+def test_peak_memory_counts_live_results():
+    import torch
+
+    a = torch.randn(256, 256)
+    got = peak_memory(lambda: (a @ a) @ a, device="cpu")  # two 256x256 float32 results alive at most
+    assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
