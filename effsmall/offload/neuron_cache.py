@@ -6,7 +6,7 @@ j holds. The FFN then multiplies by the contiguous block ``data[:n]`` with no ga
 
 - **insert** appends new records at rows ``n, n+1, ...``: O(new) copies.
 - **delete** fills each freed row with the *last* resident row and shrinks ``n``: O(deleted)
-  copies, no shifting of the rest and no holes.
+  copies, no shifting of the rest and no holes (k deletions at once: one indexed copy).
 
 The matrix is allocated once; :attr:`data_ptr` never changes during generation (asserted).
 """
@@ -65,20 +65,32 @@ class NeuronCache:
         self._check_ptr()
 
     def delete(self, ids):
-        """Remove neurons ``ids``: each freed row is filled by the current last row, then ``n`` shrinks."""
+        """Remove neurons ``ids``: each freed row is filled by a row from the end, then ``n`` shrinks.
+
+        One id at a time this is "move the last row into the hole". For k ids at once the same
+        idea in one step: the rows ``n-k..n-1`` that survive move into the holes below ``n-k``
+        (one indexed copy instead of k).
+        """
+        ids = [int(i) for i in ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids must not repeat")
         for i in ids:
-            i = int(i)
-            s = self.slot.pop(i, None)
-            if s is None:
+            if i not in self.slot:
                 raise ValueError(f"neuron {i} is not resident")
-            last = self.n - 1
-            if s != last:
-                self.data[s] = self.data[last]                      # move the last row into the hole
-                moved = int(self.ids[last])
-                self.ids[s] = moved
-                self.slot[moved] = s
-            self.ids[last] = -1
-            self.n = last
+        if not ids:
+            return
+        freed = {self.slot.pop(i) for i in ids}
+        n2 = self.n - len(ids)
+        holes = sorted(s for s in freed if s < n2)
+        movers = [j for j in range(n2, self.n) if j not in freed]
+        if holes:
+            h, m = torch.tensor(holes), torch.tensor(movers)
+            self.data[h] = self.data[m]                              # rows from the end fill the holes
+            self.ids[holes] = self.ids[movers]
+            for s in holes:
+                self.slot[int(self.ids[s])] = s
+        self.ids[n2:self.n] = -1
+        self.n = n2
         self._check_ptr()
 
     def rows(self) -> torch.Tensor:

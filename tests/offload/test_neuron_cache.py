@@ -59,3 +59,21 @@ def test_bad_arguments_and_overflow():
         c.delete([5])
     with pytest.raises(ValueError, match="already resident"):
         c.delete([1]) or c.insert([2], _row(2)[None])
+
+
+def test_batched_delete_equals_one_by_one():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = NeuronCache(30, RECORD), NeuronCache(30, RECORD)
+        ids = rng.choice(100, size=25, replace=False).tolist()
+        for c in (a, b):
+            c.insert(ids, torch.stack([_row(i) for i in ids]))
+        gone = rng.choice(ids, size=rng.integers(0, 25), replace=False).tolist()
+        a.delete(gone)
+        for i in gone:
+            b.delete([i])
+        assert a.resident() == b.resident() == set(ids) - set(gone)
+        for j in range(a.n):
+            assert torch.equal(a.data[j], _row(int(a.ids[j])))
+    with pytest.raises(ValueError, match="repeat"):
+        a.delete([int(a.ids[0])] * 2)
