@@ -214,11 +214,11 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     # and made each step ≈5× slower in our runs.
     if not str(device).startswith("cuda"):
         torch.set_num_threads(1)
-    rows, models, data = bench_lm(device, s(300), eval_every=s(50))
-    rows += bench_mqar(device, s(300))
-    rows += bench_order(device, s(100))
+    rows, models, data = bench_lm(device, s(500), eval_every=s(50))
+    rows += bench_mqar(device, s(600))
+    rows += bench_order(device, s(150))
     rows += bench_decode(device, (16, 64) if quick else (64, 256, 1024, 4096, 16384))
-    d_rows, teacher = bench_distill(device, s(300), models, data)
+    d_rows, teacher = bench_distill(device, s(500), models, data)
     rows += d_rows + bench_quant(device, teacher, data[1])
     for r in rows:
         r["attention_backend"] = attention_backend(device)
