@@ -76,15 +76,21 @@ def attention_backend(device: torch.device | str) -> str:
     return "sdpa"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+              backend: str | None = None) -> torch.Tensor:
     """softmax(q kᵀ / √D + mask) v with q ``(b, h, nq, D)``, k, v ``(b, hk, nk, D)``, h % hk == 0.
 
     ``causal`` is aligned bottom-right: query i (of nq) sees keys 0 … nk − nq + i, which is what
-    a decoding step with a KV cache needs (nq = 1 sees every cached key).
+    a decoding step with a KV cache needs (nq = 1 sees every cached key). ``backend`` overrides
+    :func:`attention_backend` (``"flash_triton"`` or ``"sdpa"``; the tests run the Triton kernel
+    under the interpreter on CPU to check both paths agree).
     """
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} must be a multiple of key heads {k.shape[1]}")
-    if attention_backend(q.device) == "flash_triton" and q.dtype != torch.float64:
+    backend = backend or attention_backend(q.device)
+    if backend not in ("flash_triton", "sdpa"):
+        raise ValueError(f"backend must be 'flash_triton' or 'sdpa', got {backend!r}")
+    if backend == "flash_triton" and q.dtype != torch.float64:
         from effsmall.attention import flash_attention
         return flash_attention(q, k, v, causal=causal)
     rep = q.shape[1] // k.shape[1]

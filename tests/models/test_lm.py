@@ -124,3 +124,34 @@ def test_classifier_ignores_padding(arch):
             torch.testing.assert_close(clf(tokens, lengths), clf(noisy, lengths))
     with pytest.raises(ValueError, match="lengths"):
         clf(tokens, torch.tensor([0, 1, 2]))
+
+
+def test_sdpa_path_equals_book_naive_attention_and_gradcheck():
+    from effsmall.attention import naive_attention
+    torch.manual_seed(3)
+    q = torch.randn(1, 4, 5, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    for causal in (False, True):
+        torch.testing.assert_close(attention(q, k, v, causal), naive_attention(q, k, v, causal=causal))
+    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, True), (q, k, v))
+
+
+def test_flash_triton_path_equals_sdpa_path():
+    """The CUDA path (the book's Triton kernel) run under the interpreter on a tiny shape."""
+    torch.manual_seed(4)
+    q = torch.randn(1, 2, 7, 16)
+    k, v = torch.randn(2, 1, 2, 11, 16).unbind(0)
+    for causal in (False, True):
+        torch.testing.assert_close(attention(q, k, v, causal, backend="flash_triton"),
+                                   attention(q, k, v, causal, backend="sdpa"), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="backend"):
+        attention(q, k, v, backend="cudnn")
+
+
+def test_rope_is_relative():
+    from effsmall.models.layers import rope
+    torch.manual_seed(5)
+    q, k = torch.randn(2, 1, 1, 1, 8, dtype=torch.float64).unbind(0)
+    dots = [float((rope(q, torch.tensor([p + 3])) * rope(k, torch.tensor([p]))).sum()) for p in (0, 7, 100)]
+    assert max(dots) - min(dots) < 1e-10
