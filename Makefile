@@ -30,7 +30,7 @@ test-chapters: setup
 	$(PY) -m pytest -q -n $(JOBS) --dist loadfile $(NBVAL) chapters
 
 book: setup
-	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going --quiet
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --nitpick --keep-going --quiet
 	@echo "$(CURDIR)/_build/html/index.html"
 
 lab: setup

@@ -48,18 +48,3 @@ def install(package: str, table: dict[str, str]) -> None:
     mod.__dict__["__dir__"] = __dir__
     mod.__class__ = _LazyPackage
 
-
-def lazy_exports(package: str, table: dict[str, str]):
-    """Older form: return ``(__getattr__, __dir__)`` for a package to assign itself.
-
-    Prefer :func:`install`, which also protects exported names from same-named submodules.
-    """
-    def __getattr__(name: str):
-        if name in table:
-            return getattr(importlib.import_module(f"{package}.{table[name]}"), name)
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    def __dir__():
-        return sorted(table)
-
-    return __getattr__, __dir__

@@ -9,7 +9,8 @@ import pytest
 import effsmall.attention
 import effsmall.ssm
 
-PACKAGES = {"effsmall.attention": effsmall.attention, "effsmall.ssm": effsmall.ssm}
+PACKAGES = {name: importlib.import_module(name) for name in (
+    "effsmall.attention", "effsmall.ssm", "effsmall.offload", "effsmall.models", "effsmall.data", "effsmall.compress")}
 
 
 @pytest.mark.parametrize("pkg", sorted(PACKAGES))

@@ -6,7 +6,7 @@
 - ``tie_embeddings``/``share_layers``: parameter sharing (ALBERT {cite}`lan2019albert`).
 - ``memory_table``/``fits``: what a real model needs in fp16/int8/int4 vs a device's memory.
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     # distillation.py
@@ -30,5 +30,5 @@ _EXPORTS = {
     "model_memory": "memory",
     "fits": "memory",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

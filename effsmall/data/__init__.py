@@ -17,7 +17,7 @@ Example::
     train_ids, val_ids, tok = token_splits(vocab_size=2048)
     x, y = next(batches(train_ids, batch_size=8, seq_len=128, seed=0))   # (8, 128) each
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     # corpus.py — text Python ships with
@@ -36,5 +36,5 @@ _EXPORTS = {
     "order_task": "tasks",
     "OrderTaskConfig": "tasks",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

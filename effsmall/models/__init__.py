@@ -9,7 +9,7 @@
 - ``attention``: the fastest exact attention for the device (FlashAttention Triton on CUDA,
   torch SDPA on CPU), ``model_stats``: parameters, FLOPs/token and memory per context token.
 """
-from effsmall._lazy import lazy_exports
+from effsmall._lazy import install
 
 _EXPORTS = {
     # config.py
@@ -42,5 +42,5 @@ _EXPORTS = {
     "load_pretrained": "real",
     "tiny_random_model": "real",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
