@@ -78,3 +78,15 @@ def warn_once(key: str, message: str) -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if cuda_available() else "cpu")
+
+
+def cache_dir():
+    """Where the package caches what it builds (tokenizers, trained weights, flash stores).
+
+    ``$EFFSMALL_CACHE`` if set, else ``~/.cache/effsmall``; created on first use.
+    """
+    from pathlib import Path
+
+    path = Path(os.environ.get("EFFSMALL_CACHE") or Path.home() / ".cache" / "effsmall")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

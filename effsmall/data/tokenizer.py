@@ -17,15 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from effsmall.data.corpus import corpus_documents, load_corpus
+from effsmall.runtime import cache_dir  # noqa: F401  (re-exported)
 
 SPECIAL_TOKENS = ("<|endoftext|>",)
-
-
-def cache_dir() -> Path:
-    """``$EFFSMALL_CACHE`` if set, else ``~/.cache/effsmall``; created on first use."""
-    path = Path(os.environ.get("EFFSMALL_CACHE") or Path.home() / ".cache" / "effsmall")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _train(vocab_size: int):

@@ -17,21 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from effsmall.attention.block import RMSNorm  # noqa: F401  (one RMSNorm for the book)
 from effsmall.runtime import warn_once
-
-
-class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x²) + eps) · w  (Zhang & Sennrich 2019), computed in fp32."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x if x.dtype == torch.float64 else x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight).to(x.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from effsmall.runtime import cache_dir  # noqa: F401  (re-exported)
 
 MAGIC = b"EFFSFFN1"
 ALIGN = 4096
@@ -45,13 +46,6 @@ LAYOUTS = ("bundled", "unbundled")
 
 class CorruptStoreError(OSError):
     """A store file is truncated, corrupted or not a store; the message names file and tensor."""
-
-
-def cache_dir() -> Path:
-    """Scratch/cache directory: ``$EFFSMALL_CACHE`` or ``~/.cache/effsmall`` (created)."""
-    path = Path(os.environ.get("EFFSMALL_CACHE") or Path.home() / ".cache" / "effsmall")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _crc(buf) -> int:
