@@ -12,6 +12,7 @@ output quickly repeats one token, which would flatter the window; real text does
 from __future__ import annotations
 
 import os
+import statistics
 
 # Window k of the windowed strategies: the neurons of the last k tokens stay resident. k = 16
 # asks for more than the budget holds on layer 0 (≈17% of neurons predicted per token), so
@@ -22,6 +23,18 @@ import time
 import torch
 
 WINDOW = 16
+REPEATS = int(os.environ.get("EFFSMALL_OFFLOAD_REPEATS", "5"))
+
+
+def _median_row(reps: list[dict]) -> dict:
+    """One row per strategy: the median of every numeric field over the repeats."""
+    out = {k: v for k, v in reps[0].items() if k != "repeat"}
+    out["kind"], out["repeats"] = "strategy", len(reps)
+    for k, v in reps[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "repeat":
+            out[k] = statistics.median(r[k] for r in reps)
+    out["identical_to_in_memory"] = all(r["identical_to_in_memory"] for r in reps)
+    return out
 
 
 def _load():
@@ -82,15 +95,23 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     prompt = val_ids[1000:1000 + (16 if quick else 64)].tolist()
     n_new = 8 if quick else 16
     ref = model.generate(prompt, n_new)
+    # This shared disk is noisy (single runs of the full strategy ranged 2.5-4.5x naive within
+    # minutes), so every strategy runs REPEATS times, interleaved; rows of kind "strategy" hold
+    # the per-field medians and "strategy_repeat" rows keep every run.
+    repeats = 1 if quick else REPEATS
+    for rep in range(repeats):
+        for s in STRATEGIES:
+            r = olm.generate(prompt, n_new, budget, strategy=s, window=WINDOW, measure_prompt=True)
+            summ = r.summary()
+            same = sum(a == b for a, b in zip(r.tokens[len(prompt):], ref[len(prompt):]))
+            rows.append({"kind": "strategy_repeat", "repeat": rep, **summ, "budget_bytes": budget,
+                         "model_bytes": olm.model_bytes, "ffn_bytes": olm.ffn_bytes,
+                         "non_ffn_bytes": olm.non_ffn_bytes,
+                         "bytes_fraction_of_ffn": summ["bytes_per_token"] / olm.ffn_bytes,
+                         "identical_to_in_memory": r.tokens == ref, "tokens_agreeing": same / n_new,
+                         "sample": tok.decode(r.tokens[len(prompt):])})
     for s in STRATEGIES:
-        r = olm.generate(prompt, n_new, budget, strategy=s, window=WINDOW, measure_prompt=True)
-        summ = r.summary()
-        same = sum(a == b for a, b in zip(r.tokens[len(prompt):], ref[len(prompt):]))
-        rows.append({"kind": "strategy", **summ, "budget_bytes": budget, "model_bytes": olm.model_bytes,
-                     "ffn_bytes": olm.ffn_bytes, "non_ffn_bytes": olm.non_ffn_bytes,
-                     "bytes_fraction_of_ffn": summ["bytes_per_token"] / olm.ffn_bytes,
-                     "identical_to_in_memory": r.tokens == ref, "tokens_agreeing": same / n_new,
-                     "sample": tok.decode(r.tokens[len(prompt):])})
+        rows.append(_median_row([r for r in rows if r["kind"] == "strategy_repeat" and r["strategy"] == s]))
     for w in (1, 4, 16):                  # the full strategy's speed vs window size
         r = olm.generate(prompt, n_new, budget, strategy="predictor+window+bundle", window=w, measure_prompt=True)
         rows.append({"kind": "window_speed", **r.summary()})
@@ -107,9 +128,16 @@ def summarize(rows: list[dict]) -> dict:
     model = next(r for r in rows if r["kind"] == "model")
     tp = [r for r in rows if r["kind"] == "read_throughput"]
     full, naive = st["predictor+window+bundle"], st["naive"]
+    reps = {}
+    for r in rows:
+        if r["kind"] == "strategy_repeat":
+            reps.setdefault(r["repeat"], {})[r["strategy"]] = r["tokens_per_s"]
+    paired = [v["predictor+window+bundle"] / v["naive"] for v in reps.values()]
+    speedup = statistics.median(paired) if paired else full["tokens_per_s"] / naive["tokens_per_s"]
     return {
         "tokens_per_s": {k: round(v["tokens_per_s"], 2) for k, v in st.items()},
-        "speedup_full_vs_naive": full["tokens_per_s"] / naive["tokens_per_s"],
+        "speedup_full_vs_naive": speedup,
+        "speedup_per_repeat": [round(x, 2) for x in paired],
         "full_bytes_fraction_of_ffn": full["bytes_fraction_of_ffn"],
         "bundle_reads_vs_unbundled": full["reads_per_token"] / max(1e-9, st["predictor+window"]["reads_per_token"]),
         "oracle_identical": st["oracle"]["identical_to_in_memory"],
@@ -117,7 +145,7 @@ def summarize(rows: list[dict]) -> dict:
         "ppl_ratio": agree["ppl_pred"] / agree["ppl_ref"],
         "min_sparsity": min(model["sparsity"]),
         "cold_slower_than_warm_points": f"{sum(r['cold_GBps'] < r['warm_GBps'] for r in tp)}/{len(tp)}",
-        "checks": {"speedup>=4": full["tokens_per_s"] >= 4 * naive["tokens_per_s"],
+        "checks": {"speedup>=4 (median of paired repeats)": speedup >= 4,
                    "bytes<=10%": full["bytes_fraction_of_ffn"] <= 0.10,
                    "oracle_identical": st["oracle"]["identical_to_in_memory"],
                    "agreement>=95%": agree["agreement"] >= 0.95,
