@@ -23,13 +23,13 @@ row — and a few interpreter-sized ``flash_attention`` timings for completeness
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 
 import torch
 
+from effsmall.bench.results import geomean, record_partial
 from effsmall.bench.timing import benchmark
 
 TOKENS = 16 * 1024
@@ -55,13 +55,10 @@ class _Recorder:
         self.rows: list[dict] = []
         self.t0 = time.time()
         self.budget_s = budget_s
-        self.partial = os.environ.get("EFFSMALL_BENCH_PARTIAL")
 
     def add(self, row: dict) -> dict:
         self.rows.append(row)
-        if self.partial:
-            with open(self.partial, "a") as f:
-                f.write(json.dumps(row, default=float) + "\n")
+        record_partial(row)
         return row
 
     def elapsed(self) -> float:
@@ -326,11 +323,6 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
-def _geomean(xs) -> float | None:
-    xs = [x for x in xs if x]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
 def summarize(rows: list[dict]) -> dict:
     """Geomean and minimum ratios of effsmall vs Flex, FA2 and cuDNN, and the pass/fail lines."""
     out: dict = {}
@@ -346,7 +338,7 @@ def summarize(rows: list[dict]) -> dict:
         for col in BASELINES.values():
             vals = [r[col] for r in rs if r.get(col)]
             if vals:
-                out[f"{mode}_{col}_geomean"] = _geomean(vals)
+                out[f"{mode}_{col}_geomean"] = geomean(vals)
                 out[f"{mode}_{col}_min"] = min(vals)
         out[f"{mode}_per_shape"] = [
             {k: r.get(k) for k in ("D", "N", "causal", "tflops", "pct_of_matmul_ceiling", *BASELINES.values())}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import os
 import platform
 from importlib import resources
 from pathlib import Path
@@ -52,6 +54,24 @@ def save_result(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, sort_keys=False, default=float) + "\n")
     return path
+
+
+def record_partial(row: dict) -> None:
+    """Append ``row`` to ``$EFFSMALL_BENCH_PARTIAL`` (JSON lines) if set.
+
+    GPU leases end abruptly: a suite that records each row as it is measured keeps its numbers
+    even when the run is killed at its time limit.
+    """
+    path = os.environ.get("EFFSMALL_BENCH_PARTIAL")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+def geomean(xs) -> float | None:
+    """Geometric mean of the positive entries of ``xs`` (None and 0 skipped); None if none are left."""
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
 def list_results() -> list[str]:

@@ -18,13 +18,13 @@ to that file as soon as it is measured.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
 import torch
 import torch.nn.functional as F
 
+from effsmall.bench.results import geomean, record_partial
 from effsmall.bench.timing import benchmark
 
 TOKENS, H, P = 16384, 32, 64
@@ -36,10 +36,7 @@ HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # measured H100 copy bandwidth, bf16 matmu
 def _emit(rows: list, row: dict) -> None:
     rows.append(row)
     print(json.dumps(row, default=float), flush=True)
-    path = os.environ.get("EFFSMALL_BENCH_PARTIAL")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
+    record_partial(row)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -202,11 +199,6 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     return rows
 
 
-def _geomean(xs):
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
 def summarize(rows: list[dict]) -> dict:
     ms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["ms"] for r in rows if "ms" in r}
     out: dict = {}
@@ -215,7 +207,7 @@ def summarize(rows: list[dict]) -> dict:
         ratios = [ms[(base, n, l, m)] / ms[k] for k in ms for (i, n, l, m) in [k]
                   if i == ours and m == mode and (base, n, l, m) in ms]
         if ratios:
-            out[f"speedup_vs_{base}_{mode}_geomean"] = round(_geomean(ratios), 3)
+            out[f"speedup_vs_{base}_{mode}_geomean"] = round(geomean(ratios), 3)
             out[f"speedup_vs_{base}_{mode}_min"] = round(min(ratios), 3)
     attn = [k for k in ms if k[0] in ("flash_attention", "sdpa_flash") and k[3] == "fwd"]
     for k in sorted(attn, key=lambda k: k[2]):

@@ -74,3 +74,35 @@ def test_peak_memory_counts_live_results():
     a = torch.randn(256, 256)
     got = peak_memory(lambda: (a @ a) @ a, device="cpu")  # two 256x256 float32 results alive at most
     assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
+
+
+def test_geomean_and_partial_rows(tmp_path, monkeypatch):
+    import json as _json
+    import math as _math
+
+    from effsmall.bench.results import geomean, record_partial
+
+    assert geomean([2.0, 8.0]) == pytest.approx(4.0)
+    assert geomean([None, 0, 9.0, 1.0]) == pytest.approx(3.0)   # missing entries are skipped
+    assert geomean([]) is None and geomean([None]) is None
+    assert _math.isclose(geomean([1.5]), 1.5)
+    path = tmp_path / "partial.jsonl"
+    monkeypatch.setenv("EFFSMALL_BENCH_PARTIAL", str(path))
+    record_partial({"a": 1})
+    record_partial({"b": 2.5})
+    assert [_json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"b": 2.5}]
+    monkeypatch.delenv("EFFSMALL_BENCH_PARTIAL")
+    record_partial({"c": 3})  # no file asked for: nothing written
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_suite_summaries_reproduce_committed_results():
+    """The shared geomean gives the summaries stored with the committed GPU runs."""
+    from effsmall.bench import attention, ssd
+
+    att = load_result("attention", device="H100")
+    assert attention.summarize(att["rows"])["fwd_vs_flex_geomean"] == pytest.approx(
+        att["summary"]["fwd_vs_flex_geomean"])
+    s = load_result("ssd", device="H100")
+    run3 = [r for r in s["rows"] if r.get("run") == 3]
+    assert ssd.summarize(run3)["speedup_vs_mamba_ssm_fwd_geomean"] == s["summary"]["speedup_vs_mamba_ssm_fwd_geomean"]
