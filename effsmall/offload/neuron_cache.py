@@ -9,6 +9,9 @@ j holds. The FFN then multiplies by the contiguous block ``data[:n]`` with no ga
   copies, no shifting of the rest and no holes (k deletions at once: one indexed copy).
 
 The matrix is allocated once; :attr:`data_ptr` never changes during generation (asserted).
+The bookkeeping is vectorised: ``slot[i]`` (an array over neuron ids) gives the row of neuron i
+or -1, so membership of a whole predicted set (:meth:`NeuronCache.contains`), insert and delete
+are a few numpy operations however many neurons move — per-token overhead, not per neuron.
 """
 from __future__ import annotations
 
@@ -17,14 +20,17 @@ import torch
 
 
 class NeuronCache:
-    def __init__(self, capacity: int, record: int, dtype: torch.dtype = torch.float16):
+    def __init__(self, capacity: int, record: int, dtype: torch.dtype = torch.float16, n_ids: int = 0):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
         if record < 1:
             raise ValueError(f"record must be >= 1, got {record!r}")
         self.data = torch.zeros(capacity, record, dtype=dtype)     # (capacity, record), allocated once
         self.ids = np.full(capacity, -1, dtype=np.int64)           # neuron id held by each row
-        self.slot: dict[int, int] = {}                             # neuron id -> row
+        # slot[i] = the row holding neuron i, -1 if not resident: bookkeeping by array indexing,
+        # one numpy operation per insert/delete however many ids (it grows if ids exceed n_ids)
+        self.slot = np.full(max(n_ids, capacity), -1, dtype=np.int64)
+        self._mark = np.zeros(len(self.slot), dtype=np.int64)      # scratch for the repeat check
         self.n = 0
         self.data_ptr = self.data.data_ptr()
 
@@ -40,27 +46,46 @@ class NeuronCache:
         return set(int(i) for i in self.ids[:self.n])
 
     def __contains__(self, neuron: int) -> bool:
-        return neuron in self.slot
+        return 0 <= neuron < len(self.slot) and self.slot[neuron] >= 0
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Vectorised membership: a bool array, True where ``ids[j]`` is resident."""
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = ids < len(self.slot)
+        out = np.zeros(len(ids), dtype=bool)
+        out[inside] = self.slot[ids[inside]] >= 0
+        return out
 
     def _check_ptr(self):
         assert self.data.data_ptr() == self.data_ptr, "NeuronCache storage was reallocated"
 
+    def _ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and ids.min() < 0:
+            raise ValueError(f"neuron ids must be >= 0, got {int(ids.min())}")
+        if len(ids) and ids.max() >= len(self.slot):               # bookkeeping only; data never moves
+            self.slot = np.concatenate([self.slot, np.full(int(ids.max()) + 1 - len(self.slot), -1, np.int64)])
+            self._mark = np.zeros(len(self.slot), dtype=np.int64)
+        k = np.arange(len(ids))
+        self._mark[ids] = k                                         # O(k) repeat check: with a repeated id
+        if (self._mark[ids] != k).any():                            # the later write wins, the earlier differs
+            raise ValueError("ids must not repeat")
+        return ids
+
     def insert(self, ids, rows: torch.Tensor):
         """Append neurons ``ids`` (not resident) with records ``rows`` ``(len(ids), record)`` at the end."""
-        ids = [int(i) for i in ids]
+        ids = self._ids(ids)
         k = len(ids)
         if rows.shape != (k, self.data.shape[1]):
             raise ValueError(f"rows must have shape {(k, self.data.shape[1])}, got {tuple(rows.shape)}")
         if self.n + k > self.capacity:
             raise RuntimeError(f"NeuronCache full: {self.n} resident + {k} new > capacity {self.capacity} "
                                "(raise the DRAM budget or shrink the window)")
-        for i in ids:
-            if i in self.slot:
-                raise ValueError(f"neuron {i} is already resident")
+        if (self.slot[ids] >= 0).any():
+            raise ValueError(f"neuron {int(ids[self.slot[ids] >= 0][0])} is already resident")
         self.data[self.n:self.n + k] = rows                          # no reallocation: a copy into place
         self.ids[self.n:self.n + k] = ids
-        for j, i in enumerate(ids):
-            self.slot[i] = self.n + j
+        self.slot[ids] = np.arange(self.n, self.n + k)
         self.n += k
         self._check_ptr()
 
@@ -71,24 +96,22 @@ class NeuronCache:
         idea in one step: the rows ``n-k..n-1`` that survive move into the holes below ``n-k``
         (one indexed copy instead of k).
         """
-        ids = [int(i) for i in ids]
-        if len(set(ids)) != len(ids):
-            raise ValueError("ids must not repeat")
-        for i in ids:
-            if i not in self.slot:
-                raise ValueError(f"neuron {i} is not resident")
-        if not ids:
+        if len(ids) == 0:
             return
-        freed = {self.slot.pop(i) for i in ids}
+        ids = self._ids(ids)
+        freed = self.slot[ids]                                       # (k,) rows being freed
+        if (freed < 0).any():
+            raise ValueError(f"neuron {int(ids[freed < 0][0])} is not resident")
+        self.slot[ids] = -1
         n2 = self.n - len(ids)
-        holes = sorted(s for s in freed if s < n2)
-        movers = [j for j in range(n2, self.n) if j not in freed]
-        if holes:
-            h, m = torch.tensor(holes), torch.tensor(movers)
-            self.data[h] = self.data[m]                              # rows from the end fill the holes
+        holes = np.sort(freed[freed < n2])                           # freed rows below the new end
+        tail = np.ones(self.n - n2, dtype=bool)
+        tail[freed[freed >= n2] - n2] = False
+        movers = n2 + np.flatnonzero(tail)                           # surviving rows at the end
+        if len(holes):
+            self.data[torch.from_numpy(holes)] = self.data[torch.from_numpy(movers)]  # rows from the end fill the holes
             self.ids[holes] = self.ids[movers]
-            for s in holes:
-                self.slot[int(self.ids[s])] = s
+            self.slot[self.ids[holes]] = holes
         self.ids[n2:self.n] = -1
         self.n = n2
         self._check_ptr()

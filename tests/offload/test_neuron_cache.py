@@ -30,10 +30,23 @@ def test_insert_delete_matches_reference_set_without_reallocation(seq):
             c.delete(gone)
             ref -= set(gone)
         assert c.resident() == ref and c.n == len(ref)
+        probe = np.arange(50)                                                 # vectorised membership
+        assert (c.contains(probe) == np.isin(probe, sorted(ref))).all()
         assert c.data.data_ptr() == ptr                                       # never reallocated
         for j in range(c.n):                                                  # each row holds its neuron
             assert torch.equal(c.data[j], _row(int(c.ids[j])))
             assert c.slot[int(c.ids[j])] == j
+
+
+def test_ids_beyond_n_ids_grow_the_bookkeeping_not_the_data():
+    c = NeuronCache(3, RECORD, n_ids=4)
+    ptr = c.data.data_ptr()
+    c.insert([1, 1000], torch.stack([_row(1), _row(1000)]))
+    assert 1000 in c and 999 not in c and c.contains([1000, 5000]).tolist() == [True, False]
+    c.delete([1000])
+    assert c.resident() == {1} and c.data.data_ptr() == ptr
+    with pytest.raises(ValueError, match="repeat"):
+        c.insert([2, 2], torch.stack([_row(2), _row(2)]))
 
 
 def test_delete_moves_last_row_into_hole():
