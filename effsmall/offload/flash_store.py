@@ -18,10 +18,13 @@ them and a truncated or corrupted file raises :class:`CorruptStoreError` naming 
 tensor and the neuron block — never garbage weights. The non-FFN safetensors file carries a
 CRC-32 per tensor in its metadata.
 
-Reads coalesce sorted neuron ids into runs of adjacent ids (one ``os.preadv`` per run and per
-tensor), spread the runs over a thread pool (``preadv`` releases the GIL, so reads overlap in
-the device queue) and write straight into the destination array. ``bytes_read`` and
-``read_calls`` count what was asked of the device. :meth:`FlashStore.drop_page_cache` calls
+Reads coalesce sorted neuron ids into runs of adjacent ids — or, with ``max_gap_bytes``, of ids
+at most that many bytes apart, the gap read and dropped (one read instead of two costs less than
+the gap's bytes on a latency-bound disk) — one ``os.preadv`` per run and per tensor, spread the
+runs over a thread pool (``preadv`` releases the GIL, so reads overlap in the device queue) and
+pick the wanted rows out. :meth:`FlashStore.read_neurons_async` returns at once so the caller
+computes while the reads are in flight. ``bytes_read`` and ``read_calls`` count what was asked
+of the device (gaps included). :meth:`FlashStore.drop_page_cache` calls
 ``posix_fadvise(POSIX_FADV_DONTNEED)`` so the next read comes from the disk, not from RAM;
 readahead is turned off with ``POSIX_FADV_RANDOM``.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,14 +65,22 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def coalesce(ids: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted unique ids → runs ``(first_id, count)`` of adjacent ids: ``[1,2,3,7,8]`` → ``[(1,3),(7,2)]``."""
+def coalesce(ids: np.ndarray, max_gap: int = 0) -> list[tuple[int, int]]:
+    """Sorted unique ids → runs ``(first_id, count)`` covering them: ``[1,2,3,7,8]`` → ``[(1,3),(7,2)]``.
+
+    With ``max_gap > 0`` a run also bridges gaps of up to ``max_gap`` missing ids
+    (``max_gap=3``: ``[1,2,3,7,8]`` → ``[(1,8)]``): one larger read instead of several small ones,
+    at the price of the gap's bytes — worth it while a read costs more in latency than the gap
+    costs in bandwidth (see :func:`~effsmall.offload.throughput.measure_read_throughput`).
+    """
     if len(ids) == 0:
         return []
-    breaks = np.flatnonzero(np.diff(ids) != 1) + 1                 # (n_runs-1,)
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap!r}")
+    breaks = np.flatnonzero(np.diff(ids) > max_gap + 1) + 1        # (n_runs-1,)
     starts = np.concatenate([[0], breaks])                         # (n_runs,)
-    ends = np.concatenate([breaks, [len(ids)]])                    # (n_runs,)
-    return [(int(ids[s]), int(e - s)) for s, e in zip(starts, ends)]
+    ends = np.concatenate([breaks, [len(ids)]]) - 1                # (n_runs,) index of each run's last id
+    return [(int(ids[s]), int(ids[e] - ids[s] + 1)) for s, e in zip(starts, ends)]
 
 
 def _tensors_of(layout: str, W_up: torch.Tensor, W_down: torch.Tensor, l: int) -> dict[str, np.ndarray]:
@@ -156,18 +168,35 @@ class ReadStats:
         self.read_calls += other.read_calls
 
 
+class PendingRead:
+    """Reads in flight, from :meth:`FlashStore.read_neurons_async`; :meth:`result` waits for them."""
+
+    def __init__(self, futures: list, finish):
+        self._futures, self._finish = futures, finish
+
+    def result(self):
+        for f in self._futures:
+            f.result()
+        return self._finish()
+
+
 class FlashStore:
     """Read neurons of a store written by :func:`write_store`.
 
     ``read_neurons(l, ids)`` returns ``(ids_sorted, up (n, d), down_t (n, d))`` fp16 numpy arrays,
-    row j holding neuron ``ids_sorted[j]``'s row of ``W_up`` and column of ``W_down``.
+    row j holding neuron ``ids_sorted[j]``'s row of ``W_up`` and column of ``W_down``;
+    ``read_neurons_async`` starts the same reads and returns at once. ``max_gap_bytes``: runs of
+    neurons at most this many bytes apart are read as one (the gap is read and dropped).
     """
 
-    def __init__(self, path: str | Path, threads: int = 4, verify: bool = True):
+    def __init__(self, path: str | Path, threads: int = 4, verify: bool = True, max_gap_bytes: int = 0):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
+        if max_gap_bytes < 0:
+            raise ValueError(f"max_gap_bytes must be >= 0, got {max_gap_bytes!r}")
         self.path = Path(path)
         self.threads = threads
+        self.max_gap_bytes = max_gap_bytes
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             self._read_header()
@@ -179,7 +208,12 @@ class FlashStore:
             os.close(self.fd)
             raise
         self.stats = ReadStats()
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self._pool = None
+        if threads > 1:              # start every I/O thread now, not during the first measured reads
+            self._pool = ThreadPoolExecutor(threads)
+            barrier = threading.Barrier(threads)
+            for f in [self._pool.submit(barrier.wait) for _ in range(threads)]:
+                f.result()
 
     # -- header, integrity ------------------------------------------------------------------
     def _read_header(self):
@@ -242,48 +276,71 @@ class FlashStore:
             raise ValueError(f"layer must be in [0, {self.n_layers}), got {layer!r}")
         return [f"layers.{layer}.bundle"] if self.layout == "bundled" else [f"layers.{layer}.up", f"layers.{layer}.down_t"]
 
-    def _run_reads(self, jobs: list[tuple[memoryview, int, str]]):
-        """Each job = (destination buffer, file offset, tensor name); preadv in the pool."""
+    def _submit(self, jobs: list[tuple[memoryview, int, str]]) -> list:
+        """Start the reads: each job = (destination buffer, file offset, tensor name), one ``preadv``.
+
+        The jobs are dealt round-robin to the thread pool (``preadv`` releases the GIL, so the reads
+        overlap in the device queue); returns the futures to wait on ([] when done inline).
+        """
         def do(batch):
             for buf, off, name in batch:
                 n = os.preadv(self.fd, [buf], off)
                 if n != len(buf):
                     raise CorruptStoreError(f"{self.path}: truncated — short read in tensor {name!r} at byte {off}")
-        if self._pool is None or len(jobs) <= 1:
-            do(jobs)
-        else:
-            k = min(self.threads, len(jobs))
-            list(self._pool.map(do, [jobs[i::k] for i in range(k)]))
         self.stats.read_calls += len(jobs)
         self.stats.bytes_read += sum(len(b) for b, _, _ in jobs)
+        if self._pool is None or len(jobs) <= 1:
+            do(jobs)
+            return []
+        k = min(self.threads, len(jobs))
+        return [self._pool.submit(do, jobs[i::k]) for i in range(k)]
 
-    def read_neurons(self, layer: int, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_reads(self, jobs: list[tuple[memoryview, int, str]]):
+        for f in self._submit(jobs):
+            f.result()
+
+    def read_neurons(self, layer: int, ids, max_gap: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Neurons ``ids`` of ``layer``: ``(ids_sorted (n,), up (n, d), down_t (n, d))`` in fp16."""
+        return self.read_neurons_async(layer, ids, max_gap).result()
+
+    def read_neurons_async(self, layer: int, ids, max_gap: int | None = None) -> "PendingRead":
+        """Start reading neurons ``ids`` of ``layer``; ``.result()`` waits and returns what :meth:`read_neurons` does.
+
+        Sorted ids are coalesced into runs (:func:`coalesce`), bridging gaps of up to ``max_gap``
+        neurons (default: the store's ``max_gap_bytes`` worth of records): one ``preadv`` per run
+        and per tensor, into a scratch buffer from which the wanted rows are picked. The caller
+        can compute while the reads are in flight.
+        """
         names = self._names(layer)
         ids = np.unique(np.asarray(ids, dtype=np.int64))                           # (n,)
         if len(ids) and (ids[0] < 0 or ids[-1] >= self.d_ff):
             raise ValueError(f"ids must be in [0, {self.d_ff}), got range [{ids[0]}, {ids[-1]}]")
-        n, d = len(ids), self.d
-        runs = coalesce(ids)
+        if max_gap is None:
+            max_gap = self.max_gap_bytes // self.row_bytes
+        n, d, rb = len(ids), self.d, self.row_bytes
+        runs = coalesce(ids, max_gap)
+        firsts = np.array([f for f, _ in runs], dtype=np.int64)                   # (n_runs,)
+        counts = np.array([c for _, c in runs], dtype=np.int64)                   # (n_runs,)
+        span = int(counts.sum())
+        bufs = [np.empty((span, rb // 2), dtype=np.float16) for _ in names]       # (span, 2d) or 2 × (span, d)
         jobs = []
-        if self.layout == "bundled":
-            out = np.empty((n, 2 * d), dtype=np.float16)                          # (n, 2d)
-            mv, base = _bytes_view(out), self.data_offset + self.tensors[names[0]]["offset"]
-            j = 0
+        for buf, name in zip(bufs, names):
+            mv, base, j = _bytes_view(buf), self.data_offset + self.tensors[name]["offset"], 0
             for first, cnt in runs:
-                jobs.append((mv[j * self.row_bytes:(j + cnt) * self.row_bytes], base + first * self.row_bytes, names[0]))
+                jobs.append((mv[j * rb:(j + cnt) * rb], base + first * rb, name))
                 j += cnt
-            self._run_reads(jobs)
-            return ids, out[:, :d], out[:, d:]
-        up = np.empty((n, d), dtype=np.float16)                                   # (n, d)
-        down_t = np.empty((n, d), dtype=np.float16)                               # (n, d)
-        for arr, name in ((up, names[0]), (down_t, names[1])):
-            mv, base, j = _bytes_view(arr), self.data_offset + self.tensors[name]["offset"], 0
-            for first, cnt in runs:
-                jobs.append((mv[j * self.row_bytes:(j + cnt) * self.row_bytes], base + first * self.row_bytes, name))
-                j += cnt
-        self._run_reads(jobs)
-        return ids, up, down_t
+        futures = self._submit(jobs)
+
+        def finish():
+            out = bufs
+            if span != n:                                  # runs bridged gaps: keep the wanted rows
+                r = np.searchsorted(firsts, ids, side="right") - 1                # run of each id
+                pos = (np.cumsum(counts) - counts)[r] + ids - firsts[r]           # (n,) row in the scratch
+                out = [b[pos] for b in bufs]
+            if self.layout == "bundled":
+                return ids, out[0][:, :d], out[0][:, d:]
+            return ids, out[0], out[1]
+        return PendingRead(futures, finish)
 
     def read_range(self, layer: int, start: int, stop: int, chunk_bytes: int = 1 << 20):
         """Neurons ``start..stop-1`` in chunks of ≈ ``chunk_bytes`` (what a memory-mapped model pages in)."""

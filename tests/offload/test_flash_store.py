@@ -102,3 +102,52 @@ def test_bad_arguments(tmp_path):
     path = write_store(tmp_path / "x.ffn", _ffn(), "bundled")
     with pytest.raises(ValueError, match="threads"):
         FlashStore(path, threads=0)
+
+
+@given(st.sets(st.integers(0, 200)), st.integers(0, 6))
+def test_coalesce_with_gaps_covers_ids_and_bridges_only_small_gaps(ids, max_gap):
+    ids = np.array(sorted(ids), dtype=np.int64)
+    runs = coalesce(ids, max_gap=max_gap)
+    covered = {i for f, c in runs for i in range(f, f + c)}
+    assert set(ids.tolist()) <= covered
+    for f, c in runs:                                                       # runs start and end on ids
+        assert f in ids and f + c - 1 in ids
+        inside = ids[(ids >= f) & (ids < f + c)]
+        assert (np.diff(inside) <= max_gap + 1).all()                        # only small gaps bridged
+    for (f1, c1), (f2, _) in zip(runs, runs[1:]):
+        assert f2 - (f1 + c1) > max_gap                                      # larger gaps split runs
+    if max_gap == 0:
+        assert runs == coalesce(ids)
+
+
+@pytest.mark.parametrize("layout,per_run", [("bundled", 1), ("unbundled", 2)])
+def test_gap_reads_round_trip_exactly_and_count_bytes_and_calls(tmp_path, layout, per_run):
+    ffn = _ffn(L=2, d=8, d_ff=64)
+    path = write_store(tmp_path / "m.ffn", ffn, layout)
+    ids = [3, 4, 7, 20, 21, 22, 30, 63]              # 5 runs; gaps of 2, 12, 7, 32 missing neurons
+    row = 4 * 8 // per_run                                                   # bytes per neuron per tensor
+    for max_gap, runs, span in [(0, 5, 8), (2, 4, 10), (7, 3, 17), (12, 2, 29), (32, 1, 61)]:
+        with FlashStore(path, threads=3, max_gap_bytes=max_gap * row) as s:
+            for l, (u, w) in enumerate(ffn):
+                got, up, down_t = s.read_neurons(l, ids[::-1])                 # any order in
+                assert got.tolist() == ids
+                assert torch.equal(torch.from_numpy(up.copy()), u[ids].half())
+                assert torch.equal(torch.from_numpy(down_t.copy()), w.T[ids].half())
+                assert s.read_neurons(l, ids, max_gap=0)[1].tobytes() == up.tobytes()   # per-call override
+            assert s.stats.read_calls == 2 * (runs + 5) * per_run             # 2 layers, + the max_gap=0 reads
+            assert s.stats.bytes_read == 2 * (span + 8) * row * per_run
+
+
+def test_async_reads_equal_sync_reads(tmp_path):
+    ffn = _ffn(L=1, d=8, d_ff=200)
+    path = write_store(tmp_path / "m.ffn", ffn, "bundled")
+    rng = np.random.default_rng(0)
+    with FlashStore(path, threads=4, max_gap_bytes=64) as s:
+        for _ in range(10):
+            ids = rng.choice(200, size=rng.integers(0, 40), replace=False)
+            pending = s.read_neurons_async(0, ids)
+            a = pending.result()
+            b = s.read_neurons(0, ids)
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="max_gap"):
+        FlashStore(path, max_gap_bytes=-1)
