@@ -11,13 +11,19 @@ layer and, at each FFN, gets the neurons it needs from one of five strategies:
   each token needs; only those are read (unbundled layout: 2 reads per run of neurons).
 - ``"predictor+window"``: neurons predicted for any of the last ``window`` tokens stay in a
   :class:`~effsmall.offload.neuron_cache.NeuronCache`; a token reads only the new ones (§3.1).
-  The cache's capacity is what the budget leaves; if the window's union would overflow it, the
-  least recently active neurons are evicted first (the budget shortens the window).
+  The caches share what the budget leaves, layer by layer in proportion to ``layer_demand``
+  (neurons selected per token on calibration text; equal shares without it); if a window's
+  union would overflow its cache, the least recently active neurons are evicted first (the
+  budget shortens the window). The reads of a layer's new neurons are issued first; the window
+  bookkeeping and the FFN over the resident neurons run while they are in flight, then the new
+  neurons' part is added (``read_s`` counts only the time the token waits for the disk).
 - ``"predictor+window+bundle"``: the same, reading the bundled layout (1 read per run, §3.3).
 - ``"oracle"``: the true active set (computed from an in-memory copy of ``W_up``, which the
   budget does not count — a correctness reference, not a deployable strategy), windowed and
   bundled. It must generate exactly what the in-memory model generates.
 
+Every strategy that reads neurons (not ``"naive"``, whose reads are already large sequential
+chunks) reads runs of neurons at most ``max_gap_bytes`` apart as one read (:data:`MAX_GAP_BYTES`).
 Per token it records read / compute / cache-management seconds, bytes read and read calls.
 Before each token the store's pages are dropped from the OS page cache (``drop_page_cache``),
 so every byte "read from flash" really comes from the disk: the page cache would otherwise be
@@ -36,6 +42,11 @@ import torch.nn.functional as F
 from effsmall.offload.flash_store import FlashStore, load_rest, write_store
 from effsmall.offload.neuron_cache import NeuronCache
 from effsmall.offload.relu_lm import ReluLM, decode_step
+
+# Runs of needed neurons at most this many bytes apart are read as one: on the measured disk a
+# random read costs ≈ 50-110 µs in latency whatever its size up to ≈ 16 KiB (bench read_throughput),
+# so bridging a gap of a few records costs less than a second read.
+MAX_GAP_BYTES = 16 << 10
 
 STRATEGIES = ("naive", "predictor", "predictor+window", "predictor+window+bundle", "oracle")
 
@@ -72,11 +83,12 @@ class _Timer:
 class OffloadedLM:
     """Build with :meth:`from_model` (writes the stores) or open existing stores with the constructor."""
 
-    def __init__(self, directory: str | Path, cfg, predictors=None, oracle_up=None, threads: int = 8):
+    def __init__(self, directory: str | Path, cfg, predictors=None, oracle_up=None, threads: int = 8,
+                 max_gap_bytes: int = MAX_GAP_BYTES, layer_demand=None):
         directory = Path(directory)
         self.cfg = cfg
-        self.stores = {"bundled": FlashStore(directory / "ffn_bundled.ffn", threads=threads),
-                       "unbundled": FlashStore(directory / "ffn_unbundled.ffn", threads=threads)}
+        self.stores = {name: FlashStore(directory / f"ffn_{name}.ffn", threads=threads, max_gap_bytes=max_gap_bytes)
+                       for name in ("bundled", "unbundled")}
         rest = load_rest(directory / "ffn_bundled.ffn.rest.safetensors")
         model = ReluLM(cfg)
         for blk in model.blocks:               # the FFN matrices are not in DRAM
@@ -91,16 +103,29 @@ class OffloadedLM:
         self.ffn_bytes = cfg.n_layers * cfg.d_ff * self.record_bytes
         self.predictors = predictors
         self.oracle_up = oracle_up
+        if layer_demand is not None and (len(layer_demand) != cfg.n_layers or min(layer_demand) <= 0):
+            raise ValueError(f"layer_demand must hold {cfg.n_layers} positive numbers, got {layer_demand!r}")
+        self.layer_demand = None if layer_demand is None else [float(x) for x in layer_demand]
 
     @classmethod
-    def from_model(cls, model: ReluLM, directory: str | Path, predictors=None, threads: int = 8) -> "OffloadedLM":
+    def from_model(cls, model: ReluLM, directory: str | Path, predictors=None, threads: int = 8,
+                   calibration_ids: torch.Tensor | None = None, **kw) -> "OffloadedLM":
+        """Write the stores for ``model`` and open them.
+
+        With ``predictors`` and ``calibration_ids`` (a text's token ids, e.g. training text), each
+        layer's share of the neuron caches is set by how many neurons its predictor selects per
+        token on that text (:func:`~effsmall.offload.predictor.predicted_per_token`).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         ffn = [model.ffn_weights(l) for l in range(model.cfg.n_layers)]
         write_store(directory / "ffn_bundled.ffn", ffn, "bundled", rest=model.non_ffn_state())
         write_store(directory / "ffn_unbundled.ffn", ffn, "unbundled")
         oracle_up = [u.clone() for u, _ in ffn]
-        return cls(directory, model.cfg, predictors=predictors, oracle_up=oracle_up, threads=threads)
+        if predictors is not None and calibration_ids is not None and "layer_demand" not in kw:
+            from effsmall.offload.predictor import predicted_per_token
+            kw["layer_demand"] = predicted_per_token(model, predictors, calibration_ids)
+        return cls(directory, model.cfg, predictors=predictors, oracle_up=oracle_up, threads=threads, **kw)
 
     @property
     def model_bytes(self) -> int:
@@ -175,13 +200,25 @@ class OffloadedLM:
             return down_t.T @ F.relu(up @ h - shift)                                 # (d,)
         return ffn
 
+    def capacities(self, avail: int) -> list[int]:
+        """Neurons each layer's :class:`NeuronCache` holds when ``avail`` bytes are left for the caches.
+
+        The bytes are shared in proportion to :attr:`layer_demand` (by default equal shares): a
+        layer whose predictor selects more neurons per token (layer 0 here selects ≈ 2.5× the
+        others) needs more rows to keep the same window resident. Capped at ``d_ff``.
+        """
+        cfg = self.cfg
+        demand = np.asarray(self.layer_demand if self.layer_demand is not None else np.ones(cfg.n_layers), float)
+        rows = avail // self.record_bytes                                        # neurons the budget holds
+        caps = [int(min(cfg.d_ff, rows * w / demand.sum())) for w in demand]
+        if min(caps) < 1:
+            raise ValueError(f"dram_budget_bytes leaves no room for a neuron cache ({avail} bytes free)")
+        return caps
+
     def _window_ffn(self, avail, window, layout, oracle, timer, step_of):
         cfg, d = self.cfg, self.cfg.d_model
         store = self.stores[layout]
-        cap = int(min(cfg.d_ff, avail // (cfg.n_layers * self.record_bytes)))
-        if cap < 1:
-            raise ValueError(f"dram_budget_bytes leaves no room for a neuron cache ({avail} bytes free)")
-        caches = [NeuronCache(cap, 2 * d) for _ in range(cfg.n_layers)]
+        caches = [NeuronCache(cap, 2 * d, n_ids=cfg.d_ff) for cap in self.capacities(avail)]
         last = [np.full(cfg.d_ff, -(10 ** 9), dtype=np.int64) for _ in range(cfg.n_layers)]
         shift = cfg.shift
 
@@ -190,36 +227,40 @@ class OffloadedLM:
             if oracle:
                 ids = (F.relu(self.oracle_up[l] @ h - shift) > 0).nonzero().view(-1).numpy()
             else:
-                ids = self.predictors[l].predict(h).nonzero().view(-1).numpy()      # (n,)
-            c = caches[l]
+                ids = self.predictors[l].predict(h).nonzero().view(-1).numpy()      # (n,) sorted
+            c, lst = caches[l], last[l]
             t0 = time.perf_counter()
-            last[l][ids] = t
+            new = ids[~c.contains(ids)]                                            # not resident yet
+            t1 = time.perf_counter()
+            pending = store.read_neurons_async(l, new) if len(new) else None      # the reads start now;
+            t2 = time.perf_counter()                                               # meanwhile, on the CPU:
+            lst[ids] = t                                                           # window bookkeeping ...
             res = c.ids[:c.n]
-            stale = res[last[l][res] <= t - window]                                  # left the window
-            c.delete(stale)
-            new = ids[~np.isin(ids, c.ids[:c.n])]                                     # not resident yet
+            c.delete(res[lst[res] <= t - window])                                  # left the window
             over = c.n + len(new) - c.capacity
             if over > 0:                # the budget bounds the window: evict least recently active first
                 res = c.ids[:c.n]
-                old = res[last[l][res] < t]                                          # not needed now
+                old = res[lst[res] < t]                                              # not needed now
                 if len(old) < over:
                     raise RuntimeError(f"layer {l}: {len(ids)} neurons needed now exceed the NeuronCache "
                                        f"capacity {c.capacity} (raise the DRAM budget)")
-                c.delete(old[np.argsort(last[l][old], kind="stable")[:over]])
-            t1 = time.perf_counter()
-            if len(new):
-                _, up, down_t = store.read_neurons(l, new)                           # (k, d) each
-                t2 = time.perf_counter()
-                rows = torch.from_numpy(np.concatenate([up, down_t], axis=1))        # (k, 2d)
-                c.insert(np.unique(new), rows)
-            else:
-                t2 = t1
-            t3 = time.perf_counter()
-            timer.cache += (t1 - t0) + (t3 - t2)
-            timer.read += t2 - t1
+                c.delete(old[np.argsort(lst[old], kind="stable")[:over]])
+            t2b = time.perf_counter()
+            W = c.rows().float()                                                   # (n, 2d)
+            y = W[:, d:].T @ F.relu(W[:, :d] @ h - shift)                          # ... and the resident neurons' part
+            t3 = t4 = t5 = time.perf_counter()
+            if pending is not None:
+                _, up, down_t = pending.result()                                   # (k, d) each
+                t4 = time.perf_counter()
+                rows = torch.from_numpy(np.concatenate([up, down_t], axis=1))      # (k, 2d)
+                c.insert(new, rows)
+                t5 = time.perf_counter()
+                Wn = rows.float()
+                y = y + Wn[:, d:].T @ F.relu(Wn[:, :d] @ h - shift)               # (d,) the new neurons
+            timer.cache += (t1 - t0) + (t2b - t2) + (t5 - t4)
+            timer.read += (t2 - t1) + (t4 - t3)                                    # issuing + waiting, not hidden
             timer.neurons += len(new)
-            W = c.rows().float()                                                     # (n, 2d)
-            return W[:, d:].T @ F.relu(W[:, :d] @ h - shift)                         # (d,)
+            return y                                                               # (d,)
         return ffn, sum(c.nbytes for c in caches)
 
     # -- generation --------------------------------------------------------------------------

@@ -31,7 +31,8 @@ class LowRankPredictor(nn.Module):
 
     @torch.no_grad()
     def predict(self, h):                                 # (..., d) -> (..., d_ff) bool
-        return torch.sigmoid(self(h)) >= self.threshold
+        # forward() without the module-call overhead (it runs once per layer per decoded token)
+        return torch.sigmoid(F.linear(F.linear(h, self.A.weight), self.B.weight, self.B.bias)) >= self.threshold
 
     def nbytes(self, bytes_per_param: int = 2) -> int:
         return bytes_per_param * sum(p.numel() for p in self.parameters())
@@ -108,6 +109,18 @@ def load_or_train_predictors(model, rank: int = 32, recall: float = 0.99) -> lis
     preds = train_predictors(model, train_ids, rank=rank, recall=recall)
     save_file({f"{l}.{k}": v.contiguous() for l, p in enumerate(preds) for k, v in p.state_dict().items()}, str(path))
     return preds
+
+
+@torch.no_grad()
+def predicted_per_token(model, predictors, ids: torch.Tensor, n_windows: int = 8, seq_len: int = 64,
+                        seed: int = 0) -> list[float]:
+    """Mean number of neurons each layer's predictor selects per token on text ``ids``.
+
+    :class:`~effsmall.offload.offloaded_lm.OffloadedLM` shares the neuron caches' budget in
+    these proportions (a layer that needs more neurons per token gets more rows).
+    """
+    recs = record_activations(model, ids, n_windows=n_windows, seq_len=min(seq_len, model.cfg.max_len), seed=seed)
+    return [max(1.0, p.predict(h).sum(-1).float().mean().item()) for (h, _), p in zip(recs, predictors)]
 
 
 @torch.no_grad()

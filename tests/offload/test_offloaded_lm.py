@@ -96,3 +96,24 @@ def test_tight_budget_evicts_least_recent_and_stays_exact(setup):
     r = olm.generate(prompt, 20, budget, strategy="oracle", window=16)
     assert r.tokens == model.generate(prompt, 20)
     assert r.dram_bytes <= budget
+
+
+def test_cache_budget_is_shared_by_layer_demand(setup, tmp_path):
+    model, olm = setup
+    avail = 100 * olm.record_bytes
+    assert olm.capacities(avail) == [50, 50] if olm.layer_demand is None else True
+    uneven = OffloadedLM(olm.stores["bundled"].path.parent, CFG, predictors=olm.predictors,
+                         oracle_up=olm.oracle_up, threads=2, layer_demand=[3, 1])
+    assert uneven.capacities(avail) == [75, 25]
+    assert uneven.capacities(10 ** 9) == [CFG.d_ff] * 2                 # capped at d_ff
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    r = uneven.generate(prompt, 12, olm.non_ffn_bytes + olm._pred_bytes() + 2 * 160 * olm.record_bytes,
+                        strategy="oracle", window=4)
+    assert r.tokens == model.generate(prompt, 12)
+    uneven.close()
+    with pytest.raises(ValueError, match="layer_demand"):
+        OffloadedLM(olm.stores["bundled"].path.parent, CFG, layer_demand=[1.0])
+    calibrated = OffloadedLM.from_model(model, tmp_path, predictors=olm.predictors, threads=2,
+                                        calibration_ids=torch.randint(0, CFG.vocab_size, (2000,)))
+    assert len(calibrated.layer_demand) == CFG.n_layers and min(calibrated.layer_demand) >= 1
+    calibrated.close()
