@@ -186,10 +186,13 @@ class FlashStore:
     ``read_neurons(l, ids)`` returns ``(ids_sorted, up (n, d), down_t (n, d))`` fp16 numpy arrays,
     row j holding neuron ``ids_sorted[j]``'s row of ``W_up`` and column of ``W_down``;
     ``read_neurons_async`` starts the same reads and returns at once. ``max_gap_bytes``: runs of
-    neurons at most this many bytes apart are read as one (the gap is read and dropped).
+    neurons at most this many bytes apart are read as one (the gap is read and dropped);
+    ``max_read_bytes``: longer runs (a cold cache's first token) are split into reads of at most
+    this size, spread over the threads like :meth:`read_range`'s chunks.
     """
 
-    def __init__(self, path: str | Path, threads: int = 4, verify: bool = True, max_gap_bytes: int = 0):
+    def __init__(self, path: str | Path, threads: int = 4, verify: bool = True, max_gap_bytes: int = 0,
+                 max_read_bytes: int = 1 << 20):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         if max_gap_bytes < 0:
@@ -197,6 +200,7 @@ class FlashStore:
         self.path = Path(path)
         self.threads = threads
         self.max_gap_bytes = max_gap_bytes
+        self.max_read_bytes = max_read_bytes
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             self._read_header()
@@ -318,6 +322,7 @@ class FlashStore:
         if max_gap is None:
             max_gap = self.max_gap_bytes // self.row_bytes
         n, d, rb = len(ids), self.d, self.row_bytes
+        per = max(1, self.max_read_bytes // rb)
         runs = coalesce(ids, max_gap)
         firsts = np.array([f for f, _ in runs], dtype=np.int64)                   # (n_runs,)
         counts = np.array([c for _, c in runs], dtype=np.int64)                   # (n_runs,)
@@ -327,7 +332,9 @@ class FlashStore:
         for buf, name in zip(bufs, names):
             mv, base, j = _bytes_view(buf), self.data_offset + self.tensors[name]["offset"], 0
             for first, cnt in runs:
-                jobs.append((mv[j * rb:(j + cnt) * rb], base + first * rb, name))
+                for c0 in range(0, cnt, per):         # a long run: chunks of <= max_read_bytes, in parallel
+                    c = min(per, cnt - c0)
+                    jobs.append((mv[(j + c0) * rb:(j + c0 + c) * rb], base + (first + c0) * rb, name))
                 j += cnt
         futures = self._submit(jobs)
 

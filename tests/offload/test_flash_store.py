@@ -138,6 +138,18 @@ def test_gap_reads_round_trip_exactly_and_count_bytes_and_calls(tmp_path, layout
             assert s.stats.bytes_read == 2 * (span + 8) * row * per_run
 
 
+def test_long_runs_are_split_into_max_read_bytes_reads(tmp_path):
+    ffn = _ffn(L=1, d=8, d_ff=100)
+    path = write_store(tmp_path / "m.ffn", ffn, "bundled")                 # 32-byte records
+    with FlashStore(path, threads=3, max_gap_bytes=64, max_read_bytes=10 * 32) as s:
+        ids = list(range(0, 50, 2)) + [99]                                   # one run 0..48 (49 neurons) + 99
+        _, up, down_t = s.read_neurons(0, ids)
+        assert torch.equal(torch.from_numpy(up.copy()), ffn[0][0][ids].half())
+        assert torch.equal(torch.from_numpy(down_t.copy()), ffn[0][1].T[ids].half())
+        assert s.stats.read_calls == 5 + 1                                   # ceil(49 / 10) + 1
+        assert s.stats.bytes_read == (49 + 1) * 32
+
+
 def test_async_reads_equal_sync_reads(tmp_path):
     ffn = _ffn(L=1, d=8, d_ff=200)
     path = write_store(tmp_path / "m.ffn", ffn, "bundled")
