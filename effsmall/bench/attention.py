@@ -201,6 +201,8 @@ def _run_cuda(quick: bool) -> list[dict]:
         gpu_correctness(rec)
     impls = _impls()
     seq_lens = SEQ_LENS[:2] if quick else SEQ_LENS
+    if os.environ.get("EFFSMALL_ATTN_SEQ_LENS"):  # e.g. "512,1024": re-measure some lengths in a short lease
+        seq_lens = tuple(int(x) for x in os.environ["EFFSMALL_ATTN_SEQ_LENS"].split(","))
     shapes = [(N, D, causal) for N in seq_lens for D in HEAD_DIMS for causal in (False, True)]
     per_shape: list[float] = []
     for N, D, causal in shapes:
