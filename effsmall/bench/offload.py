@@ -38,6 +38,36 @@ def _median_row(reps: list[dict]) -> dict:
     return out
 
 
+def _read_queue_rows(olm, reps: int = 7) -> list[dict]:
+    """Both ways of keeping reads in flight, on both access patterns, page cache dropped each time.
+
+    ``scattered``: 60 random neuron records of one layer (what a windowed token reads in a burst);
+    ``layer``: a whole layer in 1 MiB chunks (what "naive" reads for each non-resident layer).
+    """
+    import numpy as np
+
+    from effsmall.offload.flash_store import QUEUES
+
+    store, cfg = olm.stores["bundled"], olm.cfg
+    rng = np.random.default_rng(0)
+    rows, saved = [], store.queue
+    for pattern in ("scattered", "layer"):
+        for q in QUEUES:
+            store.queue = q
+            ts = []
+            for r in range(reps):
+                store.drop_page_cache()
+                t0 = time.perf_counter()
+                if pattern == "scattered":
+                    store.read_neurons(r % cfg.n_layers, rng.choice(cfg.d_ff, 60, replace=False), max_gap=0)
+                else:
+                    store.read_range(r % cfg.n_layers, 0, cfg.d_ff, queue=q)
+                ts.append(time.perf_counter() - t0)
+            rows.append({"kind": "read_queue", "pattern": pattern, "queue": q, "ms": 1e3 * statistics.median(ts)})
+    store.queue = saved
+    return rows
+
+
 def _load():
     from effsmall.data import token_splits
     from effsmall.offload import FULL_CONFIG, load_or_train
@@ -94,8 +124,14 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
                                  calibration_ids=train_ids)
     budget = olm.model_bytes // 2
     avail = budget - olm.non_ffn_bytes - olm._pred_bytes()
-    rows[0].update({"max_gap_bytes": olm.stores["bundled"].max_gap_bytes, "layer_demand": olm.layer_demand,
+    rows[0].update({"max_gap_bytes": olm.stores["bundled"].max_gap_bytes, "read_queue": olm.stores["bundled"].queue,
+                    "layer_demand": olm.layer_demand,
                     "cache_capacity_neurons": olm.capacities(avail)})
+    qrows = _read_queue_rows(olm)
+    rows.extend(qrows)
+    # naive gets whichever queue read a whole layer faster here, just now
+    olm.naive_queue = min((r for r in qrows if r["pattern"] == "layer"), key=lambda r: r["ms"])["queue"]
+    rows[0]["naive_queue"] = olm.naive_queue
     # a held-out text, teacher-forced and measured token by token, then free generation
     prompt = val_ids[1000:1000 + (16 if quick else 64)].tolist()
     n_new = 8 if quick else 16

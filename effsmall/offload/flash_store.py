@@ -168,6 +168,19 @@ class ReadStats:
         self.read_calls += other.read_calls
 
 
+QUEUES = ("threads", "kernel")
+
+
+class _Deferred:
+    """Reads announced to the kernel (``WILLNEED``); ``result()`` issues the ``preadv`` calls."""
+
+    def __init__(self, do, jobs):
+        self._do, self._jobs = do, jobs
+
+    def result(self):
+        self._do(self._jobs)
+
+
 class PendingRead:
     """Reads in flight, from :meth:`FlashStore.read_neurons_async`; :meth:`result` waits for them."""
 
@@ -188,11 +201,13 @@ class FlashStore:
     ``read_neurons_async`` starts the same reads and returns at once. ``max_gap_bytes``: runs of
     neurons at most this many bytes apart are read as one (the gap is read and dropped);
     ``max_read_bytes``: longer runs (a cold cache's first token) are split into reads of at most
-    this size, spread over the threads like :meth:`read_range`'s chunks.
+    this size, spread over the threads like :meth:`read_range`'s chunks. ``queue``: how
+    :meth:`read_neurons` keeps many reads in flight (``"threads"`` or ``"kernel"``, see
+    :meth:`_submit`); :meth:`read_range` takes its own ``queue`` argument.
     """
 
     def __init__(self, path: str | Path, threads: int = 4, verify: bool = True, max_gap_bytes: int = 0,
-                 max_read_bytes: int = 1 << 20):
+                 max_read_bytes: int = 1 << 20, queue: str = "threads"):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         if max_gap_bytes < 0:
@@ -201,6 +216,9 @@ class FlashStore:
         self.threads = threads
         self.max_gap_bytes = max_gap_bytes
         self.max_read_bytes = max_read_bytes
+        if queue not in QUEUES:
+            raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
+        self.queue = queue
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             self._read_header()
@@ -280,12 +298,19 @@ class FlashStore:
             raise ValueError(f"layer must be in [0, {self.n_layers}), got {layer!r}")
         return [f"layers.{layer}.bundle"] if self.layout == "bundled" else [f"layers.{layer}.up", f"layers.{layer}.down_t"]
 
-    def _submit(self, jobs: list[tuple[memoryview, int, str]]) -> list:
+    def _submit(self, jobs: list[tuple[memoryview, int, str]], queue: str = "threads") -> list:
         """Start the reads: each job = (destination buffer, file offset, tensor name), one ``preadv``.
 
-        The jobs are dealt round-robin to the thread pool (``preadv`` releases the GIL, so the reads
-        overlap in the device queue); returns the futures to wait on ([] when done inline).
+        ``queue="threads"``: the jobs are dealt round-robin to the thread pool (``preadv`` releases
+        the GIL, so the reads overlap in the device queue). ``queue="kernel"``: every job is first
+        announced with ``posix_fadvise(POSIX_FADV_WILLNEED)``, which queues its pages' reads in
+        the kernel and returns at once — all of them in flight, no thread woken — and the
+        ``preadv`` calls run when the result is asked for (copying pages that have arrived or
+        waiting for them). Returns objects whose ``result()`` completes the reads.
         """
+        if queue not in QUEUES:
+            raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
+
         def do(batch):
             for buf, off, name in batch:
                 n = os.preadv(self.fd, [buf], off)
@@ -293,14 +318,18 @@ class FlashStore:
                     raise CorruptStoreError(f"{self.path}: truncated — short read in tensor {name!r} at byte {off}")
         self.stats.read_calls += len(jobs)
         self.stats.bytes_read += sum(len(b) for b, _, _ in jobs)
+        if queue == "kernel":
+            for buf, off, _ in jobs:
+                os.posix_fadvise(self.fd, off, len(buf), os.POSIX_FADV_WILLNEED)
+            return [_Deferred(do, jobs)]
         if self._pool is None or len(jobs) <= 1:
             do(jobs)
             return []
         k = min(self.threads, len(jobs))
         return [self._pool.submit(do, jobs[i::k]) for i in range(k)]
 
-    def _run_reads(self, jobs: list[tuple[memoryview, int, str]]):
-        for f in self._submit(jobs):
+    def _run_reads(self, jobs: list[tuple[memoryview, int, str]], queue: str = "threads"):
+        for f in self._submit(jobs, queue):
             f.result()
 
     def read_neurons(self, layer: int, ids, max_gap: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,7 +365,7 @@ class FlashStore:
                     c = min(per, cnt - c0)
                     jobs.append((mv[(j + c0) * rb:(j + c0 + c) * rb], base + (first + c0) * rb, name))
                 j += cnt
-        futures = self._submit(jobs)
+        futures = self._submit(jobs, self.queue)
 
         def finish():
             out = bufs
@@ -349,7 +378,7 @@ class FlashStore:
             return ids, out[0], out[1]
         return PendingRead(futures, finish)
 
-    def read_range(self, layer: int, start: int, stop: int, chunk_bytes: int = 1 << 20):
+    def read_range(self, layer: int, start: int, stop: int, chunk_bytes: int = 1 << 20, queue: str = "threads"):
         """Neurons ``start..stop-1`` in chunks of ≈ ``chunk_bytes`` (what a memory-mapped model pages in)."""
         names = self._names(layer)
         n, d = stop - start, self.d
@@ -363,7 +392,7 @@ class FlashStore:
                 c = min(per, n - s)
                 jobs.append((mv[s * self.row_bytes:(s + c) * self.row_bytes], base + (start + s) * self.row_bytes, name))
             arrays.append(arr)
-        self._run_reads(jobs)
+        self._run_reads(jobs, queue)
         if self.layout == "bundled":
             return arrays[0][:, :d], arrays[0][:, d:]
         return arrays[0], arrays[1]

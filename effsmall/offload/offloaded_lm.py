@@ -23,7 +23,9 @@ layer and, at each FFN, gets the neurons it needs from one of five strategies:
   bundled. It must generate exactly what the in-memory model generates.
 
 Every strategy that reads neurons (not ``"naive"``, whose reads are already large sequential
-chunks) reads runs of neurons at most ``max_gap_bytes`` apart as one read (:data:`MAX_GAP_BYTES`).
+chunks) reads runs of neurons at most ``max_gap_bytes`` apart as one read (:data:`MAX_GAP_BYTES`)
+and keeps a layer's reads in flight together through ``queue`` (:data:`READ_QUEUE`); naive reads
+through ``naive_queue``.
 Per token it records read / compute / cache-management seconds, bytes read and read calls.
 Before each token the store's pages are dropped from the OS page cache (``drop_page_cache``),
 so every byte "read from flash" really comes from the disk: the page cache would otherwise be
@@ -47,6 +49,11 @@ from effsmall.offload.relu_lm import ReluLM, decode_step
 # random read costs ≈ 50-110 µs in latency whatever its size up to ≈ 16 KiB (bench read_throughput),
 # so bridging a gap of a few records costs less than a second read.
 MAX_GAP_BYTES = 16 << 10
+# How the neuron reads of one layer are kept in flight together: "kernel" announces them all
+# with posix_fadvise(WILLNEED) and then preadv's them from the decoding thread; "threads" hands
+# them to a pool. On this disk, for 5-200 scattered records, "kernel" took a third to a half of
+# the time (no thread wake-ups, a deeper queue) and left the CPU to the decoding thread.
+READ_QUEUE = "kernel"
 
 STRATEGIES = ("naive", "predictor", "predictor+window", "predictor+window+bundle", "oracle")
 
@@ -84,10 +91,11 @@ class OffloadedLM:
     """Build with :meth:`from_model` (writes the stores) or open existing stores with the constructor."""
 
     def __init__(self, directory: str | Path, cfg, predictors=None, oracle_up=None, threads: int = 8,
-                 max_gap_bytes: int = MAX_GAP_BYTES, layer_demand=None):
+                 max_gap_bytes: int = MAX_GAP_BYTES, layer_demand=None, queue: str = READ_QUEUE):
         directory = Path(directory)
         self.cfg = cfg
-        self.stores = {name: FlashStore(directory / f"ffn_{name}.ffn", threads=threads, max_gap_bytes=max_gap_bytes)
+        self.stores = {name: FlashStore(directory / f"ffn_{name}.ffn", threads=threads, max_gap_bytes=max_gap_bytes,
+                                        queue=queue)
                        for name in ("bundled", "unbundled")}
         rest = load_rest(directory / "ffn_bundled.ffn.rest.safetensors")
         model = ReluLM(cfg)
@@ -106,6 +114,9 @@ class OffloadedLM:
         if layer_demand is not None and (len(layer_demand) != cfg.n_layers or min(layer_demand) <= 0):
             raise ValueError(f"layer_demand must hold {cfg.n_layers} positive numbers, got {layer_demand!r}")
         self.layer_demand = None if layer_demand is None else [float(x) for x in layer_demand]
+        # naive's large sequential chunks are bandwidth-bound: threads do as well as the kernel
+        # queue there (the bench measures both and gives naive the faster)
+        self.naive_queue = "threads"
 
     @classmethod
     def from_model(cls, model: ReluLM, directory: str | Path, predictors=None, threads: int = 8,
@@ -178,7 +189,7 @@ class OffloadedLM:
             r = u.shape[0]
             if r < d_ff:
                 t0 = time.perf_counter()
-                up, down_t = store.read_range(l, r, d_ff)                             # (d_ff-r, d) each
+                up, down_t = store.read_range(l, r, d_ff, queue=self.naive_queue)     # (d_ff-r, d) each
                 timer.read += time.perf_counter() - t0
                 timer.neurons += d_ff - r
                 up, down_t = torch.from_numpy(up).float(), torch.from_numpy(down_t).float()

@@ -120,14 +120,15 @@ def test_coalesce_with_gaps_covers_ids_and_bridges_only_small_gaps(ids, max_gap)
         assert runs == coalesce(ids)
 
 
+@pytest.mark.parametrize("queue", ["threads", "kernel"])
 @pytest.mark.parametrize("layout,per_run", [("bundled", 1), ("unbundled", 2)])
-def test_gap_reads_round_trip_exactly_and_count_bytes_and_calls(tmp_path, layout, per_run):
+def test_gap_reads_round_trip_exactly_and_count_bytes_and_calls(tmp_path, layout, per_run, queue):
     ffn = _ffn(L=2, d=8, d_ff=64)
     path = write_store(tmp_path / "m.ffn", ffn, layout)
     ids = [3, 4, 7, 20, 21, 22, 30, 63]              # 5 runs; gaps of 2, 12, 7, 32 missing neurons
     row = 4 * 8 // per_run                                                   # bytes per neuron per tensor
     for max_gap, runs, span in [(0, 5, 8), (2, 4, 10), (7, 3, 17), (12, 2, 29), (32, 1, 61)]:
-        with FlashStore(path, threads=3, max_gap_bytes=max_gap * row) as s:
+        with FlashStore(path, threads=3, max_gap_bytes=max_gap * row, queue=queue) as s:
             for l, (u, w) in enumerate(ffn):
                 got, up, down_t = s.read_neurons(l, ids[::-1])                 # any order in
                 assert got.tolist() == ids
@@ -150,16 +151,24 @@ def test_long_runs_are_split_into_max_read_bytes_reads(tmp_path):
         assert s.stats.bytes_read == (49 + 1) * 32
 
 
-def test_async_reads_equal_sync_reads(tmp_path):
+def test_async_reads_and_both_queues_equal_sync_threaded_reads(tmp_path):
     ffn = _ffn(L=1, d=8, d_ff=200)
     path = write_store(tmp_path / "m.ffn", ffn, "bundled")
     rng = np.random.default_rng(0)
-    with FlashStore(path, threads=4, max_gap_bytes=64) as s:
+    with FlashStore(path, threads=4, max_gap_bytes=64) as s, \
+            FlashStore(path, threads=4, max_gap_bytes=64, queue="kernel") as k:
         for _ in range(10):
             ids = rng.choice(200, size=rng.integers(0, 40), replace=False)
-            pending = s.read_neurons_async(0, ids)
+            k.drop_page_cache()
+            pending = k.read_neurons_async(0, ids)                           # reads announced, in flight
             a = pending.result()
             b = s.read_neurons(0, ids)
             assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert (k.stats.read_calls, k.stats.bytes_read) == (s.stats.read_calls, s.stats.bytes_read)
+        up, down_t = k.read_range(0, 10, 190, chunk_bytes=256, queue="kernel")
+        assert torch.equal(torch.from_numpy(up.copy()), ffn[0][0][10:190].half())
+        assert torch.equal(torch.from_numpy(down_t.copy()), ffn[0][1].T[10:190].half())
     with pytest.raises(ValueError, match="max_gap"):
         FlashStore(path, max_gap_bytes=-1)
+    with pytest.raises(ValueError, match="queue"):
+        FlashStore(path, queue="io_uring")
