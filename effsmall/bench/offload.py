@@ -16,9 +16,9 @@ import statistics
 
 # Window k of the windowed strategies: the neurons of the last k tokens stay resident. The
 # caches' budget is shared between layers in proportion to how many neurons each layer's
-# predictor selects per token on training text (layer 0 selects ≈ 2.5× the others), so every
-# layer holds its k = 16 window; were it to overflow, the least recently active neurons would be
-# evicted first ("as many recent tokens as the budget holds", the paper's way of choosing k, §3.1).
+# predictor selects per token on training text (layer 0 selects over twice as many as the
+# others); where a window's union still overflows its share, the least recently active neurons
+# are evicted first ("as many recent tokens as the budget holds", the paper's way of choosing k, §3.1).
 import time
 
 import torch

@@ -215,8 +215,9 @@ class OffloadedLM:
         """Neurons each layer's :class:`NeuronCache` holds when ``avail`` bytes are left for the caches.
 
         The bytes are shared in proportion to :attr:`layer_demand` (by default equal shares): a
-        layer whose predictor selects more neurons per token (layer 0 here selects ≈ 2.5× the
-        others) needs more rows to keep the same window resident. Capped at ``d_ff``.
+        layer whose predictor selects more neurons per token (layer 0 of the benchmark model
+        selects over twice as many as the others) needs more rows to keep the same window
+        resident. Capped at ``d_ff``.
         """
         cfg = self.cfg
         demand = np.asarray(self.layer_demand if self.layer_demand is not None else np.ones(cfg.n_layers), float)
