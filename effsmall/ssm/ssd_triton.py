@@ -9,7 +9,8 @@ over X, A, B, C (Mamba-2, Dao & Gu 2024, §6, with ``dA_cumsum`` = cumsum of a i
 3. chunk state and state passing at once: h ← exp(a_chunk) h + (X ∘ exp(a_last − dA_cumsum))ᵀ B.
 
 Nothing but Y (and the final state) is written to memory: no chunk states, no C Bᵀ matrix, no
-cumsum tensor. Sequential chunks give too little parallelism when b·h is small and L long, so
+cumsum tensor. When the decays need a gradient the same store also writes an fp32 copy of Y: the
+backward's dA is a sum of differences of nearly equal terms, and a bf16 Y cost it 4% accuracy. Sequential chunks give too little parallelism when b·h is small and L long, so
 the time axis is also split into ``nseg`` segments: a first launch computes each segment's
 local end state from zero (step 3 only), and the scan launch starts segment k from the prefix
 combination of the segments before it. Two launches at most; one when b·h alone fills the GPU.
@@ -46,9 +47,9 @@ TUNING: dict = {}
 
 @triton.jit
 def _chunk_step(c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
+                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
                 Q: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, IEEE: tl.constexpr,
-                SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr):
+                SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr, DUAL: tl.constexpr):
     """One chunk c: diagonal block, state to output (unless STATE_ONLY), then the state update."""
     t = c * Q + offs_q  # (Q,) logical time steps
     if BIG:  # time offsets past 2**31 elements: 64-bit address arithmetic
@@ -109,6 +110,8 @@ def _chunk_step(c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, s
                 y = y * dte[:, None]  # dx = Δ·dx̃
         tl.store(Y + t[:, None] * syl + offs_x[None, :] * syd,
                  y.to(Y.dtype.element_ty), mask=tv[:, None] & mx[None, :])
+        if DUAL:  # fp32 copy of y for the backward's dA (y·dy − x̃·dx̃ cancels: bf16 y cost 4% error)
+            tl.store(Y32 + t[:, None] * syl + offs_x[None, :] * syd, y, mask=tv[:, None] & mx[None, :])
     xw = x.to(tl.float32) * w[:, None]  # (Q, BX)
     if IEEE:
         h = h * carry + tl.dot(tl.trans(xw), bm.to(tl.float32), input_precision="ieee")  # (BX, BS)
@@ -126,7 +129,7 @@ def _ssd_scan_kernel(
     A, a_off, sab, sal, sah, A_LO,  # log decays (b, l, h); logical steps < A_LO read 0
     Bm, b_off, sbb, sbl, sbh, sbd, b_hdiv,  # "B" role: (b, l, ·, DS)
     Cm, c_off, scb, scl, sch, scd, c_hdiv,  # "C" role: (b, l, ·, DS)
-    Y, y_off, syb, syl, syh, syd,  # output (b, l, h, DX)
+    Y, Y32, y_off, syb, syl, syh, syd,  # output (b, l, h, DX); Y32: its fp32 copy when DUAL
     SEG, g_off, sgb, sgl,  # segment ids (b, l) int32
     DT, d_off, sdb, sdl, sdh,  # optional per-step scale of the x-holding role (b, l, h)
     XO, YF, RC, DDT, e_off, seb, sel, seh,  # dX-pass epilogue: X and Y (x-role strides), outputs (b, l, h)
@@ -137,6 +140,7 @@ def _ssd_scan_kernel(
     Q: tl.constexpr, BX: tl.constexpr, BS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, WRITE_HF: tl.constexpr,
     IEEE: tl.constexpr, FOR_LOOP: tl.constexpr, SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr,
+    DUAL: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -181,20 +185,21 @@ def _ssd_scan_kernel(
     fac_total = tl.full((), 1.0, tl.float32)
 
     Y = Y + y_off + bi.to(tl.int64) * syb + hi * syh
+    Y32 = Y32 + y_off + bi.to(tl.int64) * syb + hi * syh
     if FOR_LOOP:  # compiled only: a for loop lets Triton pipeline the next chunk's loads
         for k in range(0, chunks_per_seg):  # chunks past the end are all-masked no-ops
             h, seg_prev, fac_total = _chunk_step(
                 c_start + k, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG)
+                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
+                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG, DUAL)
     else:  # while, not range(): the interpreter under numpy 2 rejects runtime range() bounds
         c = c_start
         c_end = tl.minimum(c_start + chunks_per_seg, tl.cdiv(L, Q))
         while c < c_end:
             h, seg_prev, fac_total = _chunk_step(
                 c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG)
+                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
+                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG, DUAL)
             c += 1
 
     if STATE_ONLY:
@@ -255,20 +260,24 @@ def _time_view(t: torch.Tensor, l: int, reverse: bool, shift: int = 0):
 
 
 def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtype, want_final, chunk_size,
-          dt=None, scale_role=0, epilogue=None):
+          dt=None, scale_role=0, epilogue=None, want_y32=None):
     """Run the scan kernel on role tensors: x (b,l,·,DX), a (b,l,h), bm, cm (b,l,·,DS).
 
     xd, bd, cd: head divisors (head i reads index i // d of that role's head axis). h0_t: read
     the initial state transposed. dt (b, l, h): multiply role ``scale_role`` (1 x, 2 B, 3 C) by it
     per step and head. epilogue = (X, Y, dt or None) turns on the dX-pass epilogue (x must be dY,
     all three contiguous (b, l, h, p)): then Y holds dx = Δ·dx̃ and the call also returns
-    rc = dy·y − x̃·dx̃ and dΔ = x·dx̃ ``(b, l, h)`` fp32. Returns (Y (b, l, h, DX), final state (b, h, DX, DS) or None).
+    rc = dy·y − x̃·dx̃ and dΔ = x·dx̃ ``(b, l, h)`` fp32. Returns (Y (b, l, h, DX), final state (b, h, DX, DS) or None),
+    and, when ``want_y32`` is given, a third value: an fp32 copy of Y written by the same kernel if
+    ``want_y32`` is true and out_dtype is not fp32, else Y itself.
     """
     b, l = x.shape[:2]
     DX, DS = x.shape[-1], bm.shape[-1]
     cfg = _config(b, h, l, DX, DS, chunk_size, x.device.index or 0)
     dev = x.device
     Y = torch.empty(b, l, h, DX, device=dev, dtype=out_dtype)  # (b, l, h, DX)
+    dual = bool(want_y32) and out_dtype != torch.float32
+    Y32 = torch.empty(b, l, h, DX, device=dev, dtype=torch.float32) if dual else Y  # (b, l, h, DX)
     HF = torch.empty(b, h, DX, DS, device=dev, dtype=torch.float32) if want_final else Y
     LOC = torch.empty(b * h * cfg["nseg"] * DX * DS if cfg["nseg"] > 1 else 1, device=dev, dtype=torch.float32)
     FAC = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
@@ -301,13 +310,13 @@ def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtyp
               a, ao, a.stride(0), as_, a.stride(2), a_shift,
               bm, bo, bm.stride(0), bs, bm.stride(2), bm.stride(3), bd,
               cm, co, cm.stride(0), cs, cm.stride(2), cm.stride(3), cd,
-              Y, yo, Y.stride(0), ys, Y.stride(2), Y.stride(3),
+              Y, Y32, yo, Y.stride(0), ys, Y.stride(2), Y.stride(3),
               segt, go, segt.stride(0), gs,
               dtt, do, dtt.stride(0), ds, dtt.stride(2),
               XO, YF, RC, DDT, eo, RC.stride(0), es, RC.stride(2),
               h0 if h0 is not None else Y, *s0, HF, *sf, LOC, FAC,
               l, h, DX, DS, cfg["cps"], cfg["nseg"])
-    meta = dict(Q=cfg["Q"], BX=cfg["BX"], BS=cfg["BS"], HAS_H0=h0 is not None, HAS_SEG=seg is not None,
+    meta = dict(Q=cfg["Q"], BX=cfg["BX"], BS=cfg["BS"], HAS_H0=h0 is not None, HAS_SEG=seg is not None, DUAL=dual,
                 IEEE=ieee, FOR_LOOP=cfg["for_loop"], SCALE=scale_role if dt is not None else 0,
                 EPI=0 if epilogue is None else (2 if epi_dt else 1),
                 BIG=max(abs(t.stride(1)) for t in (x, a, bm, cm, Y, segt, dtt, RC)) * (l + 1) >= 2**31, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -316,6 +325,8 @@ def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtyp
     _ssd_scan_kernel[(b * h, cfg["nseg"], cfg["nx"])](*common, STATE_ONLY=False, WRITE_HF=want_final, **meta)
     if epilogue is not None:
         return Y, (HF if want_final else None), RC, (DDT if epi_dt else None)
+    if want_y32 is not None:
+        return Y, (HF if want_final else None), Y32
     return Y, (HF if want_final else None)
 
 
@@ -327,9 +338,11 @@ class _SSDTriton(torch.autograd.Function):
         b, l, h, p = X.shape
         r = h // B.shape[2]
         seg = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
-        Y, hf = _scan(X, 1, A, B, r, C, r, h, seg, initial_states, False, reverse=False, a_shift=0,
-                      out_dtype=X.dtype, want_final=True, chunk_size=chunk_size, dt=dt, scale_role=1)
-        ctx.save_for_backward(X, A, B, C, initial_states, seg, Y, hf, dt)
+        # the backward's dA needs y in fp32 (see _chunk_step): the kernel writes a copy when A needs a gradient
+        Y, hf, Y32 = _scan(X, 1, A, B, r, C, r, h, seg, initial_states, False, reverse=False, a_shift=0,
+                           out_dtype=X.dtype, want_final=True, chunk_size=chunk_size, dt=dt, scale_role=1,
+                           want_y32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
+        ctx.save_for_backward(X, A, B, C, initial_states, seg, Y32, hf, dt)
         ctx.chunk_size = chunk_size
         return Y, hf
 
