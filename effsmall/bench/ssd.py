@@ -208,23 +208,25 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     return rows
 
 
+def _speedups(times: dict, ours: str, base: str, mode: str, suffix: str, out: dict) -> None:
+    """Geomean and min of base/ours over the (N, L) both measured; times keyed (impl, N, L, mode)."""
+    ratios = [times[(base, n, l, m)] / times[k] for k in times for (i, n, l, m) in [k]
+              if i == ours and m == mode and (base, n, l, m) in times]
+    if ratios:
+        out[f"speedup_vs_{base}_{mode}{suffix}_geomean"] = round(geomean(ratios), 3)
+        out[f"speedup_vs_{base}_{mode}{suffix}_min"] = round(min(ratios), 3)
+
+
 def summarize(rows: list[dict]) -> dict:
     ms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["ms"] for r in rows if "ms" in r}
     out: dict = {}
     ours = "effsmall_ssd_triton"
     for base, mode in (("mamba_ssm", "fwd"), ("mamba_ssm", "fwdbwd"), ("fla_simple_gla", "fwd")):
-        ratios = [ms[(base, n, l, m)] / ms[k] for k in ms for (i, n, l, m) in [k]
-                  if i == ours and m == mode and (base, n, l, m) in ms]
-        if ratios:
-            out[f"speedup_vs_{base}_{mode}_geomean"] = round(geomean(ratios), 3)
-            out[f"speedup_vs_{base}_{mode}_min"] = round(min(ratios), 3)
+        _speedups(ms, ours, base, mode, "", out)
+    # CUDA-graph replay: GPU time without the host's launch overhead
     gms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["graph_ms"] for r in rows if r.get("graph_ms")}
-    for mode in ("fwd", "fwdbwd"):  # CUDA-graph replay: GPU time without the host's launch overhead
-        ratios = [gms[("mamba_ssm", n, l, m)] / gms[k] for k in gms for (i, n, l, m) in [k]
-                  if i == ours and m == mode and ("mamba_ssm", n, l, m) in gms]
-        if ratios:
-            out[f"speedup_vs_mamba_ssm_{mode}_graph_geomean"] = round(geomean(ratios), 3)
-            out[f"speedup_vs_mamba_ssm_{mode}_graph_min"] = round(min(ratios), 3)
+    for mode in ("fwd", "fwdbwd"):
+        _speedups(gms, ours, "mamba_ssm", mode, "_graph", out)
     attn = [k for k in ms if k[0] in ("flash_attention", "sdpa_flash") and k[3] == "fwd"]
     for k in sorted(attn, key=lambda k: k[2]):
         ours_l = [ms[o] for o in ms if o[0] == ours and o[2] == k[2] and o[3] == "fwd"]

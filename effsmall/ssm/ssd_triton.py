@@ -10,10 +10,11 @@ over X, A, B, C (Mamba-2, Dao & Gu 2024, §6, with ``dA_cumsum`` = cumsum of a i
 
 Nothing but Y (and the final state) is written to memory: no chunk states, no C Bᵀ matrix, no
 cumsum tensor. When the decays need a gradient the same store also writes an fp32 copy of Y: the
-backward's dA is a sum of differences of nearly equal terms, and a bf16 Y cost it 4% accuracy. Sequential chunks give too little parallelism when b·h is small and L long, so
-the time axis is also split into ``nseg`` segments: a first launch computes each segment's
-local end state from zero (step 3 only), and the scan launch starts segment k from the prefix
-combination of the segments before it. Two launches at most; one when b·h alone fills the GPU.
+backward's dA is a sum of differences of nearly equal terms, and a bf16 Y cost it 4% accuracy.
+Sequential chunks give too little parallelism when b·h is small and L long, so the time axis is
+also split into ``nseg`` segments: a first launch computes each segment's local end state from
+zero (step 3 only), and the scan launch starts segment k from the prefix combination of the
+segments before it. Two launches at most; one when b·h alone fills the GPU.
 
 **Backward** uses the same kernel three more times. With the adjoint state
 dh_t = dy_t C_tᵀ + exp(a_{t+1}) dh_{t+1} (the recurrence run backwards in time):
