@@ -13,6 +13,17 @@ import warnings
 import torch
 
 
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for host code. ``triton.cdiv`` is a JIT function: calling it from Python costs
+    microseconds per call on the host, on every kernel launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int, lo: int = 1) -> int:
+    """Smallest power of two ≥ max(n, lo), in plain Python (host code; see :func:`cdiv`)."""
+    return max(lo, 1 << (max(n, 1) - 1).bit_length())
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import interpreting, tensor_cores_in_triton, warn_once
+from effsmall.runtime import cdiv, interpreting, next_power_of_2, tensor_cores_in_triton, warn_once
 
 __all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule"]
 
@@ -555,16 +555,26 @@ def _n_bucket(n: int) -> int:
     return 0 if n <= 1024 else 1
 
 
-def _launch(tuned, raw, kind, grid_fn, *args, **kwargs):
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+_BEST: dict = {}  # (kind, tuning key) -> the config the autotuner picked, read once it has tuned
+
+
+def _launch(tuned, kind, tune_key, grid_fn, *args, **kwargs):
+    """Launch kernel ``kind``: autotune the first time a tuning key is seen, afterwards launch the
+    remembered best config directly. Triton's autotuner re-derives its key from every argument
+    on every call; at short sequence lengths that host time is comparable to the kernel's
+    (H100 machine, 2026-11-23: 0.64 -> 0.48 ms of host time per forward + backward at N = 1K)."""
     if interpreting():
         kw = dict(kwargs, **INTERPRETER_BLOCKS)
-        raw[grid_fn(kw)](*args, **kw)
-    elif AUTOTUNE:
-        tuned[grid_fn](*args, **kwargs)
-    else:
-        c = _SAFE[kind]
-        kw = dict(kwargs, **c.kwargs)
-        raw[grid_fn(kw)](*args, **kw, num_warps=c.num_warps, num_stages=c.num_stages)
+        _KERNELS[kind][grid_fn(kw)](*args, **kw)
+        return
+    cfg = _BEST.get((kind, tune_key)) if AUTOTUNE else _SAFE[kind]
+    if cfg is None:
+        tuned[grid_fn](*args, **kwargs)  # times the configs that fit, then launches the best one
+        _BEST[(kind, tune_key)] = tuned.best_config
+        return
+    kw = dict(kwargs, **cfg.kwargs)
+    _KERNELS[kind][grid_fn(kw)](*args, **kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +644,7 @@ def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
     """Launch the forward kernel. Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
     varlen = cu_q is not None
     D = q.shape[-1]
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = next_power_of_2(D, 16)
     o = torch.empty_like(q)
     if varlen:
         B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
@@ -646,19 +656,20 @@ def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
         lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)        # (B, Hq, Nq)
         lse_strides = (lse.stride(0), lse.stride(1))
         cu_q = cu_k = q  # unused placeholders (VARLEN=False)
-    grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_fwd_tuned, _fwd_kernel, "fwd", grid,
+    grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+    bucket, prec = _n_bucket(max(Nq, Nk)), _dot_precision(q)
+    _launch(_fwd_tuned, "fwd", (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec), grid,
             q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
-            *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, _n_bucket(max(Nq, Nk)),
-            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=_dot_precision(q))
+            *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, bucket,
+            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
     return o, lse
 
 
 def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
     varlen = cu_q is not None
     D = q.shape[-1]
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = next_power_of_2(D, 16)
     do = do if do.stride(-1) == 1 else do.contiguous()
     if varlen:
         B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
@@ -670,20 +681,21 @@ def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, m
         cu_q = cu_k = q
     delta = torch.empty_like(lse)
     pre_m = 16 if interpreting() else 64
-    _bwd_preprocess[(triton.cdiv(Nq, pre_m), B * Hq)](
+    _bwd_preprocess[(cdiv(Nq, pre_m), B * Hq)](
         o, do, delta, cu_q, *_strides3(o, varlen), *_strides3(do, varlen), *lse_strides, Hq, Nq,
         D=D, BLOCK_D=block_d, VARLEN=varlen, BLOCK_M=pre_m)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=_dot_precision(q))
-    bucket = _n_bucket(max(Nq, Nk))
-    grid_kv = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
-    _launch(_dkdv_tuned, _bwd_dkdv_kernel, "dkdv", grid_kv,
+    prec, bucket = _dot_precision(q), _n_bucket(max(Nq, Nk))
+    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
+    tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
+    grid_kv = lambda meta: (cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
+    _launch(_dkdv_tuned, "dkdv", tune_key, grid_kv,
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dk, varlen), *_strides3(dv, varlen), *lse_strides,
             Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
-    grid_q = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_dq_tuned, _bwd_dq_kernel, "dq", grid_q,
+    grid_q = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
+    _launch(_dq_tuned, "dq", tune_key, grid_q,
             q, k, v, do, lse, delta, dq, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dq, varlen), *lse_strides,
@@ -697,16 +709,16 @@ def block_schedule(Nq: int, Nk: int, block_m: int, block_n: int, *, causal: bool
     2 boundary (mask built). A host-side mirror of ``_key_ranges`` for pictures and tests."""
     lo, hi = _window_bounds(causal, window)
     off = Nk - Nq
-    nm, nn = triton.cdiv(Nq, block_m), triton.cdiv(Nk, block_n)
+    nm, nn = cdiv(Nq, block_m), cdiv(Nk, block_n)
     sched = torch.zeros(nm, nn, dtype=torch.int64)                     # (query blocks, key blocks)
     for bm in range(nm):
         m0, m_last = bm * block_m, min(bm * block_m + block_m, Nq) - 1
         k_lo = max(m0 + off + lo, 0)
         k_hi = max(min(m_last + off + hi + 1, Nk), k_lo)
         start = k_lo // block_n * block_n
-        full_lo = triton.cdiv(max(m_last + off + lo, k_lo), block_n) * block_n
+        full_lo = cdiv(max(m_last + off + lo, k_lo), block_n) * block_n
         full_hi = min(m0 + off + hi + 1, k_hi) // block_n * block_n
-        end_blk = triton.cdiv(k_hi, block_n) * block_n
+        end_blk = cdiv(k_hi, block_n) * block_n
         if full_hi <= full_lo:
             full_lo = full_hi = end_blk
         for n0 in range(start, end_blk, block_n):

@@ -10,6 +10,12 @@ FlashAttention-2 backend), ``sdpa_cudnn`` (SDPA's cuDNN backend) and ``flex``
 ``pct_of_matmul_ceiling`` column and checks the kernels' correctness on the GPU (fp16, bf16,
 fp32 and every supported head dim; rows of ``kind="check"``).
 
+Timing: every implementation's eager time (``ms``: what a training loop sees, the host's
+launch work included) is the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3) interleaved
+rounds of ``triton.testing.do_bench`` medians (:func:`effsmall.bench.timing.benchmark_rounds`).
+``effsmall``, ``sdpa_flash`` and ``sdpa_cudnn`` also get ``graph_ms``: a CUDA-graph replay,
+the GPU's time alone — at N ≤ 1K the host's work per call is of the order of the kernels'.
+
 The run limits itself: ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 480) — a shape that would
 not fit is recorded as ``kind="skipped"`` — and appends every row to the JSON-lines file
 ``EFFSMALL_BENCH_PARTIAL`` (if set) as it goes, so a killed run still leaves its numbers.
@@ -30,7 +36,7 @@ import time
 import torch
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark
+from effsmall.bench.timing import benchmark, benchmark_rounds, rounds_default
 
 TOKENS = 16 * 1024
 HIDDEN = 2048
@@ -177,16 +183,42 @@ class _no_tf32:
         torch.backends.cuda.matmul.allow_tf32 = self.prev
 
 
-def _time_impl(fn, q, k, v, do, causal, mode) -> float:
+def _call(fn, q, k, v, do, causal, mode):
+    """The timed callable: forward, or forward + ``torch.autograd.grad``."""
     if mode == "fwd":
-        call = lambda: fn(q, k, v, causal)  # noqa: E731
-    else:
-        def call():
-            o = fn(q, k, v, causal)
-            return torch.autograd.grad(o, (q, k, v), do)
-    call()  # warm-up: compiles, autotunes
-    torch.cuda.synchronize()
-    return benchmark(call, "cuda", warmup_ms=10, rep_ms=60)
+        return lambda: fn(q, k, v, causal)
+
+    def call():
+        o = fn(q, k, v, causal)
+        return torch.autograd.grad(o, (q, k, v), do)
+    return call
+
+
+GRAPH_IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn")  # Flex is already a compiled graph of its own
+
+
+def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
+    """{name: (eager seconds or the exception, CUDA-graph seconds or None)} for one shape and mode."""
+    calls, failed = {}, {}
+    for name, fn in impls.items():
+        call = _call(fn, q, k, v, do, causal, mode)
+        try:
+            call()  # warm-up: compiles, autotunes
+            torch.cuda.synchronize()
+            calls[name] = call
+        except Exception as e:  # noqa: BLE001 - a backend may refuse a shape: record it, keep going
+            failed[name] = e
+    eager = benchmark_rounds(calls, "cuda", warmup_ms=10, rep_ms=60)
+    out = {name: (e, None) for name, e in failed.items()}
+    for name, t in eager.items():
+        graph = None
+        if name in GRAPH_IMPLS and not isinstance(t, Exception):
+            try:
+                graph = benchmark(calls[name], "cuda", cuda_graph=True, rep_ms=40)
+            except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
+                graph = None
+        out[name] = (t, graph)
+    return out
 
 
 def _run_cuda(quick: bool) -> list[dict]:
@@ -217,14 +249,14 @@ def _run_cuda(quick: bool) -> list[dict]:
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         shape_rows = {}
         for mode in ("fwd", "fwdbwd"):
-            for name, fn in impls.items():
+            fl = attention_flops(B, H, N, D, causal, mode)
+            for name, (t, graph) in _time_shape(impls, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
-                try:
-                    s = _time_impl(fn, q, k, v, do, causal, mode)
-                    fl = attention_flops(B, H, N, D, causal, mode)
-                    row.update(ms=s * 1e3, tflops=fl / s / 1e12, pct_of_matmul_ceiling=100 * fl / s / peak)
-                except Exception as e:  # a backend may refuse a shape: record it, keep going
-                    row.update(ms=None, tflops=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                if isinstance(t, Exception):
+                    row.update(ms=None, tflops=None, error=f"{type(t).__name__}: {str(t)[:200]}")
+                else:
+                    row.update(ms=t * 1e3, tflops=fl / t / 1e12, pct_of_matmul_ceiling=100 * fl / t / peak,
+                               graph_ms=graph * 1e3 if graph else None, rounds=rounds_default())
                 shape_rows[(name, mode)] = row
         for mode in ("fwd", "fwdbwd"):
             mine = shape_rows[("effsmall", mode)]
@@ -232,6 +264,8 @@ def _run_cuda(quick: bool) -> list[dict]:
                 other = shape_rows[(base, mode)]
                 if mine.get("ms") and other.get("ms"):
                     mine[col] = other["ms"] / mine["ms"]  # > 1: effsmall is faster
+                if mine.get("graph_ms") and other.get("graph_ms"):
+                    mine[col + "_graph"] = other["graph_ms"] / mine["graph_ms"]  # GPU time alone
             for name in impls:
                 rec.add(shape_rows[(name, mode)])
         del q, k, v, do
@@ -337,13 +371,14 @@ def summarize(rows: list[dict]) -> dict:
         rs = [r for r in mine if r["mode"] == mode]
         if not rs:
             continue
-        for col in BASELINES.values():
+        for col in [*BASELINES.values(), *(c + "_graph" for c in BASELINES.values())]:
             vals = [r[col] for r in rs if r.get(col)]
             if vals:
                 out[f"{mode}_{col}_geomean"] = geomean(vals)
                 out[f"{mode}_{col}_min"] = min(vals)
         out[f"{mode}_per_shape"] = [
-            {k: r.get(k) for k in ("D", "N", "causal", "tflops", "pct_of_matmul_ceiling", *BASELINES.values())}
+            {k: r.get(k) for k in ("D", "N", "causal", "tflops", "pct_of_matmul_ceiling", *BASELINES.values(),
+                                   "vs_fa2_graph")}
             for r in rs]
     if mine:
         g = out.get

@@ -9,8 +9,9 @@ CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 …
   ``effsmall_ssd_chunked`` — the readable torch version; ``flash_attention`` — this book's
   FlashAttention (causal, D = 64, same tokens and heads), or SDPA when it is not importable.
 * every timed row: ``ms`` is eager time (``triton.testing.do_bench``: what a training loop sees,
-  host launch overhead included); ours and mamba_ssm also get ``graph_ms`` (CUDA-graph replay:
-  the GPU's time alone).
+  host launch overhead included), the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3)
+  interleaved rounds over all implementations of that shape; ours and mamba_ssm also get
+  ``graph_ms`` (CUDA-graph replay: the GPU's time alone).
 * ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 (outputs, final
   states and all gradients, with initial states and packed sequences) and against mamba_ssm.
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark
+from effsmall.bench.timing import benchmark, benchmark_rounds, rounds_default
 
 TOKENS, H, P = 16384, 32, 64
 LENGTHS = (512, 2048, 8192, 16384)
@@ -102,7 +103,6 @@ def _cuda_rows(rows: list, quick: bool) -> None:
     lengths = (512, 4096) if quick else LENGTHS
     if os.environ.get("EFFSMALL_SSD_LENGTHS"):  # e.g. "2048,16384" to fit a short GPU lease
         lengths = tuple(int(x) for x in os.environ["EFFSMALL_SSD_LENGTHS"].split(","))
-    bench = lambda fn: benchmark(fn, dev, warmup_ms=10, rep_ms=50) * 1e3  # noqa: E731  ms
     for L in lengths:
         Bsz = TOKENS // L
         q = torch.randn(Bsz, H, L, P, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -111,9 +111,11 @@ def _cuda_rows(rows: list, quick: bool) -> None:
         fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
         for mode in ("fwd",):  # the crossover is a forward comparison
             fn = lambda: attn(q, k, v)  # noqa: E731
-            ms = bench(fn)
+            fn()
+            ms = benchmark_rounds({"a": fn}, dev, warmup_ms=10, rep_ms=50)["a"] * 1e3
             f = fl if mode == "fwd" else 3.5 * fl
-            _emit(rows, dict(impl=attn_name, D=P, L=L, B=Bsz, H=H, mode=mode, ms=ms, tflops=f / ms / 1e9))
+            _emit(rows, dict(impl=attn_name, D=P, L=L, B=Bsz, H=H, mode=mode, ms=ms, tflops=f / ms / 1e9,
+                             rounds=rounds_default()))
         del q, k, v, do
         for N in STATES:
             g = torch.Generator(device=dev).manual_seed(L + N)
@@ -141,29 +143,36 @@ def _cuda_rows(rows: list, quick: bool) -> None:
                 xd = (x.detach().float() * dt.detach()[..., None])
                 ad = dt.detach() * A.detach()
                 impls["effsmall_ssd_chunked"] = lambda: ssd_chunked(xd, ad, Bm.detach(), Cm.detach(), 64)[0]
+            calls, failed = {}, {}
             for name, fn in impls.items():
                 for mode in ("fwd", "fwdbwd"):
                     if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and fla_fwd_only)):
                         continue
                     f = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
                     try:
-                        ms = bench(f)
+                        f()  # warm-up: compiles, autotunes
+                        calls[(name, mode)] = f
                     except Exception as e:  # noqa: BLE001 - a baseline failing must not lose the run
-                        _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(e)[:300]))
-                        continue
-                    graph_ms = None
-                    if name in ("effsmall_ssd_triton", "mamba_ssm"):  # GPU time alone, launch overhead removed
-                        try:
-                            graph_ms = benchmark(f, dev, cuda_graph=True, rep_ms=40) * 1e3
-                        except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
-                            graph_ms = None
-                    fwd_bytes = cost["bytes_min"] * (1 if mode == "fwd" else 3)
-                    fwd_flops = cost["flops"] * (1 if mode == "fwd" else 3)
-                    _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms, graph_ms=graph_ms,
-                                     gbps=fwd_bytes / ms / 1e6, tflops=fwd_flops / ms / 1e9,
-                                     floor_ms=floor_ms * (1 if mode == "fwd" else 3),
-                                     x_floor=ms / (floor_ms * (1 if mode == "fwd" else 3)),
-                                     rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
+                        failed[(name, mode)] = e
+            times = benchmark_rounds(calls, dev, warmup_ms=10, rep_ms=50)
+            for (name, mode), t in {**failed, **times}.items():
+                if isinstance(t, Exception):
+                    _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(t)[:300]))
+                    continue
+                ms = t * 1e3
+                graph_ms = None
+                if name in ("effsmall_ssd_triton", "mamba_ssm"):  # GPU time alone, launch overhead removed
+                    try:
+                        graph_ms = benchmark(calls[(name, mode)], dev, cuda_graph=True, rep_ms=40) * 1e3
+                    except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
+                        graph_ms = None
+                fwd_bytes = cost["bytes_min"] * (1 if mode == "fwd" else 3)
+                fwd_flops = cost["flops"] * (1 if mode == "fwd" else 3)
+                _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms, graph_ms=graph_ms,
+                                 gbps=fwd_bytes / ms / 1e6, tflops=fwd_flops / ms / 1e9,
+                                 floor_ms=floor_ms * (1 if mode == "fwd" else 3),
+                                 x_floor=ms / (floor_ms * (1 if mode == "fwd" else 3)), rounds=rounds_default(),
+                                 rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
             del x, dt, A, Bm, Cm, dy, impls
             torch.cuda.empty_cache()
 

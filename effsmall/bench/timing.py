@@ -4,6 +4,11 @@ GPU: ``triton.testing.do_bench`` (CUDA events, warm-up, median of many runs; wit
 ``cuda_graph=True`` it replays a captured CUDA graph, which removes launch gaps).
 CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks of runs).
 Both return **seconds**.
+
+When implementations are compared on a shared machine, :func:`benchmark_rounds` times them in
+interleaved rounds and keeps each one's fastest round: host noise (another process, a
+garbage collection, a frequency dip) only ever adds time, and it should not decide a ratio
+depending on which implementation it happened to hit.
 """
 from __future__ import annotations
 
@@ -29,6 +34,28 @@ def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool
     fn()  # warm-up (allocations, lazy initialisation)
     m = tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
     return m.median
+
+
+def rounds_default() -> int:
+    """Rounds per comparison: ``$EFFSMALL_BENCH_ROUNDS`` (default 3)."""
+    return max(1, int(os.environ.get("EFFSMALL_BENCH_ROUNDS", "3")))
+
+
+def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int | None = None, **kw) -> dict:
+    """Time every ``fns[name]()`` in ``rounds`` interleaved rounds (a, b, c, a, b, c, ...) and
+    return, per name, the fastest round's median in seconds — or the exception it raised."""
+    best: dict = {}
+    for _ in range(rounds or rounds_default()):
+        for name, fn in fns.items():
+            if isinstance(best.get(name), Exception):
+                continue
+            try:
+                t = benchmark(fn, device, **kw)
+            except Exception as e:  # noqa: BLE001 - a baseline may refuse a shape; the caller records it
+                best[name] = e
+                continue
+            best[name] = min(best.get(name, t), t)
+    return best
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import interpreting, triton_device_ok
+from effsmall.runtime import cdiv, interpreting, next_power_of_2, triton_device_ok
 from effsmall.ssm._ssd_checks import check_ssd_inputs, segment_ids
 
 # Overrides for tuning sweeps and tests: {"Q": 64, "BX": 64, "nseg": 4, "num_warps": 4, "num_stages": 2}
@@ -220,15 +220,6 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    """Smallest power of two >= max(n, lo) (plain Python: host code runs once per call)."""
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
-
-
 def _config(b: int, h: int, l: int, DX: int, DS: int, chunk_size: int, device_index: int = 0) -> dict:
     """Tile sizes and the number of time segments (see the module docstring); cached per shape."""
     return dict(_config_cached(b, h, l, DX, DS, chunk_size, device_index, tuple(sorted(TUNING.items())),
@@ -239,16 +230,16 @@ def _config(b: int, h: int, l: int, DX: int, DS: int, chunk_size: int, device_in
 def _config_cached(b, h, l, DX, DS, chunk_size, device_index, tuning, interp):
     tune = dict(tuning)
     Q = tune.get("Q", chunk_size if chunk_size in (16, 32, 64, 128) else 64)
-    BS = _pow2(DS)
-    BX = tune.get("BX", min(_pow2(DX), 64))
-    nx = _cdiv(DX, BX)
-    nchunks = _cdiv(l, Q)
+    BS = next_power_of_2(DS, 16)
+    BX = tune.get("BX", min(next_power_of_2(DX, 16), 64))
+    nx = cdiv(DX, BX)
+    nchunks = cdiv(l, Q)
     want = tune.get("programs", 4 * _num_sms(device_index))  # measured on H100: 4 programs per SM beat 2 and 8
     # num_warps: 4 for N = 64 and 128 (H100, 2026-11-23: N = 128 forward 0.41 -> 0.23 ms vs 8 warps)
-    nseg = tune.get("nseg", max(1, min(nchunks, _cdiv(want, b * h * nx))))
+    nseg = tune.get("nseg", max(1, min(nchunks, cdiv(want, b * h * nx))))
     nseg = max(1, min(nseg, nchunks))
-    cps = _cdiv(nchunks, nseg)
-    nseg = _cdiv(nchunks, cps)
+    cps = cdiv(nchunks, nseg)
+    nseg = cdiv(nchunks, cps)
     return tuple(dict(Q=Q, BX=BX, BS=BS, nx=nx, nseg=nseg, cps=cps,
                       num_warps=tune.get("num_warps", 4), num_stages=tune.get("num_stages", 2),
                       for_loop=tune.get("for_loop", True) and not interp).items())
