@@ -6,14 +6,20 @@ CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 …
   i.e. ssd_triton with x·Δ folded in; ``mamba_ssm`` — its ``mamba_chunk_scan_combined``, same
   inputs, chunk 256; ``fla_simple_gla`` — fla's ``chunk_simple_gla`` on the equivalent
   per-head operands (q = C, k = B, v = x·Δ, g = Δ·A; forward only on Hopper with Triton < 3.7.1);
-  ``effsmall_ssd_chunked`` — the readable torch version; ``flash_attention`` — this book's
-  FlashAttention (causal, D = 64, same tokens and heads), or SDPA when it is not importable.
+  ``effsmall_ssd_chunked`` — the readable torch version.
+* the crossover (mode ``infer``: a forward under ``torch.no_grad()``, nothing kept for a
+  backward): ``flash_attention`` — this book's FlashAttention (causal, D = 64, same tokens and
+  heads; SDPA when it is not importable) — against ``effsmall_ssd_triton``, both in the same
+  interleaved rounds. Training-mode forwards (mode ``fwd``) also store what the backward needs;
+  ours then writes an fp32 copy of Y, which is not part of the algorithms' comparison.
 * every timed row: ``ms`` is eager time (``triton.testing.do_bench``: what a training loop sees,
   host launch overhead included), the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3)
   interleaved rounds over all implementations of that shape; ours and mamba_ssm also get
   ``graph_ms`` (CUDA-graph replay: the GPU's time alone).
 * ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 (outputs, final
   states and all gradients, with initial states and packed sequences) and against mamba_ssm.
+
+``EFFSMALL_SSD_PARTS`` (default ``checks,peers,crossover``) selects what a CUDA run measures.
 
 CPU rows (``--device cpu``): ssd_chunked vs ssd_recurrent and selective_scan_parallel vs
 sequential at l = 4096. Set ``EFFSMALL_BENCH_PARTIAL=path.jsonl`` to have every row appended
@@ -90,6 +96,34 @@ def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, 
             _emit(rows, row)
 
 
+def _crossover_rows(rows: list, attn, attn_name: str, ours, L: int, Bsz: int) -> None:
+    """Inference forward of causal attention (D = P = 64) and of SSD (N = 64, 128) on the same
+    tokens and heads, timed in the same interleaved rounds."""
+    dev = "cuda"
+    q, k, v = (torch.randn(Bsz, H, L, P, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    calls = {(attn_name, None): lambda: attn(q, k, v)}
+    for N in STATES:
+        g = torch.Generator(device=dev).manual_seed(L + N)
+        x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g)
+        dt = F.softplus(torch.randn(Bsz, L, H, device=dev, generator=g) - 4)
+        A = -torch.exp(torch.rand(H, device=dev, generator=g))
+        Bm, Cm = (torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(2))
+        calls[("effsmall_ssd_triton", N)] = lambda x=x, dt=dt, A=A, Bm=Bm, Cm=Cm: ours(x, dt, A, Bm, Cm, 256)
+    with torch.no_grad():
+        for fn in calls.values():
+            fn()  # warm-up: compiles
+        times = benchmark_rounds(calls, dev, warmup_ms=10, rep_ms=50)
+        graphs = {key: benchmark(fn, dev, cuda_graph=True, rep_ms=40) for key, fn in calls.items()}
+    fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
+    for (name, N), t in times.items():
+        row = dict(impl=name, N=N, L=L, B=Bsz, H=H, mode="infer", ms=t * 1e3, graph_ms=graphs[(name, N)] * 1e3,
+                   rounds=rounds_default())
+        if N is None:
+            row.update(D=P, tflops=fl / t / 1e12)
+        _emit(rows, row)
+    del q, k, v, calls
+
+
 def _cuda_rows(rows: list, quick: bool) -> None:
     from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
     from effsmall.ssm.ssd_chunked import ssd_chunked, ssd_chunked_cost
@@ -99,24 +133,18 @@ def _cuda_rows(rows: list, quick: bool) -> None:
     fla_fwd_only = os.environ.get("FLA_FWD_ONLY", "1") == "1"
     # every dtype is checked by default; EFFSMALL_SSD_CHECK_DTYPES=bfloat16,float32 narrows it (compile time)
     names = os.environ.get("EFFSMALL_SSD_CHECK_DTYPES", "float32,bfloat16,float16").split(",")
-    _check_rows(rows, dev, tuple(getattr(torch, n) for n in names if n))
+    parts = os.environ.get("EFFSMALL_SSD_PARTS", "checks,peers,crossover").split(",")
+    if "checks" in parts:
+        _check_rows(rows, dev, tuple(getattr(torch, n) for n in names if n))
     lengths = (512, 4096) if quick else LENGTHS
     if os.environ.get("EFFSMALL_SSD_LENGTHS"):  # e.g. "2048,16384" to fit a short GPU lease
         lengths = tuple(int(x) for x in os.environ["EFFSMALL_SSD_LENGTHS"].split(","))
     for L in lengths:
         Bsz = TOKENS // L
-        q = torch.randn(Bsz, H, L, P, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        k, v = torch.randn_like(q).requires_grad_(), torch.randn_like(q).requires_grad_()
-        do = torch.randn_like(q)
-        fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
-        for mode in ("fwd",):  # the crossover is a forward comparison
-            fn = lambda: attn(q, k, v)  # noqa: E731
-            fn()
-            ms = benchmark_rounds({"a": fn}, dev, warmup_ms=10, rep_ms=50)["a"] * 1e3
-            f = fl if mode == "fwd" else 3.5 * fl
-            _emit(rows, dict(impl=attn_name, D=P, L=L, B=Bsz, H=H, mode=mode, ms=ms, tflops=f / ms / 1e9,
-                             rounds=rounds_default()))
-        del q, k, v, do
+        if "crossover" in parts:
+            _crossover_rows(rows, attn, attn_name, ours, L, Bsz)
+        if "peers" not in parts:
+            continue
         for N in STATES:
             g = torch.Generator(device=dev).manual_seed(L + N)
             x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
@@ -236,11 +264,15 @@ def summarize(rows: list[dict]) -> dict:
     gms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["graph_ms"] for r in rows if r.get("graph_ms")}
     for mode in ("fwd", "fwdbwd"):
         _speedups(gms, ours, "mamba_ssm", mode, "_graph", out)
-    attn = [k for k in ms if k[0] in ("flash_attention", "sdpa_flash") and k[3] == "fwd"]
-    for k in sorted(attn, key=lambda k: k[2]):
-        ours_l = [ms[o] for o in ms if o[0] == ours and o[2] == k[2] and o[3] == "fwd"]
-        if ours_l:
-            out[f"speedup_vs_attention_fwd_L{k[2]}"] = round(ms[k] / max(ours_l), 3)
+    # the crossover: inference forwards ("infer") when measured, else training forwards ("fwd");
+    # the slower of N = 64 and 128 counts
+    cmode = "infer" if any(k[3] == "infer" for k in ms) else "fwd"
+    for clock, table in (("", ms), ("_graph", gms)):
+        attn = [k for k in table if k[0] in ("flash_attention", "sdpa_flash") and k[3] == cmode]
+        for k in sorted(attn, key=lambda k: k[2]):
+            ours_l = [table[o] for o in table if o[0] == ours and o[2] == k[2] and o[3] == cmode]
+            if ours_l:
+                out[f"speedup_vs_attention_{cmode}{clock}_L{k[2]}"] = round(table[k] / max(ours_l), 3)
     checks = [r for r in rows if r.get("mode") == "check"]
     if checks:
         out["check_max_rel_err"] = {r["dtype"] + f"_N{r['N']}": round(max(v for kk, v in r.items()
