@@ -106,5 +106,18 @@ def test_suite_summaries_reproduce_committed_results():
     s = load_result("ssd", device="H100")
     again = ssd.summarize(s["rows"])
     for key in ("speedup_vs_mamba_ssm_fwd_geomean", "speedup_vs_mamba_ssm_fwdbwd_graph_geomean",
-                "speedup_vs_attention_fwd_L16384"):
+                "speedup_vs_attention_infer_L16384", "speedup_vs_attention_infer_graph_L2048"):
         assert again[key] == s["summary"][key]
+
+
+def test_merge_results_keeps_one_ceiling_and_every_run():
+    from effsmall.bench.results import merge_results
+
+    env = {"date": "2026-01-01T00:00:00Z", "device_name": "X"}
+    a = {"suite": "s", "env": env, "seconds": 2.0, "rows": [{"kind": "ceiling"}, {"kind": "r", "v": 1}]}
+    b = {"suite": "s", "env": dict(env, date="2026-01-01T00:10:00Z"), "seconds": 3.0,
+         "rows": [{"kind": "ceiling"}, {"kind": "r", "v": 2}]}
+    m = merge_results([a, b], summarize=lambda rows: {"n": len(rows)}, note="two runs")
+    assert [r["kind"] for r in m["rows"]] == ["ceiling", "r", "r"]
+    assert m["summary"] == {"n": 3} and m["seconds"] == 5.0 and m["note"] == "two runs"
+    assert [r["date"][-9:-4] for r in m["runs"]] == ["00:00", "00:10"]
