@@ -59,6 +59,17 @@ def triton_device_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
 
 
+def require_triton_tensor(name: str, t: torch.Tensor, fn: str) -> None:
+    """Raise unless ``fn``'s Triton kernels can take ``t`` here: ValueError on the wrong device
+    (CUDA tensors when compiled, CPU tensors under ``TRITON_INTERPRET=1``), TypeError for
+    bfloat16 under the interpreter (it computes with numpy, which has no bfloat16)."""
+    if not triton_device_ok(t):
+        where = "CPU tensors under TRITON_INTERPRET=1" if interpreting() else "CUDA tensors"
+        raise ValueError(f"{fn} needs {where}; {name} is on {t.device}")
+    if interpreting() and t.dtype == torch.bfloat16:
+        raise TypeError(f"{name}: bfloat16 is not supported by the Triton interpreter; use float32 or float16 on CPU")
+
+
 @functools.lru_cache(maxsize=None)
 def compute_capability(device_index: int = 0) -> tuple[int, int] | None:
     if not cuda_available():

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.attention.naive import check_attention_inputs as check_contract
 from effsmall.runtime import cdiv, interpreting, next_power_of_2, tensor_cores_in_triton, warn_once
 
 __all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule"]
@@ -584,32 +585,18 @@ _SUPPORTED_D = (16, 256)
 
 
 def check_attention_inputs(q, k, v, *, rank: int = 4) -> None:
-    """Raise ValueError/TypeError naming the argument for inputs the kernels cannot take."""
+    """The package contract (:func:`effsmall.attention.naive.check_attention_inputs`) plus what
+    the kernels need: fp16/bf16/fp32, a contiguous head dimension, 16 <= D <= 256.
+    Raises ValueError/TypeError naming the argument."""
+    check_contract(q, k, v, rank=rank)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != rank:
-            raise ValueError(f"{name} must have rank {rank}, got shape {tuple(t.shape)}")
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head) dimension")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"k and v must have q's dtype {q.dtype}, got k {k.dtype}, v {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"k and v must be on q's device {q.device}, got k {k.device}, v {v.device}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)}, v {tuple(v.shape)}")
     D = q.shape[-1]
-    if k.shape[-1] != D:
-        raise ValueError(f"k's head dim {k.shape[-1]} differs from q's {D}")
     if not (_SUPPORTED_D[0] <= D <= _SUPPORTED_D[1]):
         raise ValueError(f"q's head dim D={D} is outside the supported range 16..256")
-    hq, hk = (q.shape[1], k.shape[1]) if rank == 4 else (q.shape[-2], k.shape[-2])
-    if hk == 0 or hq % hk != 0:
-        raise ValueError(f"q's heads ({hq}) must be a multiple of k's heads ({hk})")
-    if rank == 4 and q.shape[0] != k.shape[0]:
-        raise ValueError(f"q and k batch sizes differ: {q.shape[0]} vs {k.shape[0]}")
 
 
 def _window_bounds(causal: bool, window) -> tuple[int, int]:

@@ -24,16 +24,18 @@ Window = tuple[int | None, int | None] | None
 
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           scale: float | None = None, window: Window = None) -> float:
+                           scale: float | None = None, window: Window = None, *, rank: int = 4) -> float:
     """Validate q, k, v (and scale, window) against the package contract; return the scale.
 
+    ``rank=4``: ``(B, H, N, D)`` tensors; ``rank=3``: packed ``(total, H, D)`` sequences (varlen).
     Raises ``TypeError``/``ValueError`` whose message names the offending argument.
     """
+    layout = "(B, H, N, D)" if rank == 4 else "(total, H, D)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.ndim != 4:
-            raise ValueError(f"{name} must have rank 4 (B, H, N, D), got shape {tuple(t.shape)}")
+        if t.ndim != rank:
+            raise ValueError(f"{name} must have rank {rank} {layout}, got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -42,11 +44,11 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError(f"q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0]:
+    if rank == 4 and q.shape[0] != k.shape[0]:
         raise ValueError(f"q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same head dim D, got {q.shape[-1]} and {k.shape[-1]}")
-    Hq, Hk = q.shape[1], k.shape[1]
+    Hq, Hk = q.shape[-3 if rank == 4 else -2], k.shape[-3 if rank == 4 else -2]
     if Hk == 0 or Hq % Hk != 0:
         raise ValueError(f"number of query heads of q ({Hq}) must be a multiple of the kv heads of k ({Hk})")
     if window is not None:

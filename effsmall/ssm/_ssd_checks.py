@@ -14,6 +14,13 @@ def _is_tensor(name: str, t) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def check_same_device(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """ValueError naming the first of ``tensors`` (None skipped) not on ``ref``'s device."""
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
 def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=None,
                      check_values: bool = True) -> tuple[int, int, int, int, int, int]:
     """Validate SSD arguments; return ``(b, l, h, p, g, n)``.
@@ -39,9 +46,7 @@ def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=N
         raise ValueError(f"the number of heads h={h} must be divisible by the groups g={g} of B and C")
     if l == 0:
         raise ValueError("X must have at least one time step (l >= 1)")
-    for name, t in (("A", A), ("B", B), ("C", C)):
-        if t.device != X.device:
-            raise ValueError(f"{name} is on {t.device} but X is on {X.device}")
+    check_same_device("X", X, A=A, B=B, C=C)
     if initial_states is not None:
         _is_tensor("initial_states", initial_states)
         if initial_states.shape != (b, h, p, n):
@@ -49,16 +54,13 @@ def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=N
                              f"got {tuple(initial_states.shape)}")
         if not initial_states.is_floating_point():
             raise TypeError(f"initial_states must be floating point, got {initial_states.dtype}")
-        if initial_states.device != X.device:
-            raise ValueError(f"initial_states is on {initial_states.device} but X is on {X.device}")
     if seq_idx is not None:
         _is_tensor("seq_idx", seq_idx)
         if seq_idx.is_floating_point() or seq_idx.is_complex() or seq_idx.dtype == torch.bool:
             raise TypeError(f"seq_idx must be an integer tensor, got {seq_idx.dtype}")
         if seq_idx.shape != (b, l):
             raise ValueError(f"seq_idx must have shape (b, l) = {(b, l)}, got {tuple(seq_idx.shape)}")
-        if seq_idx.device != X.device:
-            raise ValueError(f"seq_idx is on {seq_idx.device} but X is on {X.device}")
+    check_same_device("X", X, initial_states=initial_states, seq_idx=seq_idx)
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.runtime import interpreting, triton_device_ok
+from effsmall.ssm._ssd_checks import _is_tensor, check_same_device
 
 
 def _prepare_dt(dt: torch.Tensor, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
@@ -37,9 +38,10 @@ def _prepare_dt(dt: torch.Tensor, dt_bias, dt_softplus: bool, dt_limit) -> torch
 
 
 def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
+    """mamba_ssm's argument contract; the SSD part (x·Δ, a, B, C) is checked again by
+    :func:`effsmall.ssm._ssd_checks.check_ssd_inputs` when it is called."""
     for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        _is_tensor(name, t)
     if x.dim() != 4:
         raise ValueError(f"x must have shape (b, l, h, p), got {tuple(x.shape)}")
     b, l, h, p = x.shape
@@ -55,9 +57,7 @@ def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
         raise ValueError(f"dt_bias must have shape (h,), got {tuple(dt_bias.shape)}")
     if len(dt_limit) != 2 or dt_limit[0] > dt_limit[1]:
         raise ValueError(f"dt_limit must be (min, max) with min <= max, got {dt_limit}")
-    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    check_same_device("x", x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
 
 
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,

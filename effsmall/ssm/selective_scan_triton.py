@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import interpreting, triton_device_ok
+from effsmall.runtime import require_triton_tensor
 from effsmall.ssm.selective_scan import check_selective_scan_inputs, selective_scan_parallel
 
 __all__ = ["selective_scan_triton"]
@@ -164,10 +164,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """
     if not isinstance(u, torch.Tensor):
         raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
-    if not triton_device_ok(u):
-        where = "CPU tensors (interpreter)" if interpreting() else "CUDA tensors"
-        raise TypeError(f"u is on {u.device}; Triton kernels here take {where}")
-    if interpreting() and u.dtype == torch.bfloat16:
-        raise TypeError("u: bfloat16 is not supported by the Triton interpreter; use float32")
+    require_triton_tensor("u", u, "selective_scan_triton")
     return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       block_d, block_l)

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import cdiv, interpreting, next_power_of_2, triton_device_ok
+from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
 from effsmall.ssm._ssd_checks import check_ssd_inputs, segment_ids
 
 # Overrides for tuning sweeps and tests: {"Q": 64, "BX": 64, "nseg": 4, "num_warps": 4, "num_stages": 2}
@@ -403,11 +403,7 @@ def ssd_triton(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tenso
     for name, t in (("X", X), ("B", B), ("C", C)):
         if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"ssd_triton takes {name} in float32, bfloat16 or float16, got {t.dtype}")
-    if not triton_device_ok(X):
-        where = "CPU tensors under TRITON_INTERPRET=1" if interpreting() else "CUDA tensors"
-        raise ValueError(f"ssd_triton needs {where}; X is on {X.device}")
-    if interpreting() and X.dtype == torch.bfloat16:
-        raise TypeError("bfloat16 is not supported by the Triton interpreter; use float32 or float16 on CPU")
+    require_triton_tensor("X", X, "ssd_triton")
     if not (X.dtype == B.dtype == C.dtype):
         raise TypeError(f"ssd_triton needs X, B and C in one dtype, got {X.dtype}, {B.dtype}, {C.dtype}")
     return _SSDTriton.apply(X, A, B, C, chunk_size, initial_states, seq_idx)
