@@ -14,7 +14,9 @@ Timing: every implementation's eager time (``ms``: what a training loop sees, th
 launch work included) is the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3) interleaved
 rounds of ``triton.testing.do_bench`` medians (:func:`effsmall.bench.timing.benchmark_rounds`).
 ``effsmall``, ``sdpa_flash`` and ``sdpa_cudnn`` also get ``graph_ms``: a CUDA-graph replay,
-the GPU's time alone — at N ≤ 1K the host's work per call is of the order of the kernels'.
+the GPU's time alone — at N ≤ 1K the host's work per call is of the order of the kernels' —
+and ``host_ms``: the host's time per call when calls are issued back to back
+(:func:`effsmall.bench.timing.host_time`).
 
 The run limits itself: ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 480) — a shape that would
 not fit is recorded as ``kind="skipped"`` — and appends every row to the JSON-lines file
@@ -36,7 +38,7 @@ import time
 import torch
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, benchmark_rounds, rounds_default
+from effsmall.bench.timing import benchmark, benchmark_rounds, host_time, rounds_default
 
 TOKENS = 16 * 1024
 HIDDEN = 2048
@@ -198,7 +200,8 @@ GRAPH_IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn")  # Flex is already a comp
 
 
 def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
-    """{name: (eager seconds or the exception, CUDA-graph seconds or None)} for one shape and mode."""
+    """{name: (eager seconds or the exception, CUDA-graph seconds, host seconds)} for one shape
+    and mode (the last two None where not measured)."""
     calls, failed = {}, {}
     for name, fn in impls.items():
         call = _call(fn, q, k, v, do, causal, mode)
@@ -209,15 +212,16 @@ def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
         except Exception as e:  # noqa: BLE001 - a backend may refuse a shape: record it, keep going
             failed[name] = e
     eager = benchmark_rounds(calls, "cuda", warmup_ms=10, rep_ms=60)
-    out = {name: (e, None) for name, e in failed.items()}
+    out = {name: (e, None, None) for name, e in failed.items()}
     for name, t in eager.items():
-        graph = None
+        graph = host = None
         if name in GRAPH_IMPLS and not isinstance(t, Exception):
+            host = host_time(calls[name], "cuda")
             try:
                 graph = benchmark(calls[name], "cuda", cuda_graph=True, rep_ms=40)
             except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
                 graph = None
-        out[name] = (t, graph)
+        out[name] = (t, graph, host)
     return out
 
 
@@ -250,13 +254,14 @@ def _run_cuda(quick: bool) -> list[dict]:
         shape_rows = {}
         for mode in ("fwd", "fwdbwd"):
             fl = attention_flops(B, H, N, D, causal, mode)
-            for name, (t, graph) in _time_shape(impls, q, k, v, do, causal, mode).items():
+            for name, (t, graph, host) in _time_shape(impls, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
                 if isinstance(t, Exception):
                     row.update(ms=None, tflops=None, error=f"{type(t).__name__}: {str(t)[:200]}")
                 else:
                     row.update(ms=t * 1e3, tflops=fl / t / 1e12, pct_of_matmul_ceiling=100 * fl / t / peak,
-                               graph_ms=graph * 1e3 if graph else None, rounds=rounds_default())
+                               graph_ms=graph * 1e3 if graph else None,
+                               host_ms=host * 1e3 if host else None, rounds=rounds_default())
                 shape_rows[(name, mode)] = row
         for mode in ("fwd", "fwdbwd"):
             mine = shape_rows[("effsmall", mode)]

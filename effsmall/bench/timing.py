@@ -36,6 +36,30 @@ def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool
     return m.median
 
 
+def host_time(fn: Callable[[], object], device: str = "cuda", *, calls: int = 10, repeats: int = 5) -> float:
+    """Host time per call, in seconds, in steady state: ``calls`` back-to-back ``fn()`` with no
+    synchronization between them (the GPU queue absorbs them), timed until the host returns;
+    median of ``repeats``. This is the Python, dispatch and launch work a call costs the host.
+    When it exceeds the GPU time (``cuda_graph=True`` timing), eager time is host-bound.
+    (The latency of one call issued to an idle GPU is larger: thread wake-ups, cold caches.)"""
+    import statistics
+    import time
+
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    fn()  # warm-up
+    per_call = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_call.append((time.perf_counter() - t0) / calls)
+    sync()
+    return statistics.median(per_call)
+
+
 def rounds_default() -> int:
     """Rounds per comparison: ``$EFFSMALL_BENCH_ROUNDS`` (default 3)."""
     return max(1, int(os.environ.get("EFFSMALL_BENCH_ROUNDS", "3")))

@@ -121,3 +121,12 @@ def test_merge_results_keeps_one_ceiling_and_every_run():
     assert [r["kind"] for r in m["rows"]] == ["ceiling", "r", "r"]
     assert m["summary"] == {"n": 3} and m["seconds"] == 5.0 and m["note"] == "two runs"
     assert [r["date"][-9:-4] for r in m["runs"]] == ["00:00", "00:10"]
+
+
+def test_host_time_measures_the_call():
+    import time
+
+    from effsmall.bench.timing import host_time
+
+    t = host_time(lambda: time.sleep(0.002), "cpu", calls=3, repeats=3)
+    assert 0.0015 < t < 0.05
