@@ -15,7 +15,8 @@ CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 …
 * every timed row: ``ms`` is eager time (``triton.testing.do_bench``: what a training loop sees,
   host launch overhead included), the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3)
   interleaved rounds over all implementations of that shape; ours and mamba_ssm also get
-  ``graph_ms`` (CUDA-graph replay: the GPU's time alone).
+  ``graph_ms`` (CUDA-graph replay: the GPU's time alone) and ``host_ms`` (the host's time per
+  call, back to back: :func:`effsmall.bench.timing.host_time`).
 * ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 (outputs, final
   states and all gradients, with initial states and packed sequences) and against mamba_ssm.
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, benchmark_rounds, rounds_default
+from effsmall.bench.timing import benchmark, benchmark_rounds, host_time, rounds_default
 
 TOKENS, H, P = 16384, 32, 64
 LENGTHS = (512, 2048, 8192, 16384)
@@ -114,10 +115,11 @@ def _crossover_rows(rows: list, attn, attn_name: str, ours, L: int, Bsz: int) ->
             fn()  # warm-up: compiles
         times = benchmark_rounds(calls, dev, warmup_ms=10, rep_ms=50)
         graphs = {key: benchmark(fn, dev, cuda_graph=True, rep_ms=40) for key, fn in calls.items()}
+        hosts = {key: host_time(fn, dev) for key, fn in calls.items()}
     fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
     for (name, N), t in times.items():
         row = dict(impl=name, N=N, L=L, B=Bsz, H=H, mode="infer", ms=t * 1e3, graph_ms=graphs[(name, N)] * 1e3,
-                   rounds=rounds_default())
+                   host_ms=hosts[(name, N)] * 1e3, rounds=rounds_default())
         if N is None:
             row.update(D=P, tflops=fl / t / 1e12)
         _emit(rows, row)
@@ -188,8 +190,9 @@ def _cuda_rows(rows: list, quick: bool) -> None:
                     _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(t)[:300]))
                     continue
                 ms = t * 1e3
-                graph_ms = None
+                graph_ms = host_ms = None
                 if name in ("effsmall_ssd_triton", "mamba_ssm"):  # GPU time alone, launch overhead removed
+                    host_ms = host_time(calls[(name, mode)], dev) * 1e3
                     try:
                         graph_ms = benchmark(calls[(name, mode)], dev, cuda_graph=True, rep_ms=40) * 1e3
                     except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
@@ -197,6 +200,7 @@ def _cuda_rows(rows: list, quick: bool) -> None:
                 fwd_bytes = cost["bytes_min"] * (1 if mode == "fwd" else 3)
                 fwd_flops = cost["flops"] * (1 if mode == "fwd" else 3)
                 _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms, graph_ms=graph_ms,
+                                 host_ms=host_ms,
                                  gbps=fwd_bytes / ms / 1e6, tflops=fwd_flops / ms / 1e9,
                                  floor_ms=floor_ms * (1 if mode == "fwd" else 3),
                                  x_floor=ms / (floor_ms * (1 if mode == "fwd" else 3)), rounds=rounds_default(),
