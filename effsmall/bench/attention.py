@@ -38,7 +38,7 @@ import time
 import torch
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, benchmark_rounds, host_time, rounds_default
+from effsmall.bench.timing import benchmark, compare, rounds_default
 
 TOKENS = 16 * 1024
 HIDDEN = 2048
@@ -200,29 +200,10 @@ GRAPH_IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn")  # Flex is already a comp
 
 
 def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
-    """{name: (eager seconds or the exception, CUDA-graph seconds, host seconds)} for one shape
-    and mode (the last two None where not measured)."""
-    calls, failed = {}, {}
-    for name, fn in impls.items():
-        call = _call(fn, q, k, v, do, causal, mode)
-        try:
-            call()  # warm-up: compiles, autotunes
-            torch.cuda.synchronize()
-            calls[name] = call
-        except Exception as e:  # noqa: BLE001 - a backend may refuse a shape: record it, keep going
-            failed[name] = e
-    eager = benchmark_rounds(calls, "cuda", warmup_ms=10, rep_ms=60)
-    out = {name: (e, None, None) for name, e in failed.items()}
-    for name, t in eager.items():
-        graph = host = None
-        if name in GRAPH_IMPLS and not isinstance(t, Exception):
-            host = host_time(calls[name], "cuda")
-            try:
-                graph = benchmark(calls[name], "cuda", cuda_graph=True, rep_ms=40)
-            except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
-                graph = None
-        out[name] = (t, graph, host)
-    return out
+    """{name: exception or dict(s=eager, graph=CUDA-graph, host=host per call) seconds} for one
+    shape and mode (:func:`effsmall.bench.timing.compare`)."""
+    calls = {name: _call(fn, q, k, v, do, causal, mode) for name, fn in impls.items()}
+    return compare(calls, "cuda", detail=GRAPH_IMPLS, warmup_ms=10, rep_ms=60)
 
 
 def _run_cuda(quick: bool) -> list[dict]:
@@ -254,14 +235,15 @@ def _run_cuda(quick: bool) -> list[dict]:
         shape_rows = {}
         for mode in ("fwd", "fwdbwd"):
             fl = attention_flops(B, H, N, D, causal, mode)
-            for name, (t, graph, host) in _time_shape(impls, q, k, v, do, causal, mode).items():
+            for name, r in _time_shape(impls, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
-                if isinstance(t, Exception):
-                    row.update(ms=None, tflops=None, error=f"{type(t).__name__}: {str(t)[:200]}")
+                if isinstance(r, Exception):
+                    row.update(ms=None, tflops=None, error=f"{type(r).__name__}: {str(r)[:200]}")
                 else:
+                    t = r["s"]
                     row.update(ms=t * 1e3, tflops=fl / t / 1e12, pct_of_matmul_ceiling=100 * fl / t / peak,
-                               graph_ms=graph * 1e3 if graph else None,
-                               host_ms=host * 1e3 if host else None, rounds=rounds_default())
+                               graph_ms=r["graph"] * 1e3 if r["graph"] else None,
+                               host_ms=r["host"] * 1e3 if r["host"] else None, rounds=rounds_default())
                 shape_rows[(name, mode)] = row
         for mode in ("fwd", "fwdbwd"):
             mine = shape_rows[("effsmall", mode)]

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, benchmark_rounds, host_time, rounds_default
+from effsmall.bench.timing import benchmark, compare, rounds_default
 
 TOKENS, H, P = 16384, 32, 64
 LENGTHS = (512, 2048, 8192, 16384)
@@ -97,31 +97,37 @@ def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, 
             _emit(rows, row)
 
 
+def _ssd_args(Bsz: int, L: int, N: int, requires_grad: bool):
+    """mamba_ssm-style inputs x (b, l, h, p), dt (b, l, h), A (h,), B, C (b, l, 1, N); seeded by (L, N)."""
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(L + N)
+    x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g)
+    dt = F.softplus(torch.randn(Bsz, L, H, device=dev, generator=g) - 4)
+    A = -torch.exp(torch.rand(H, device=dev, generator=g))
+    Bm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g)
+    Cm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g)
+    return tuple(t.requires_grad_(requires_grad) for t in (x, dt, A, Bm, Cm))
+
+
 def _crossover_rows(rows: list, attn, attn_name: str, ours, L: int, Bsz: int) -> None:
     """Inference forward of causal attention (D = P = 64) and of SSD (N = 64, 128) on the same
     tokens and heads, timed in the same interleaved rounds."""
-    dev = "cuda"
-    q, k, v = (torch.randn(Bsz, H, L, P, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(Bsz, H, L, P, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     calls = {(attn_name, None): lambda: attn(q, k, v)}
     for N in STATES:
-        g = torch.Generator(device=dev).manual_seed(L + N)
-        x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g)
-        dt = F.softplus(torch.randn(Bsz, L, H, device=dev, generator=g) - 4)
-        A = -torch.exp(torch.rand(H, device=dev, generator=g))
-        Bm, Cm = (torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(2))
-        calls[("effsmall_ssd_triton", N)] = lambda x=x, dt=dt, A=A, Bm=Bm, Cm=Cm: ours(x, dt, A, Bm, Cm, 256)
+        args = _ssd_args(Bsz, L, N, requires_grad=False)
+        calls[("effsmall_ssd_triton", N)] = lambda args=args: ours(*args, 256)
     with torch.no_grad():
-        for fn in calls.values():
-            fn()  # warm-up: compiles
-        times = benchmark_rounds(calls, dev, warmup_ms=10, rep_ms=50)
-        graphs = {key: benchmark(fn, dev, cuda_graph=True, rep_ms=40) for key, fn in calls.items()}
-        hosts = {key: host_time(fn, dev) for key, fn in calls.items()}
+        results = compare(calls, "cuda", detail=calls, warmup_ms=10, rep_ms=50)
     fl = 4 * Bsz * H * L * L * P / 2  # causal attention forward FLOPs
-    for (name, N), t in times.items():
-        row = dict(impl=name, N=N, L=L, B=Bsz, H=H, mode="infer", ms=t * 1e3, graph_ms=graphs[(name, N)] * 1e3,
-                   host_ms=hosts[(name, N)] * 1e3, rounds=rounds_default())
+    for (name, N), r in results.items():
+        if isinstance(r, Exception):
+            _emit(rows, dict(impl=name, N=N, L=L, mode="infer", error=repr(r)[:300]))
+            continue
+        row = dict(impl=name, N=N, L=L, B=Bsz, H=H, mode="infer", ms=r["s"] * 1e3,
+                   graph_ms=r["graph"] and r["graph"] * 1e3, host_ms=r["host"] * 1e3, rounds=rounds_default())
         if N is None:
-            row.update(D=P, tflops=fl / t / 1e12)
+            row.update(D=P, tflops=fl / r["s"] / 1e12)
         _emit(rows, row)
     del q, k, v, calls
 
@@ -148,13 +154,9 @@ def _cuda_rows(rows: list, quick: bool) -> None:
         if "peers" not in parts:
             continue
         for N in STATES:
-            g = torch.Generator(device=dev).manual_seed(L + N)
-            x = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-            dt = F.softplus(torch.randn(Bsz, L, H, device=dev, generator=g) - 4).requires_grad_()
-            A = (-torch.exp(torch.rand(H, device=dev, generator=g))).requires_grad_()
-            Bm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-            Cm = torch.randn(Bsz, L, 1, N, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
-            dy = torch.randn(Bsz, L, H, P, device=dev, dtype=torch.bfloat16, generator=g)
+            x, dt, A, Bm, Cm = _ssd_args(Bsz, L, N, requires_grad=True)
+            dy = torch.randn(x.shape, device=dev, dtype=x.dtype,
+                             generator=torch.Generator(device=dev).manual_seed(L + N + 1))
             cost = ssd_chunked_cost(Bsz, L, H, P, N, 64, g=1)
             floor_ms = max(cost["bytes_min"] / HBM_BPS, cost["flops"] / BF16_FLOPS) * 1e3
             with torch.no_grad():
@@ -173,37 +175,23 @@ def _cuda_rows(rows: list, quick: bool) -> None:
                 xd = (x.detach().float() * dt.detach()[..., None])
                 ad = dt.detach() * A.detach()
                 impls["effsmall_ssd_chunked"] = lambda: ssd_chunked(xd, ad, Bm.detach(), Cm.detach(), 64)[0]
-            calls, failed = {}, {}
+            calls = {}
             for name, fn in impls.items():
                 for mode in ("fwd", "fwdbwd"):
                     if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and fla_fwd_only)):
                         continue
-                    f = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
-                    try:
-                        f()  # warm-up: compiles, autotunes
-                        calls[(name, mode)] = f
-                    except Exception as e:  # noqa: BLE001 - a baseline failing must not lose the run
-                        failed[(name, mode)] = e
-            times = benchmark_rounds(calls, dev, warmup_ms=10, rep_ms=50)
-            for (name, mode), t in {**failed, **times}.items():
-                if isinstance(t, Exception):
-                    _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(t)[:300]))
+                    calls[(name, mode)] = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
+            # GPU time alone (launch overhead removed) and host time for ours and mamba_ssm
+            detail = [key for key in calls if key[0] in ("effsmall_ssd_triton", "mamba_ssm")]
+            for (name, mode), r in compare(calls, dev, detail=detail, warmup_ms=10, rep_ms=50).items():
+                if isinstance(r, Exception):
+                    _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(r)[:300]))
                     continue
-                ms = t * 1e3
-                graph_ms = host_ms = None
-                if name in ("effsmall_ssd_triton", "mamba_ssm"):  # GPU time alone, launch overhead removed
-                    host_ms = host_time(calls[(name, mode)], dev) * 1e3
-                    try:
-                        graph_ms = benchmark(calls[(name, mode)], dev, cuda_graph=True, rep_ms=40) * 1e3
-                    except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
-                        graph_ms = None
-                fwd_bytes = cost["bytes_min"] * (1 if mode == "fwd" else 3)
-                fwd_flops = cost["flops"] * (1 if mode == "fwd" else 3)
-                _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms, graph_ms=graph_ms,
-                                 host_ms=host_ms,
-                                 gbps=fwd_bytes / ms / 1e6, tflops=fwd_flops / ms / 1e9,
-                                 floor_ms=floor_ms * (1 if mode == "fwd" else 3),
-                                 x_floor=ms / (floor_ms * (1 if mode == "fwd" else 3)), rounds=rounds_default(),
+                ms, mult = r["s"] * 1e3, 1 if mode == "fwd" else 3  # fwd+bwd moves and computes ~3x
+                _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms,
+                                 graph_ms=r["graph"] and r["graph"] * 1e3, host_ms=r["host"] and r["host"] * 1e3,
+                                 gbps=cost["bytes_min"] * mult / ms / 1e6, tflops=cost["flops"] * mult / ms / 1e9,
+                                 floor_ms=floor_ms * mult, x_floor=ms / (floor_ms * mult), rounds=rounds_default(),
                                  rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
             del x, dt, A, Bm, Cm, dy, impls
             torch.cuda.empty_cache()

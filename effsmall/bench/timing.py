@@ -82,6 +82,42 @@ def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int | None = Non
     return best
 
 
+def compare(fns: dict, device: str = "cuda", *, detail=(), **kw) -> dict:
+    """Time competing implementations the same way. Each ``fns[key]()`` is warmed up once
+    (compiles, autotunes; an exception becomes its result), then all are timed in interleaved
+    rounds (:func:`benchmark_rounds`, ``kw`` passed on). Keys in ``detail`` also get, on CUDA,
+    the CUDA-graph time (the GPU's time alone; None if capture fails) and the host time per
+    call (:func:`host_time`).
+
+    Returns ``{key: exception or dict(s=eager seconds, graph=seconds or None, host=seconds or None)}``.
+    """
+    cuda = str(device).startswith("cuda")
+    calls, out = {}, {}
+    for key, fn in fns.items():
+        try:
+            fn()
+            calls[key] = fn
+        except Exception as e:  # noqa: BLE001 - a baseline may refuse a shape; the caller records it
+            out[key] = e
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    for key, t in benchmark_rounds(calls, device, **kw).items():
+        if isinstance(t, Exception):
+            out[key] = t
+            continue
+        graph = host = None
+        if cuda and key in detail:
+            host = host_time(calls[key], device)
+            try:
+                graph = benchmark(calls[key], device, cuda_graph=True, rep_ms=40)
+            except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
+                graph = None
+        out[key] = dict(s=t, graph=graph, host=host)
+    return out
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence the C++ profiler's start/stop lines (written to fd 2 with timestamps)."""

@@ -130,3 +130,20 @@ def test_host_time_measures_the_call():
 
     t = host_time(lambda: time.sleep(0.002), "cpu", calls=3, repeats=3)
     assert 0.0015 < t < 0.05
+
+
+def test_compare_warms_up_records_failures_and_times_the_rest():
+    from effsmall.bench.timing import compare
+
+    seen = []
+
+    def ok():
+        seen.append(1)
+
+    def bad():
+        raise RuntimeError("refuses this shape")
+
+    out = compare({"ok": ok, "bad": bad}, "cpu", detail=["ok"], rounds=2, min_run_time=0.01)
+    assert isinstance(out["bad"], RuntimeError)
+    assert out["ok"]["s"] > 0 and out["ok"]["graph"] is None and out["ok"]["host"] is None  # CUDA only
+    assert list(out) == ["bad", "ok"] and len(seen) > 2  # warm-up + timed calls
