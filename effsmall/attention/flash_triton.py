@@ -546,8 +546,10 @@ def _dot_precision(q: torch.Tensor) -> str:
     ``torch.set_float32_matmul_precision("highest")`` (the default) and in the interpreter,
     TF32 tensor cores ("tf32", ~1e-3 relative error) under "high"/"medium". fp16/bf16 inputs
     always multiply on tensor cores with fp32 accumulation."""
-    if q.dtype != torch.float32 or interpreting():
-        return "ieee" if interpreting() else "tf32"
+    if interpreting():
+        return "ieee"
+    if q.dtype != torch.float32:
+        return "tf32"
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
@@ -627,66 +629,66 @@ def _strides3(t: torch.Tensor, varlen: bool):
     return (0, t.stride(1), t.stride(0)) if varlen else (t.stride(0), t.stride(1), t.stride(2))
 
 
+def _lse_strides(lse: torch.Tensor, varlen: bool):
+    """(batch, head) strides of lse (B, H, N), or of a packed (H, total) one."""
+    return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+
+
+def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k):
+    """What every launch of one call shares: sizes (B, Hq, Hk, Nq, Nk), the cu_seqlens pointers
+    (q as an unused placeholder when dense), the constexprs, the length bucket and the
+    autotuning key. Dense: (B, H, N, D); varlen: packed (total, H, D) + cu_seqlens."""
+    varlen = cu_q is not None
+    if varlen:
+        B, Nq, Nk = cu_q.numel() - 1, max_q, max_k
+    else:
+        B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
+        cu_q = cu_k = q  # unused placeholders (VARLEN=False)
+    Hq, Hk = q.shape[1], k.shape[1]  # the head axis of both layouts
+    block_d, prec, bucket = next_power_of_2(q.shape[-1], 16), _dot_precision(q), _n_bucket(max(Nq, Nk))
+    consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
+    tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
+    return (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key
+
+
 def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
     """Launch the forward kernel. Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
-    varlen = cu_q is not None
-    D = q.shape[-1]
-    block_d = next_power_of_2(D, 16)
+    (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
+    varlen = consts["VARLEN"]
     o = torch.empty_like(q)
-    if varlen:
-        B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
-        lse = torch.empty((Hq, q.shape[0]), device=q.device, dtype=torch.float32)   # (Hq, total_q)
-        lse_strides = (0, lse.stride(0))
-    else:
-        B, Hq, Nq, _ = q.shape
-        Hk, Nk = k.shape[1], k.shape[2]
-        lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)        # (B, Hq, Nq)
-        lse_strides = (lse.stride(0), lse.stride(1))
-        cu_q = cu_k = q  # unused placeholders (VARLEN=False)
+    lse_shape = (Hq, q.shape[0]) if varlen else (B, Hq, Nq)  # (Hq, total_q) or (B, Hq, Nq)
+    lse = torch.empty(lse_shape, device=q.device, dtype=torch.float32)
     grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    bucket, prec = _n_bucket(max(Nq, Nk)), _dot_precision(q)
-    _launch(_fwd_tuned, "fwd", (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec), grid,
+    _launch(_fwd_tuned, "fwd", tune_key, grid,
             q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
-            *lse_strides, Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, bucket,
-            D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
+            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, bucket, **consts)
     return o, lse
 
 
 def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
-    varlen = cu_q is not None
-    D = q.shape[-1]
-    block_d = next_power_of_2(D, 16)
+    (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
+    varlen = consts["VARLEN"]
     do = do if do.stride(-1) == 1 else do.contiguous()
-    if varlen:
-        B, Hq, Hk, Nq, Nk = cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k
-        lse_strides = (0, lse.stride(0))
-    else:
-        B, Hq, Nq, _ = q.shape
-        Hk, Nk = k.shape[1], k.shape[2]
-        lse_strides = (lse.stride(0), lse.stride(1))
-        cu_q = cu_k = q
+    lse_strides = _lse_strides(lse, varlen)
     delta = torch.empty_like(lse)
     pre_m = 16 if interpreting() else 64
     _bwd_preprocess[(cdiv(Nq, pre_m), B * Hq)](
         o, do, delta, cu_q, *_strides3(o, varlen), *_strides3(do, varlen), *lse_strides, Hq, Nq,
-        D=D, BLOCK_D=block_d, VARLEN=varlen, BLOCK_M=pre_m)
+        D=consts["D"], BLOCK_D=consts["BLOCK_D"], VARLEN=varlen, BLOCK_M=pre_m)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    prec, bucket = _dot_precision(q), _n_bucket(max(Nq, Nk))
-    common = dict(D=D, BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
-    tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
     grid_kv = lambda meta: (cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
     _launch(_dkdv_tuned, "dkdv", tune_key, grid_kv,
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dk, varlen), *_strides3(dv, varlen), *lse_strides,
-            Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
+            Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **consts)
     grid_q = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
     _launch(_dq_tuned, "dq", tune_key, grid_q,
             q, k, v, do, lse, delta, dq, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dq, varlen), *lse_strides,
-            Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **common)
+            Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **consts)
     return dq, dk, dv
 
 
