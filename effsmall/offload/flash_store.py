@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from effsmall.runtime import cache_dir  # noqa: F401  (re-exported)
+from effsmall.runtime import cdiv
 
 MAGIC = b"EFFSFFN1"
 ALIGN = 4096
@@ -62,7 +63,7 @@ def _bytes_view(arr: np.ndarray) -> memoryview:
 
 
 def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+    return cdiv(n, ALIGN) * ALIGN
 
 
 def coalesce(ids: np.ndarray, max_gap: int = 0) -> list[tuple[int, int]]:

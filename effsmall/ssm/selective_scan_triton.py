@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import require_triton_tensor
+from effsmall.runtime import cdiv, next_power_of_2, require_triton_tensor
 from effsmall.ssm.selective_scan import check_selective_scan_inputs, selective_scan_parallel
 
 __all__ = ["selective_scan_triton"]
@@ -111,11 +111,11 @@ def _launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_d, block_
     last = torch.empty(b, d, n, dtype=torch.float32, device=u.device)  # (b, d, n)
     if l == 0:
         return y, last.zero_()
-    block_n = triton.next_power_of_2(n)
-    block_d = block_d or max(1, min(triton.next_power_of_2(d), 4096 // (block_n * 16)))
+    block_n = next_power_of_2(n)
+    block_d = block_d or max(1, min(next_power_of_2(d), 4096 // (block_n * 16)))
     block_l = block_l or 16
     dummy = u
-    grid = (b, triton.cdiv(d, block_d))
+    grid = (b, cdiv(d, block_d))
     _selective_scan_fwd_kernel[grid](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, y, last,

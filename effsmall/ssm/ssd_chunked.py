@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from effsmall.runtime import cdiv
 from effsmall.ssm._ssd_checks import check_ssd_inputs, compute_dtype, segment_ids
 from effsmall.ssm.ssd_recurrent import segsum
 
@@ -45,7 +46,7 @@ def ssd_chunked(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
     b, l, h, p, g, n = check_ssd_inputs(X, A, B, C, initial_states, seq_idx, chunk_size)
     dt = compute_dtype(X, A, B, C)
     Q = chunk_size
-    nc = -(-l // Q)  # number of chunks
+    nc = cdiv(l, Q)  # number of chunks
     pad = nc * Q - l
     x = _pad_to_chunks(X.to(dt), pad).reshape(b, nc, Q, h, p)  # (b, c, Q, h, p)
     a = _pad_to_chunks(A.to(dt), pad).reshape(b, nc, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
@@ -101,7 +102,7 @@ def ssd_chunked_cost(b: int, l: int, h: int, p: int, n: int, chunk_size: int, g:
     (b, c, h, p, n) chunk states (in fp32) between kernels. Small Q: more states; large Q: more
     quadratic FLOPs — the trade-off the chunk size tunes.
     """
-    nc = -(-l // chunk_size)
+    nc = cdiv(l, chunk_size)
     Q = chunk_size
     flops_intra = b * h * nc * (2 * Q * Q * n + 2 * Q * Q * p) // 2  # causal half of the Q×Q block
     flops_states = b * h * nc * 2 * Q * p * n
