@@ -23,8 +23,8 @@ not fit is recorded as ``kind="skipped"`` — and appends every row to the JSON-
 ``EFFSMALL_BENCH_PARTIAL`` (if set) as it goes, so a killed run still leaves its numbers.
 
 CPU (``--device cpu``): ``tiled_attention`` vs ``naive_attention`` peak tensor memory
-(:func:`tensor_peak_bytes`) and time at N = 8K (B = H = 1, causal) — the O(N) vs O(N²) memory
-row — and a few interpreter-sized ``flash_attention`` timings for completeness.
+(:func:`effsmall.bench.timing.tensor_peak_bytes`) and time at N = 8K (B = H = 1, causal) — the
+O(N) vs O(N²) memory row — and a few interpreter-sized ``flash_attention`` timings for completeness.
 
 ``python -m effsmall.bench.attention FILE.json`` prints the summary table of a saved result.
 """
@@ -38,7 +38,7 @@ import time
 import torch
 
 from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, compare, rounds_default
+from effsmall.bench.timing import benchmark, compare, rounds_default, tensor_peak_bytes
 
 TOKENS = 16 * 1024
 HIDDEN = 2048
@@ -264,56 +264,6 @@ def _run_cuda(quick: bool) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # CPU
 # ---------------------------------------------------------------------------------------------
-def tensor_peak_bytes(fn) -> int:
-    """Peak bytes of tensor storage allocated by torch ops while ``fn()`` runs (CPU or GPU).
-
-    A ``TorchDispatchMode`` sees every op's outputs: a new storage adds its size, and a weak
-    reference per tensor subtracts it when the last tensor using it dies. Views add nothing.
-    (The profiler's per-op memory numbers double-count nested ops and miss frees that happen
-    outside an op, which overstates loops of small ops such as ``tiled_attention``.)
-    """
-    import weakref
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class _Tracker(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
-            self.cur = self.peak = 0
-
-        def _release(self, ptr):
-            ent = self.live.get(ptr)
-            if ent is not None:
-                ent[1] -= 1
-                if ent[1] == 0:
-                    self.cur -= ent[0]
-                    del self.live[ptr]
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and not t._is_view():
-                    st = t.untyped_storage()
-                    ptr = st.data_ptr()
-                    if ptr == 0:
-                        continue
-                    if ptr in self.live:
-                        self.live[ptr][1] += 1
-                    else:
-                        self.live[ptr] = [st.nbytes(), 1]
-                        self.cur += st.nbytes()
-                        self.peak = max(self.peak, self.cur)
-                    weakref.finalize(t, self._release, ptr)
-            return out
-
-    with _Tracker() as tr:
-        out = fn()
-    del out
-    return tr.peak
-
-
 def _run_cpu(quick: bool) -> list[dict]:
     from effsmall.attention import flash_attention, naive_attention, tiled_attention
 

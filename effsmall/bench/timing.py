@@ -137,7 +137,8 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before.
 
     CUDA: the caching allocator's peak counter. CPU: torch's profiler memory events
-    (what torch allocated for tensors; the Python heap is not counted).
+    (what torch allocated for tensors; the Python heap is not counted). For loops of many small
+    ops, :func:`tensor_peak_bytes` tracks live storages exactly.
     """
     import torch
 
@@ -162,3 +163,54 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak
+
+
+def tensor_peak_bytes(fn) -> int:
+    """Peak bytes of tensor storage allocated by torch ops while ``fn()`` runs (CPU or GPU).
+
+    A ``TorchDispatchMode`` sees every op's outputs: a new storage adds its size, and a weak
+    reference per tensor subtracts it when the last tensor using it dies. Views add nothing.
+    (The profiler's per-op memory numbers double-count nested ops and miss frees that happen
+    outside an op, which overstates loops of small ops such as ``tiled_attention``.)
+    """
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _Tracker(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
+            self.cur = self.peak = 0
+
+        def _release(self, ptr):
+            ent = self.live.get(ptr)
+            if ent is not None:
+                ent[1] -= 1
+                if ent[1] == 0:
+                    self.cur -= ent[0]
+                    del self.live[ptr]
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and not t._is_view():
+                    st = t.untyped_storage()
+                    ptr = st.data_ptr()
+                    if ptr == 0:
+                        continue
+                    if ptr in self.live:
+                        self.live[ptr][1] += 1
+                    else:
+                        self.live[ptr] = [st.nbytes(), 1]
+                        self.cur += st.nbytes()
+                        self.peak = max(self.peak, self.cur)
+                    weakref.finalize(t, self._release, ptr)
+            return out
+
+    with _Tracker() as tr:
+        out = fn()
+    del out
+    return tr.peak

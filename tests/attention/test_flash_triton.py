@@ -204,7 +204,7 @@ def test_triton_intro_kernels():
 
 def test_tensor_peak_bytes_counts_live_storage():
     from effsmall.attention import tiled_attention
-    from effsmall.bench.attention import tensor_peak_bytes
+    from effsmall.bench.timing import tensor_peak_bytes
 
     assert tensor_peak_bytes(lambda: torch.zeros(1000)) == 4000
     # two temporaries alive at once, then freed: peak is their sum, not the running total
