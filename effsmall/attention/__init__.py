@@ -27,6 +27,9 @@ _EXPORTS = {
     "flash_attention": "flash_triton",
     # varlen.py — packed sequences
     "flash_attention_varlen": "varlen",
+    # merge.py — attention over disjoint key sets, combined (split-KV decoding, ring attention)
+    "merge_attention_states": "merge",
+    "merge_attention_states_many": "merge",
 }
 install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

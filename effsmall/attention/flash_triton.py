@@ -770,12 +770,17 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
 
 
 def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):
-    """Forward only, returning ``(O, lse)``; lse ``(B, Hq, Nq)`` fp32 is ``+inf`` for empty rows."""
+    """Forward only, returning ``(O, lse)``; lse ``(B, Hq, Nq)`` fp32 (natural log).
+
+    A row that sees no key has ``O = 0`` and ``lse = -inf``, the package-wide convention that
+    :func:`effsmall.attention.merge_attention_states` relies on (the kernel stores ``+inf``
+    internally so that its own backward's ``exp(S - lse)`` is 0; it is flipped here)."""
     check_attention_inputs(q, k, v)
     lo, hi = _window_bounds(causal, window)
     scale = _check_scale(q, scale)
     reason = _fallback_reason(q)
     if reason is not None:
         raise ValueError(f"q: {reason}")
-    return _fwd(q, k, v, lo, hi, scale)
+    o, lse = _fwd(q, k, v, lo, hi, scale)
+    return o, lse.masked_fill(lse == float("inf"), float("-inf"))
 

@@ -130,6 +130,13 @@ def test_lse_is_returned_by_the_forward():
     assert (lse.double() - torch.logsumexp(s, -1)).abs().max().item() < 1e-5
 
 
+def test_lse_of_a_row_that_sees_no_key_is_minus_inf():
+    q, k, v = _qkv(1, 1, 1, 6, 3, 16)          # causal, bottom-right: rows 0..2 see no key
+    o, lse = ft.flash_attention_forward(q, k, v, causal=True)
+    assert torch.equal(lse[0, 0, :3], torch.full((3,), float("-inf")))
+    assert torch.isfinite(lse[0, 0, 3:]).all() and o[0, 0, :3].abs().max().item() == 0
+
+
 @given(Nq=st.integers(1, 40), Nk=st.integers(1, 40), group=st.sampled_from([1, 2]),
        D=st.sampled_from([16, 32]), causal=st.booleans())
 def test_random_shapes_property(Nq, Nk, group, D, causal):
