@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -70,14 +71,37 @@ def require_triton_tensor(name: str, t: torch.Tensor, fn: str) -> None:
         raise TypeError(f"{name}: bfloat16 is not supported by the Triton interpreter; use float32 or float16 on CPU")
 
 
-@functools.lru_cache(maxsize=None)
+ASSUME_CC_ENV = "EFFSMALL_ASSUME_CC"
+
+
+def _assumed_capability() -> tuple[int, int] | None:
+    """``EFFSMALL_ASSUME_CC=7.5`` makes the package decide as it would on a GPU of that compute
+    capability (a Colab T4 is 7.5): tests cover the Turing path on any machine with it."""
+    value = os.environ.get(ASSUME_CC_ENV)
+    if not value:
+        return None
+    try:
+        major, minor = (int(x) for x in value.split("."))
+    except ValueError:
+        raise ValueError(f"{ASSUME_CC_ENV} must look like '7.5', got {value!r}") from None
+    return major, minor
+
+
 def compute_capability(device_index: int = 0) -> tuple[int, int] | None:
+    """The CUDA compute capability (major, minor), ``$EFFSMALL_ASSUME_CC`` if set, None without CUDA."""
+    assumed = _assumed_capability()
+    if assumed is not None:
+        return assumed
+    return _real_capability(device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def _real_capability(device_index: int) -> tuple[int, int] | None:
     if not cuda_available():
         return None
     return torch.cuda.get_device_capability(device_index)
 
 
-@functools.lru_cache(maxsize=None)
 def tensor_cores_in_triton(device_index: int = 0) -> bool:
     """Triton >= 3.3 emits tensor-core ``tl.dot`` only on compute capability >= 8.0.
 
@@ -100,6 +124,74 @@ def warn_once(key: str, message: str) -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if cuda_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# The device policy: where a chapter (or a test) puts its tensors, in which dtype, at what size
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Where the book's code runs here, decided once per process by :func:`device_policy`.
+
+    * ``device`` — ``cuda`` when a GPU is visible and kernels are compiled, else ``cpu`` (the
+      Triton interpreter runs the same kernels on CPU tensors, slowly);
+    * ``dtype`` — the dtype kernels run in: bfloat16 on compute capability ≥ 8.0, float16 on
+      7.x (Turing has no bfloat16 tensor cores), float32 in the interpreter (numpy has no bf16);
+    * ``tensor_cores`` — whether Triton's ``tl.dot`` uses tensor cores here (sm80+); where it
+      does not (a T4), the attention kernels fall back to PyTorch and the models use SDPA.
+    """
+    device: torch.device
+    dtype: torch.dtype
+    interpreter: bool
+    capability: tuple[int, int] | None
+    tensor_cores: bool
+    name: str
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def size(self, cpu, gpu):
+        """A problem size that fits: ``cpu`` under the interpreter, ``gpu`` on a real GPU."""
+        return gpu if self.is_gpu else cpu
+
+    def describe(self) -> str:
+        """What runs where, in a few lines for a chapter's set-up cell."""
+        if not self.is_gpu:
+            return ("Device: CPU. Triton kernels run in the Triton interpreter (same code, no GPU),\n"
+                    "in float32, at small sizes; timings show the algorithms' shape, not GPU speed.")
+        cc = "{}.{}".format(*self.capability)
+        lines = [f"Device: {self.name} (compute capability {cc}). Tensors live on the GPU;"
+                 f" kernels run in {str(self.dtype).replace('torch.', '')}, compiled."]
+        if not self.tensor_cores:
+            lines.append("Below compute capability 8.0 (e.g. Colab's T4) Triton has no tensor-core tl.dot and no "
+                         "bfloat16:\nflash_attention falls back to PyTorch's tiled attention, the models use SDPA, "
+                         "and the SSM kernels run in float16.")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def device_policy() -> DevicePolicy:
+    """The one device decision every chapter and GPU test builds its tensors through.
+
+    CUDA when present (and ``TRITON_INTERPRET`` is not forced on), else the CPU with the Triton
+    interpreter. ``$EFFSMALL_ASSUME_CC`` overrides the compute capability the decision sees.
+    """
+    if cuda_available() and not interpreting():
+        cc = compute_capability(torch.cuda.current_device())
+        tc = cc >= (8, 0)
+        name = os.environ.get("EFFSMALL_DEVICE_NAME") or torch.cuda.get_device_name()
+        return DevicePolicy(torch.device("cuda"), torch.bfloat16 if tc else torch.float16, False, cc, tc, name)
+    return DevicePolicy(torch.device("cpu"), torch.float32, interpreting(), None, False, "CPU")
+
+
+def set_ci_threads() -> None:
+    """One PyTorch thread per process when ``$CI`` is set (CI runs two notebooks side by side on
+    two cores), never otherwise: a reader's laptop keeps all its cores."""
+    if os.environ.get("CI"):
+        torch.set_num_threads(1)
 
 
 def cache_dir():
