@@ -26,7 +26,9 @@ pick the wanted rows out. :meth:`FlashStore.read_neurons_async` returns at once 
 computes while the reads are in flight. ``bytes_read`` and ``read_calls`` count what was asked
 of the device (gaps included). :meth:`FlashStore.drop_page_cache` calls
 ``posix_fadvise(POSIX_FADV_DONTNEED)`` so the next read comes from the disk, not from RAM;
-readahead is turned off with ``POSIX_FADV_RANDOM``.
+readahead is turned off with ``POSIX_FADV_RANDOM``. On systems without these calls (macOS,
+Windows) :mod:`effsmall.offload.fileio` falls back (``F_NOCACHE``, plain positioned reads) and
+:attr:`FlashStore.cache_mode` says what the page cache did.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from effsmall.offload import fileio
 
 import numpy as np
 import torch
@@ -220,11 +224,11 @@ class FlashStore:
         if queue not in QUEUES:
             raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
         self.queue = queue
-        self.fd = os.open(self.path, os.O_RDONLY)
+        self.fd = fileio.open_read(self.path)
+        self.cache_mode = fileio.cache_control()   # how drop_page_cache keeps reads off RAM here
         try:
             self._read_header()
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)   # no readahead: count what we ask for
+            fileio.advise(self.fd, 0, 0, "RANDOM")   # no readahead: count what we ask for
             if verify:
                 self.verify()
         except Exception:
@@ -241,11 +245,11 @@ class FlashStore:
     # -- header, integrity ------------------------------------------------------------------
     def _read_header(self):
         size = os.fstat(self.fd).st_size
-        head = os.pread(self.fd, len(MAGIC) + 8, 0)
+        head = fileio.pread(self.fd, len(MAGIC) + 8, 0)
         if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
             raise CorruptStoreError(f"{self.path}: not a FlashStore file (bad magic or truncated header)")
         (hlen,) = struct.unpack("<Q", head[len(MAGIC):])
-        raw = os.pread(self.fd, hlen, len(MAGIC) + 8)
+        raw = fileio.pread(self.fd, hlen, len(MAGIC) + 8)
         try:
             h = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
@@ -265,7 +269,7 @@ class FlashStore:
         """Check every tensor's and neuron block's CRC-32; raise CorruptStoreError naming the first bad one."""
         bn = self.header["block_neurons"]
         for name, e in self.tensors.items():
-            buf = os.pread(self.fd, e["nbytes"], self.data_offset + e["offset"])
+            buf = fileio.pread(self.fd, e["nbytes"], self.data_offset + e["offset"])
             if len(buf) != e["nbytes"]:
                 raise CorruptStoreError(f"{self.path}: truncated — short read of tensor {name!r}")
             if _crc(buf) == e["crc32"]:
@@ -279,8 +283,10 @@ class FlashStore:
 
     # -- page cache ---------------------------------------------------------------------------
     def drop_page_cache(self):
-        """Evict this file's pages from the OS page cache so the next reads hit the device."""
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        """Evict this file's pages from the OS page cache so the next reads hit the device.
+
+        Returns False where the OS offers no way (Windows): then reads may come from RAM."""
+        return fileio.drop_cache(self.fd)
 
     def close(self):
         if self._pool is not None:
@@ -314,14 +320,14 @@ class FlashStore:
 
         def do(batch):
             for buf, off, name in batch:
-                n = os.preadv(self.fd, [buf], off)
+                n = fileio.pread_into(self.fd, buf, off)
                 if n != len(buf):
                     raise CorruptStoreError(f"{self.path}: truncated — short read in tensor {name!r} at byte {off}")
         self.stats.read_calls += len(jobs)
         self.stats.bytes_read += sum(len(b) for b, _, _ in jobs)
         if queue == "kernel":
-            for buf, off, _ in jobs:
-                os.posix_fadvise(self.fd, off, len(buf), os.POSIX_FADV_WILLNEED)
+            for buf, off, _ in jobs:      # without posix_fadvise: plain reads on result()
+                fileio.advise(self.fd, off, len(buf), "WILLNEED")
             return [_Deferred(do, jobs)]
         if self._pool is None or len(jobs) <= 1:
             do(jobs)

@@ -3,8 +3,10 @@
 Flash (and virtio) storage serves large, parallel reads far faster than small, serial ones:
 each read pays a latency, and the device has many queues. ``measure_read_throughput`` reads
 random ``chunk``-aligned chunks of a scratch file with ``threads`` threads, with the page
-cache cold (``O_DIRECT`` where the filesystem allows it, else ``posix_fadvise(DONTNEED)``
-before each point) and again warm (same offsets, buffered, pages just read), and reports GB/s.
+cache cold (``O_DIRECT`` where the filesystem allows it, ``F_NOCACHE`` on macOS, else
+``posix_fadvise(DONTNEED)`` before each point) and again warm (same offsets, buffered, pages
+just read), and reports GB/s. Where none of these exists (Windows) the reads are buffered and
+each row's ``mode`` says the page cache was not bypassed (see :mod:`effsmall.offload.fileio`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from effsmall.offload import fileio
 
 
 def scratch_file(size_bytes: int = 256 << 20, path: str | Path | None = None) -> Path:
@@ -35,21 +39,8 @@ def scratch_file(size_bytes: int = 256 << 20, path: str | Path | None = None) ->
 
 
 def _open_direct(path: Path):
-    """An O_DIRECT descriptor, or None if the filesystem refuses it."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | flag)
-    except OSError:
-        return None
-    buf = mmap.mmap(-1, 4096)                       # page-aligned, as O_DIRECT requires
-    try:
-        os.preadv(fd, [buf], 0)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    """``(fd, mode)`` for reads that bypass the page cache (O_DIRECT or F_NOCACHE), or None."""
+    return fileio.open_uncached(path, mmap.mmap(-1, 4096))   # page-aligned, as O_DIRECT requires
 
 
 def _timed_reads(fd: int, offsets: np.ndarray, chunk: int, threads: int) -> float:
@@ -58,7 +49,7 @@ def _timed_reads(fd: int, offsets: np.ndarray, chunk: int, threads: int) -> floa
     def work(t):
         b = bufs[t]
         for off in offsets[t::threads]:
-            if os.preadv(fd, [b], int(off)) != chunk:
+            if fileio.pread_into(fd, b, int(off)) != chunk:
                 raise OSError(f"short read at {off}")
 
     t0 = time.perf_counter()
@@ -75,7 +66,8 @@ def measure_read_throughput(path: str | Path | None = None, chunk_sizes=(4096, 1
                             direct: str = "auto") -> list[dict]:
     """Rows ``{chunk, threads, cold_GBps, warm_GBps, mode}`` for random chunk-aligned reads of ``path``.
 
-    ``direct``: ``"auto"`` (O_DIRECT if supported), ``"never"`` (buffered + fadvise DONTNEED).
+    ``direct``: ``"auto"`` (O_DIRECT / F_NOCACHE if supported), ``"never"`` (buffered + fadvise
+    DONTNEED where it exists). Each row's ``mode`` names how the cold reads avoided the cache.
     Each point reads ``bytes_per_point`` bytes (≥ one chunk per thread) from random offsets.
     """
     if direct not in ("auto", "never"):
@@ -89,16 +81,19 @@ def measure_read_throughput(path: str | Path | None = None, chunk_sizes=(4096, 1
         if t < 1:
             raise ValueError(f"threads must be >= 1, got {t}")
     rng = np.random.default_rng(seed)
-    dfd = _open_direct(path) if direct == "auto" else None
-    bfd = os.open(path, os.O_RDONLY)
-    os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_RANDOM)
+    uncached = _open_direct(path) if direct == "auto" else None
+    dfd, dmode = uncached if uncached is not None else (None, None)
+    bfd = fileio.open_read(path)
+    fileio.advise(bfd, 0, 0, "RANDOM")
+    mode = dmode or fileio.cache_control()
     rows = []
     try:
         for chunk in chunk_sizes:
             for t in threads:
                 n = max(t, bytes_per_point // chunk)
                 offsets = rng.choice(size // chunk, size=min(n, size // chunk), replace=False) * chunk
-                os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)       # cold: nothing in RAM
+                if dfd is None:
+                    fileio.advise(bfd, 0, 0, "DONTNEED")               # cold: nothing in RAM
                 cold = _timed_reads(dfd if dfd is not None else bfd, offsets, chunk, t)
                 if dfd is not None:                                       # fill the page cache for "warm"
                     _timed_reads(bfd, offsets, chunk, t)
@@ -106,8 +101,8 @@ def measure_read_throughput(path: str | Path | None = None, chunk_sizes=(4096, 1
                 nbytes = len(offsets) * chunk
                 rows.append({"chunk": chunk, "threads": t, "bytes": nbytes,
                              "cold_GBps": nbytes / cold / 1e9, "warm_GBps": nbytes / warm / 1e9,
-                             "mode": "O_DIRECT" if dfd is not None else "fadvise(DONTNEED)"})
-        os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
+                             "mode": mode})
+        fileio.advise(bfd, 0, 0, "DONTNEED")
     finally:
         os.close(bfd)
         if dfd is not None:
