@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.effsmall-installed
 JOBS    ?= 2
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: setup test test-package test-chapters book lab execute bench clean
+.PHONY: setup test test-package test-chapters book lab execute bench clean sync-install
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ lab: setup
 execute: setup
 	@test -n "$(NB)" || (echo "usage: make execute NB=chapters/NN_name.ipynb" && exit 2)
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 $(NB)
+
+# Rewrite every chapter's Colab install cell from _config.yml's repository address
+sync-install: setup
+	$(PY) tools/sync_install_cells.py
 
 bench: setup
 	$(PY) -m effsmall.bench $(SUITE) $(BENCH_ARGS)

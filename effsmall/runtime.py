@@ -60,13 +60,25 @@ def triton_device_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
 
 
+def require_triton_device(name: str, t: torch.Tensor, fn: str) -> None:
+    """Raise ValueError unless ``fn``'s Triton kernels can take a tensor on ``t``'s device here
+    (CUDA tensors when compiled, CPU tensors under ``TRITON_INTERPRET=1``); the message names
+    the argument and says what to do."""
+    if not triton_device_ok(t):
+        if interpreting():
+            raise ValueError(f"{fn} runs in the Triton interpreter here (TRITON_INTERPRET=1), which needs CPU "
+                             f"tensors; {name} is on {t.device}: move the inputs with .cpu(), or unset "
+                             f"TRITON_INTERPRET before importing effsmall to compile for the GPU")
+        raise ValueError(f"{fn} compiles its Triton kernels for the GPU here, which needs CUDA tensors; {name} "
+                         f"is on {t.device}: move the inputs with .to(effsmall.runtime.device_policy().device), "
+                         f"or set TRITON_INTERPRET=1 before importing effsmall to interpret on the CPU")
+
+
 def require_triton_tensor(name: str, t: torch.Tensor, fn: str) -> None:
     """Raise unless ``fn``'s Triton kernels can take ``t`` here: ValueError on the wrong device
     (CUDA tensors when compiled, CPU tensors under ``TRITON_INTERPRET=1``), TypeError for
     bfloat16 under the interpreter (it computes with numpy, which has no bfloat16)."""
-    if not triton_device_ok(t):
-        where = "CPU tensors under TRITON_INTERPRET=1" if interpreting() else "CUDA tensors"
-        raise ValueError(f"{fn} needs {where}; {name} is on {t.device}")
+    require_triton_device(name, t, fn)
     if interpreting() and t.dtype == torch.bfloat16:
         raise TypeError(f"{name}: bfloat16 is not supported by the Triton interpreter; use float32 or float16 on CPU")
 

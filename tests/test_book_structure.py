@@ -53,6 +53,29 @@ def test_chapter_follows_template(path):
         assert not any(o.get("output_type") == "error" for o in c.get("outputs", [])), path.name
 
 
+def test_install_cells_use_the_repository_in_config():
+    """One address: `_config.yml`'s repository (the launch buttons' too) is what every chapter installs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync", ROOT / "tools" / "sync_install_cells.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    want = sync.install_cell()
+    assert sync.repository_url() in want
+    for path in CHAPTERS:
+        code = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        assert "".join(code["source"]) == want, f"{path.name}: run `make sync-install`"
+
+
+def test_package_keeps_colab_widgets():
+    """Colab ships ipywidgets 7: the package must not force an upgrade that breaks its widgets."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    widgets = next(d for d in deps if d.startswith("ipywidgets"))
+    assert widgets.replace(" ", "") == "ipywidgets>=7.6"
+
+
 @pytest.mark.parametrize("svg", sorted((ROOT / "book" / "static").glob("*.svg")), ids=lambda p: p.name)
 def test_static_svgs_are_well_formed(svg):
     import xml.dom.minidom

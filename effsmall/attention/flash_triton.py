@@ -42,9 +42,10 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.naive import check_attention_inputs as check_contract
-from effsmall.runtime import cdiv, interpreting, next_power_of_2, tensor_cores_in_triton, warn_once
+from effsmall.runtime import (cdiv, interpreting, next_power_of_2, require_triton_device, tensor_cores_in_triton,
+                              warn_once)
 
-__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule"]
+__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule", "backend"]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30  # "no window edge": far beyond any sequence length, still safe in int32
@@ -731,15 +732,25 @@ class _FlashAttention(torch.autograd.Function):
 
 
 def _fallback_reason(q: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot take q here (None when they can)."""
+    """Why the Triton kernels cannot run on this GPU (None when they can). A tensor on the wrong
+    device is not a fallback but an error (:func:`effsmall.runtime.require_triton_tensor`)."""
+    require_triton_device("q", q, "flash_attention")
     if interpreting():
-        return None if q.device.type == "cpu" else "TRITON_INTERPRET=1 needs CPU tensors"
-    if q.device.type != "cuda":
-        return f"flash_attention's Triton kernels need CUDA tensors (got {q.device}) or TRITON_INTERPRET=1"
+        return None
     if not tensor_cores_in_triton(q.device.index or 0):
         return ("this GPU has compute capability < 8.0: Triton >= 3.3 has no tensor-core tl.dot here, "
                 "so flash_attention computes with the pure-torch tiled_attention (correct, not fast)")
     return None
+
+
+def backend(q: torch.Tensor) -> str:
+    """Which code :func:`flash_attention` runs for inputs like ``q`` here: ``"triton"`` (compiled
+    for this GPU), ``"triton-interpreter"`` (CPU tensors, ``TRITON_INTERPRET=1``) or
+    ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Raises ValueError for
+    a tensor on the wrong device, as :func:`flash_attention` does."""
+    if _fallback_reason(q) is not None:
+        return "pytorch-tiled"
+    return "triton-interpreter" if interpreting() else "triton"
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from effsmall.attention.block import RMSNorm  # noqa: F401  (one RMSNorm for the book)
-from effsmall.runtime import warn_once
+from effsmall.runtime import tensor_cores_in_triton, warn_once
 
 
 class SwiGLU(nn.Module):
@@ -52,8 +52,13 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
 
 
 def attention_backend(device: torch.device | str) -> str:
-    """``"flash_triton"`` on CUDA when ``effsmall.attention.flash_attention`` exists, else ``"sdpa"``."""
-    if torch.device(device).type == "cuda":
+    """``"flash_triton"`` on CUDA GPUs where Triton has tensor-core ``tl.dot`` (compute capability
+    ≥ 8.0), else ``"sdpa"``: on a T4 (sm75) the Triton kernel would fall back to PyTorch's tiled
+    attention, far slower than SDPA for training (``$EFFSMALL_ASSUME_CC=7.5`` forces this path)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not tensor_cores_in_triton(device.index or 0):
+        return "sdpa"
+    if device.type == "cuda":
         try:
             from effsmall.attention import flash_attention  # noqa: F401
             return "flash_triton"

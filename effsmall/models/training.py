@@ -12,6 +12,8 @@ import torch.nn.functional as F
 def lm_loss(model: nn.Module, batch) -> torch.Tensor:
     """Next-token cross-entropy of ``batch = (x, y)``; targets equal to −100 are ignored (MQAR)."""
     x, y = batch
+    device = next(model.parameters()).device                              # batches live on the CPU
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     logits = model(x)                                                     # (b, l, vocab)
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
 
@@ -95,7 +97,7 @@ def train_cached(model: nn.Module, key: str, data: Iterable, steps: int, **train
 
     path = cache_dir() / f"{key}.pt"
     if path.exists():
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True, map_location="cpu")
         model.load_state_dict(saved["state"])
         model.eval()
         return {k: list(v) for k, v in saved["history"].items()}

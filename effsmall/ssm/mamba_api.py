@@ -72,7 +72,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise ValueError("A must be <= 0 (decay rates; the log decay is Δ·A)")
     delta = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h) fp32
     a = delta * A.to(delta.dtype)  # (b, l, h) log decays
-    if x.is_cuda and triton_device_ok(x) and not interpreting():
+    if x.is_cuda and x.dtype != torch.float64 and triton_device_ok(x) and not interpreting():
         from effsmall.ssm._ssd_checks import check_ssd_inputs
         from effsmall.ssm.ssd_triton import _SSDTriton
 

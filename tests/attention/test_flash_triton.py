@@ -13,6 +13,12 @@ from hypothesis import strategies as st
 
 import effsmall.attention.flash_triton as ft
 from effsmall.attention import flash_attention, naive_attention
+from effsmall.testing import on_device
+
+# The kernels run where the device policy says (compiled on a GPU, interpreted on a CPU); inputs
+# and references stay on the CPU, the wrapper moves tensors (differentiably) to and fro.
+flash_attention = on_device(flash_attention)
+flash_attention_forward = on_device(ft.flash_attention_forward)
 
 
 def _qkv(B, Hq, Hk, Nq, Nk, D, dtype=torch.float32, seed=0, scale=1.0):
@@ -124,7 +130,7 @@ def test_matches_torch_sdpa_in_float64_reference():
 
 def test_lse_is_returned_by_the_forward():
     q, k, v = _qkv(1, 1, 1, 18, 18, 16)
-    o, lse = ft.flash_attention_forward(q, k, v, causal=True)
+    o, lse = flash_attention_forward(q, k, v, causal=True)
     s = (q.double() @ k.double().transpose(-1, -2)) * 16 ** -0.5
     s = s.masked_fill(torch.ones(18, 18, dtype=torch.bool).triu(1), float("-inf"))
     assert (lse.double() - torch.logsumexp(s, -1)).abs().max().item() < 1e-5
@@ -132,7 +138,7 @@ def test_lse_is_returned_by_the_forward():
 
 def test_lse_of_a_row_that_sees_no_key_is_minus_inf():
     q, k, v = _qkv(1, 1, 1, 6, 3, 16)          # causal, bottom-right: rows 0..2 see no key
-    o, lse = ft.flash_attention_forward(q, k, v, causal=True)
+    o, lse = flash_attention_forward(q, k, v, causal=True)
     assert torch.equal(lse[0, 0, :3], torch.full((3,), float("-inf")))
     assert torch.isfinite(lse[0, 0, 3:]).all() and o[0, 0, :3].abs().max().item() == 0
 
@@ -199,7 +205,9 @@ def test_block_schedule_covers_exactly_the_visible_tiles(Nq, Nk, bm, bn, causal,
 
 
 def test_triton_intro_kernels():
-    from effsmall.attention.triton_intro import softmax_rows, vector_add
+    from effsmall.attention import triton_intro
+
+    softmax_rows, vector_add = on_device(triton_intro.softmax_rows), on_device(triton_intro.vector_add)
 
     x, y = torch.randn(3000), torch.randn(3000)
     assert torch.equal(vector_add(x, y), x + y)

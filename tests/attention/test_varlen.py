@@ -3,6 +3,9 @@ import pytest
 import torch
 
 from effsmall.attention import flash_attention, flash_attention_varlen
+from effsmall.testing import on_device
+
+flash_attention, flash_attention_varlen = on_device(flash_attention), on_device(flash_attention_varlen)
 
 
 def _packed(lens_q, lens_k, Hq=4, Hk=2, D=32, seed=0, dtype=torch.float32):

@@ -4,6 +4,7 @@ import torch
 
 from effsmall.ssm import Mamba2Block
 from effsmall.ssm.mamba2_block import GatedRMSNorm
+from effsmall.testing import on_device
 
 f64 = torch.float64
 
@@ -83,5 +84,5 @@ def test_triton_ssd_path_matches(monkeypatch):
     m = block(dtype=torch.float32)
     u = torch.randn(1, 9, 16)
     y_ref = m(u)
-    monkeypatch.setattr(mb, "_ssd_fn", lambda device, dtype: triton_mod.ssd_triton)
+    monkeypatch.setattr(mb, "_ssd_fn", lambda device, dtype: on_device(triton_mod.ssd_triton))
     torch.testing.assert_close(m(u), y_ref, rtol=1e-4, atol=1e-5)

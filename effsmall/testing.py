@@ -1,0 +1,54 @@
+"""Helpers for tests that run on every device: the same test checks the compiled kernel on a
+GPU and the interpreted one on a CPU.
+
+The device comes from :func:`effsmall.runtime.device_policy` (CUDA when visible, else the CPU
+with the Triton interpreter), so a test suite run with CUDA visible exercises the real
+kernels — never a silent CPU fallback.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from effsmall.runtime import device_policy
+
+__all__ = ["DEVICE", "on_device", "to_device"]
+
+DEVICE = device_policy().device
+
+
+def to_device(obj, device):
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device`` (differentiably)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _first_tensor(args, kwargs):
+    for x in (*args, *kwargs.values()):
+        if isinstance(x, torch.Tensor):
+            return x
+    return None
+
+
+def on_device(fn, device=None):
+    """``fn`` run on ``device`` (default :data:`DEVICE`): tensor arguments are moved there and
+    tensor results moved back to the device of the first tensor argument. The moves are
+    differentiable, so a test can build CPU inputs, call the kernel on the GPU and compare
+    gradients on the CPU. On a CPU-only machine this is ``fn`` itself."""
+    device = torch.device(device or DEVICE)
+    if device.type == "cpu":
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = _first_tensor(args, kwargs)
+        back = first.device if first is not None else torch.device("cpu")
+        out = fn(*to_device(args, device), **to_device(kwargs, device))
+        return to_device(out, back)
+    return wrapper
