@@ -131,8 +131,8 @@ def test_selective_scan_triton_compiled():
              B=r(b, n, l), C=r(b, n, l), D=r(d), z=r(b, d, l), delta_bias=r(d))
     y0, h0 = selective_scan_sequential(**x, delta_softplus=True)
     y1, h1 = selective_scan_triton(**x, delta_softplus=True)
-    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(h1, h0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y1, y0, rtol=1e-3, atol=5e-4)     # fp32, 1000 steps, other summation order
+    torch.testing.assert_close(h1, h0, rtol=1e-3, atol=5e-4)
 
 
 # -- the three LMs ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 
 from effsmall.models import (HybridLM, LMConfig, Mamba2LM, SequenceClassifier, TransformerLM, attention,
                              build_model, cache_bytes, model_stats)
+from effsmall.testing import on_device
 
 ARCHS = ["transformer", "mamba2", "hybrid"]
 
@@ -143,7 +144,7 @@ def test_flash_triton_path_equals_sdpa_path():
     q = torch.randn(1, 2, 7, 16)
     k, v = torch.randn(2, 1, 2, 11, 16).unbind(0)
     for causal in (False, True):
-        torch.testing.assert_close(attention(q, k, v, causal, backend="flash_triton"),
+        torch.testing.assert_close(on_device(attention)(q, k, v, causal, backend="flash_triton"),
                                    attention(q, k, v, causal, backend="sdpa"), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         attention(q, k, v, backend="cudnn")

@@ -123,6 +123,12 @@ def test_wide_head_dim_falls_back_to_torch_sums():
 
 @pytest.mark.parametrize("bad", ["float64", "bf16", "mixed", "positive", "groups"])
 def test_bad_inputs(bad):
+    from effsmall.runtime import interpreting
+
+    if bad in ("bf16", "positive") and not interpreting():
+        # compiled on a GPU, bf16 is a supported dtype, and the sign of A is not checked there
+        # (it would cost a device-to-host sync per call; see check_ssd_inputs's check_values)
+        pytest.skip("an interpreter-only restriction")
     X, A, B, C, _ = ssd_inputs(l=5, dtype=torch.float32)
     if bad == "float64":
         X, B, C = X.double(), B.double(), C.double()
