@@ -18,7 +18,7 @@ _DTYPES = {2: torch.float16, 4: torch.float32}
 
 
 def tile_trace(N: int, D: int, block_m: int, block_n: int, order: str = "fa2", causal: bool = False,
-               dtype_bytes: int = 2) -> list[dict]:
+               dtype_bytes: int = 2, window=None) -> list[dict]:
     """Run tiled attention on random data and split its HBM log into steps, one per tile.
 
     Step ``s`` has ``i, j`` (the tile), ``reads``/``writes`` (names of blocks moved in that
@@ -29,7 +29,8 @@ def tile_trace(N: int, D: int, block_m: int, block_n: int, order: str = "fa2", c
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, N, D, generator=g).to(_DTYPES[dtype_bytes]) for _ in range(3))
     counter = HBMCounter()
-    tiled_attention(q, k, v, causal=causal, block_m=block_m, block_n=block_n, order=order, counter=counter)
+    tiled_attention(q, k, v, causal=causal, block_m=block_m, block_n=block_n, order=order, window=window,
+                    counter=counter)
     row_bytes = {"Q": D * dtype_bytes, "K": D * dtype_bytes, "V": D * dtype_bytes, "O": D * dtype_bytes,
                  "l": 4, "m": 4, "lse": 4}
     steps, pending, total = [], {"reads": [], "writes": []}, 0
