@@ -31,7 +31,7 @@ function build(spec) {
     P: slider({name: "P", label: "head dim P", min: 16, max: 128, step: 16, value: d.P}, () => update()),
     H: slider({name: "H", label: "heads H", min: 1, max: 64, value: d.H}, () => update()),
   };
-  const matrix = svg("svg", {"data-role": "matrix", class: "es-svg", viewBox: "0 0 300 300", style: "width:300px"});
+  const matrix = svg("svg", {"data-role": "matrix", class: "es-svg", viewBox: "0 0 300 300", style: "width:270px"});
   const chart = svg("svg", {"data-role": "chart", class: "es-svg", viewBox: "0 0 360 220", style: "width:360px"});
   const info = h("div", {class: "es-info"},
     h("div", {}, output("chunks"), " chunks; off-diagonal blocks have rank ≤ ", output("rank")),
