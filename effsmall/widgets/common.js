@@ -92,6 +92,9 @@ function mount(el, build) {
     const live = build();
     el.querySelector(".es-fallback")?.remove();
     el.append(live);
+    // keys pressed in the explorer (arrows on a slider, digits in a box) are for it, not for the
+    // notebook around it (JupyterLab's notebook takes arrow keys to move between cells)
+    el.addEventListener("keydown", (e) => e.stopPropagation());
     el.dataset.ready = "1";
   } catch (err) {
     el.append(h("p", {class: "es-error", "data-out": "error"}, `explorer failed: ${err}`));

@@ -49,7 +49,7 @@ def _source(name: str) -> str:
     return resources.files("effsmall.widgets").joinpath(name).read_text(encoding="utf-8")
 
 
-def png_of(fig, dpi: int = 60) -> bytes:
+def png_of(fig, dpi: int = 80) -> bytes:
     """A matplotlib figure as PNG bytes (closed afterwards), for the static fallback."""
     import matplotlib.pyplot as plt
 
@@ -77,8 +77,11 @@ class Explorer:
         if self.fallback_png:
             b64 = base64.b64encode(self.fallback_png).decode("ascii")
             fallback = (f'<div class="es-fallback"><img src="data:image/png;base64,{b64}" alt="{html.escape(self.alt)}">'
-                        "<div><em>A static picture: with JavaScript enabled this is an interactive explorer.</em></div></div>")
-        return (f'<style>{_CSS}</style>\n<div class="effsmall-explorer" id="{self.id}" data-explorer="{self.kind}">'
+                        "<div><em>A static picture. The interactive explorer appears where this page runs JavaScript: "
+                        "the online book, or a notebook in which this cell has been run.</em></div></div>")
+        return (f'<style>{_CSS}</style>\n<div class="effsmall-explorer" id="{self.id}" data-explorer="{self.kind}" '
+                # keys typed into the controls (arrows on a slider) are not notebook shortcuts in JupyterLab
+                'data-lm-suppress-shortcuts="true" data-p-suppress-shortcuts="true">'
                 f"{fallback}</div>\n<script>\n(function () {{\n{code}\nrender(document.getElementById("
                 f'"{self.id}"), {spec});\n}})();\n</script>')
 
