@@ -66,7 +66,10 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1100,1400", "--hide-scrollbars"):
+                "--window-size=1100,1400", "--hide-scrollbars",
+                # offline like CI, whatever the machine: every host but localhost fails to resolve, so
+                # the explorers are shown to need nothing from a CDN (MathJax, fonts) to work
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         opts.add_argument(arg)
     opts.binary_location = _find("CHROME_BIN", ["chromium", "chromium-browser", "google-chrome"])
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
