@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from effsmall.attention.io_complexity import default_blocks
 from effsmall.attention.tiled import HBMCounter, kv_block_range, tiled_attention
 
 _DTYPES = {2: torch.float16, 4: torch.float32}
