@@ -1,7 +1,8 @@
 # effsmall: two commands on a fresh machine.
 #   make test   set up .venv, run the package tests and every chapter under nbval
 #   make book   set up .venv, build the HTML book from the stored notebook outputs
-# Also: make lab, make execute NB=chapters/01_why_efficiency.ipynb, make bench SUITE=ceilings
+# Also: make lab, make execute NB=chapters/01_why_efficiency.ipynb, make bench SUITE=ceilings,
+#   make check-widgets (after make book: the book's explorers driven in headless Chromium)
 SHELL   := /bin/bash
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -10,7 +11,7 @@ STAMP   := $(VENV)/.effsmall-installed
 JOBS    ?= 2
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: setup test test-package test-chapters book lab execute bench clean sync-install
+.PHONY: setup test test-package test-chapters book check-widgets lab execute bench clean sync-install
 
 setup: $(STAMP)
 
@@ -32,6 +33,12 @@ test-chapters: setup
 book: setup
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --nitpick --keep-going --quiet
 	@echo "$(CURDIR)/_build/html/index.html"
+
+# The explorers in the built book, served on localhost with no kernel, driven by selenium in
+# headless Chromium (Debian: apt-get install chromium chromium-driver).
+check-widgets: setup
+	@test -f _build/html/index.html || (echo "no built book: run make book first" && exit 2)
+	EFFSMALL_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters

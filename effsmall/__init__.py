@@ -7,6 +7,7 @@ as faster versions proven equal to it by the tests:
 - ``effsmall.costs``     FLOPs and bytes moved by the layers of a sequence model (chapter 1)
 - ``effsmall.modelcards`` real small-model configurations as data (Phi-3, TinyLlama, ...)
 - ``effsmall.bench``     the benchmark harness: ``python -m effsmall.bench <suite>``
+- ``effsmall.widgets``   the book's explorers, which run in the reader's browser (chapters 2, 5, 11)
 - ``effsmall.attention``, ``effsmall.ssm``, ``effsmall.offload``, ``effsmall.models``, ... the ladders
 
 Triton kernels run on a CUDA GPU, or on the CPU under the Triton interpreter. Importing

@@ -212,29 +212,13 @@ def plot_hierarchy(specs=None, ax=None):
     return ax
 
 
-def roofline_explorer():
-    """ipywidgets control: pick device, dtype and operation size and watch the points move."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
+def roofline_explorer(device: str = "H100 SXM", dtype: str = "fp16", size: int = 4096, op: str = "matmul"):
+    """The roofline explorer: pick a device, dtype and kernel (or type FLOPs and bytes) and watch
+    its point move on the roofline. Runs in the browser (no kernel needed, so it also works in the
+    online book); see :func:`effsmall.widgets.roofline_explorer`."""
+    from effsmall.widgets import roofline_explorer as explorer
 
-    dev = widgets.Dropdown(options=list(DEVICES), value="H100 SXM", description="device")
-    dt = widgets.Dropdown(options=["fp16", "fp32"], value="fp16", description="dtype")
-    log2n = widgets.IntSlider(value=12, min=6, max=16, description="log2 size")
-    out = widgets.Output()
-
-    def redraw(*_):
-        spec = get_device(dev.value)
-        dt.options = [k for k in ("fp16", "bf16", "fp32", "int8") if k in spec.peak_flops]
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            plot_roofline(spec, dt.value if dt.value in spec.peak_flops else "fp32", 2**log2n.value, ax=ax)
-            plt.show()
-
-    for w in (dev, dt, log2n):
-        w.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([dev, dt, log2n]), out])
+    return explorer(device, dtype, size, op)
 
 
 # ---------------------------------------------------------------- measurement

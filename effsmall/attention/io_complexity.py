@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from effsmall.attention.naive import Window
 from effsmall.attention.tiled import kv_block_range
 
 STAT_BYTES = 4  # m, l, lse are float32
@@ -38,14 +39,16 @@ def _sizes(n: int, b: int) -> torch.Tensor:
 
 
 def io_traffic(N: int, D: int, M: int, *, algorithm: str = "standard", block_m: int | None = None,
-               block_n: int | None = None, dtype_bytes: int = 2, causal: bool = False) -> dict:
+               block_n: int | None = None, dtype_bytes: int = 2, causal: bool = False,
+               window: Window = None) -> dict:
     """HBM bytes read and written by one attention head of length N and head dim D.
 
     ``algorithm``: ``"standard"`` (S and P written to and read back from HBM), ``"fa1"`` (outer
     loop over K/V blocks, O/l/m re-read and re-written per tile) or ``"fa2"`` (outer loop over
     Q blocks). ``M`` is the SRAM size in bytes; block sizes default to Algorithm 1's. With
     ``causal``, tiles hidden by the mask are skipped (the standard algorithm still writes all
-    of S and P). Returns ``{"algorithm", "N", "D", "M", "block_m", "block_n", "reads",
+    of S and P); ``window=(left, right)`` skips the tiles a sliding window hides, as
+    :func:`~effsmall.attention.tiled.tiled_attention` does. Returns ``{"algorithm", "N", "D", "M", "block_m", "block_n", "reads",
     "writes", "total", "terms"}``, ``terms`` mapping e.g. ``"read Q"`` to bytes.
     """
     for name, val in (("N", N), ("D", D), ("M", M), ("dtype_bytes", dtype_bytes)):
@@ -66,7 +69,7 @@ def io_traffic(N: int, D: int, M: int, *, algorithm: str = "standard", block_m: 
     else:
         r = _sizes(N, block_m)  # (Tr,) rows per Q block
         c = _sizes(N, block_n)  # (Tc,) rows per K/V block
-        jlo, jhi = kv_block_range(N, N, block_m, block_n, causal)
+        jlo, jhi = kv_block_range(N, N, block_m, block_n, causal, window)
         n_vis = (jhi - jlo + 1).clamp(min=0)  # (Tr,) tiles visited per Q block
         csum = torch.cat([torch.zeros(1, dtype=torch.int64), c.cumsum(0)])  # (Tc + 1,)
         if algorithm == "fa2":

@@ -11,14 +11,13 @@ import math
 
 import torch
 
-from effsmall.attention.io_complexity import default_blocks
 from effsmall.attention.tiled import HBMCounter, kv_block_range, tiled_attention
 
 _DTYPES = {2: torch.float16, 4: torch.float32}
 
 
 def tile_trace(N: int, D: int, block_m: int, block_n: int, order: str = "fa2", causal: bool = False,
-               dtype_bytes: int = 2) -> list[dict]:
+               dtype_bytes: int = 2, window=None) -> list[dict]:
     """Run tiled attention on random data and split its HBM log into steps, one per tile.
 
     Step ``s`` has ``i, j`` (the tile), ``reads``/``writes`` (names of blocks moved in that
@@ -29,7 +28,8 @@ def tile_trace(N: int, D: int, block_m: int, block_n: int, order: str = "fa2", c
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, N, D, generator=g).to(_DTYPES[dtype_bytes]) for _ in range(3))
     counter = HBMCounter()
-    tiled_attention(q, k, v, causal=causal, block_m=block_m, block_n=block_n, order=order, counter=counter)
+    tiled_attention(q, k, v, causal=causal, block_m=block_m, block_n=block_n, order=order, window=window,
+                    counter=counter)
     row_bytes = {"Q": D * dtype_bytes, "K": D * dtype_bytes, "V": D * dtype_bytes, "O": D * dtype_bytes,
                  "l": 4, "m": 4, "lse": 4}
     steps, pending, total = [], {"reads": [], "writes": []}, 0
@@ -52,12 +52,12 @@ def tile_trace(N: int, D: int, block_m: int, block_n: int, order: str = "fa2", c
 
 
 def draw_step(ax, steps: list[dict], s: int, N: int, block_m: int, block_n: int, causal: bool,
-              title: str = "") -> None:
+              title: str = "", window=None) -> None:
     """Draw the tile grid after step ``s``: done tiles, the current tile, blocks on chip."""
     from matplotlib.patches import Rectangle
 
     Tr, Tc = math.ceil(N / block_m), math.ceil(N / block_n)
-    jlo, jhi = kv_block_range(N, N, block_m, block_n, causal)
+    jlo, jhi = kv_block_range(N, N, block_m, block_n, causal, window)
     ax.clear()
     ax.set_xlim(-2.2, Tc + 2.2)
     ax.set_ylim(Tr + 0.3, -3.4)
@@ -119,34 +119,13 @@ def animate_tiles(N: int = 64, D: int = 16, block_m: int = 16, block_n: int = 16
     return anim
 
 
-def explorer():
-    """ipywidgets explorer: N, D, SRAM size, block sizes (0 = Algorithm 1's choice), loop order,
-    causal, and the step; draws the tile grid and the running HBM byte count."""
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
+def explorer(**start):
+    """The tiling explorer: N, D, SRAM size, block sizes (0 = Algorithm 1's choice), loop order,
+    causal mask and window; play / step through the tiles with the running HBM byte count.
 
-    def show(N, D, sram_kb, block_m, block_n, order, causal, progress):
-        bm, bn = default_blocks(N, D, int(sram_kb * 1024), 2)
-        bm, bn = block_m or bm, block_n or bn
-        steps = tile_trace(N, D, bm, bn, order, causal)
-        s = min(len(steps) - 1, int(progress * len(steps)))
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [1.3, 1]})
-        draw_step(ax, steps, s, N, bm, bn, causal, title=f"{order}, B_r={bm}, B_c={bn}: ")
-        for o, style in (("fa1", "C0-"), ("fa2", "C1-")):
-            tr = steps if o == order else tile_trace(N, D, bm, bn, o, causal)
-            ax2.plot(range(1, len(tr) + 1), [t["bytes"] for t in tr], style, label=o)
-        ax2.axvline(s + 1, color="k", lw=0.8)
-        ax2.set_xlabel("tile step")
-        ax2.set_ylabel("HBM bytes so far")
-        ax2.legend()
-        fig.text(0.5, 0.0, _LEGEND, ha="center", fontsize=7)
-        plt.show()
+    It runs in the browser (no kernel needed, so it also works in the online book); keyword
+    arguments set where the controls start, see :func:`effsmall.widgets.tiling_explorer`.
+    """
+    from effsmall.widgets import tiling_explorer
 
-    return w.interact(
-        show,
-        N=w.IntSlider(value=128, min=16, max=1024, step=16), D=w.IntSlider(value=32, min=16, max=128, step=16),
-        sram_kb=w.FloatLogSlider(value=16, base=2, min=2, max=8, step=1, description="SRAM KB"),
-        block_m=w.IntSlider(value=0, min=0, max=256, step=8, description="B_r (0=auto)"),
-        block_n=w.IntSlider(value=0, min=0, max=256, step=8, description="B_c (0=auto)"),
-        order=w.ToggleButtons(options=["fa1", "fa2"], value="fa2"), causal=w.Checkbox(value=True),
-        progress=w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="step"))
+    return tiling_explorer(**start)

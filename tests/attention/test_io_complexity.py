@@ -22,6 +22,19 @@ def test_formula_equals_counted_bytes(N, D, bm, bn, causal, order):
     assert (f["reads"], f["writes"], f["total"]) == (c.reads, c.writes, c.total)
 
 
+@pytest.mark.parametrize("N,bm,bn", [(64, 16, 16), (50, 8, 12), (33, 16, 4)])
+@pytest.mark.parametrize("window", [(0, 0), (5, None), (20, 3), (None, 7), (9, -1)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("order", ["fa1", "fa2"])
+def test_formula_equals_counted_bytes_with_window(N, bm, bn, window, causal, order):
+    q = torch.randn(1, 1, N, 8, dtype=torch.float16)
+    c = HBMCounter()
+    tiled_attention(q, q, q, causal=causal, block_m=bm, block_n=bn, order=order, window=window, counter=c)
+    f = io_traffic(N, 8, 4096, algorithm=order, block_m=bm, block_n=bn, causal=causal, window=window)
+    assert f["terms"] == c.bytes
+    assert f["total"] == c.total
+
+
 def test_standard():
     f = io_traffic(1024, 64, 10 ** 5, algorithm="standard", dtype_bytes=2)
     assert f["total"] == 2 * (4 * 1024 * 64 + 4 * 1024 ** 2)
