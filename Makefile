@@ -1,6 +1,7 @@
 # effsmall: two commands on a fresh machine.
 #   make test   set up .venv, run the package tests and every chapter under nbval
 #   make book   set up .venv, build the HTML book from the stored notebook outputs
+#   make check-book   read the built book and fail on what a reader would trip over
 # Also: make lab, make execute NB=chapters/01_why_efficiency.ipynb, make bench SUITE=ceilings
 SHELL   := /bin/bash
 PYTHON  ?= python3
@@ -10,7 +11,7 @@ STAMP   := $(VENV)/.effsmall-installed
 JOBS    ?= 2
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: setup test test-package test-chapters book lab execute bench clean
+.PHONY: setup test test-package test-chapters book check-book lab execute bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +33,11 @@ test-chapters: setup
 book: setup
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --nitpick --keep-going --quiet
 	@echo "$(CURDIR)/_build/html/index.html"
+
+# Read the built book like a reader: no tracebacks/warnings in outputs, no raw TeX, no missing
+# images or broken links, no figure wider than the text column, no project-log wording.
+check-book: setup
+	$(PY) tools/check_book.py _build/html
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters
