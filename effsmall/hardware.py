@@ -114,7 +114,7 @@ DEVICES: dict[str, DeviceSpec] = {d.name: d for d in [
          notes="Triton >= 3.3 has no tensor-core tl.dot below compute capability 8.0: FMA only.",
          host=(13 * GB, "the Colab VM's RAM (≈ 12.7 GB), over PCIe"),
          disk=MemoryLevel("disk (network)", 100 * GB, 0.2 * GB, 1_000_000,
-                          "the VM's network-attached disk: order of magnitude only, measure yours")),
+                          "the VM's network disk (order of magnitude)")),
     DeviceSpec("Laptop CPU (M1 Max class)", "cpu",
                {"fp64": 0.4e12, "fp32": 0.8e12, "fp16": 1.6e12, "bf16": 1.6e12},
                (MemoryLevel("registers", 8 * 32 * 16, 10 * TB, 0.3, "≈ 32 vector registers × 8 P-cores"),
