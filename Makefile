@@ -1,6 +1,7 @@
 # effsmall: two commands on a fresh machine.
 #   make test   set up .venv, run the package tests and every chapter under nbval
 #   make book   set up .venv, build the HTML book from the stored notebook outputs
+#   make check-book   read the built book and fail on what a reader would trip over
 # Also: make lab, make execute NB=chapters/01_why_efficiency.ipynb, make bench SUITE=ceilings,
 #   make check-widgets (after make book: the book's explorers driven in headless Chromium)
 SHELL   := /bin/bash
@@ -11,7 +12,7 @@ STAMP   := $(VENV)/.effsmall-installed
 JOBS    ?= 2
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
-.PHONY: setup test test-package test-chapters book check-widgets lab execute bench clean sync-install
+.PHONY: setup test test-package test-chapters book check-book check-widgets lab execute bench clean sync-install
 
 setup: $(STAMP)
 
@@ -39,6 +40,11 @@ book: setup
 check-widgets: setup
 	@test -f _build/html/index.html || (echo "no built book: run make book first" && exit 2)
 	EFFSMALL_BROWSER=1 $(PY) -m pytest -q -p no:cacheprovider tests/browser
+
+# Read the built book like a reader: no tracebacks/warnings in outputs, no raw TeX, no missing
+# images or broken links, no figure wider than the text column, no project-log wording.
+check-book: setup
+	$(PY) tools/check_book.py _build/html
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters

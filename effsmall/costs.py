@@ -96,8 +96,11 @@ def ssd_layer(n: int, d_model: int, *, head_dim: int = 64, d_state: int = 128, e
     """A Mamba-2 (SSD) layer: projections plus the chunked scan, linear in ``n``.
 
     Inner width e·d split into H = e·d / P heads. Per head and chunk of Q tokens the chunked
-    algorithm does C·Bᵀ (2Q²N), (L∘CBᵀ)·X (2Q²P), chunk state Bᵀ X (2QNP) and the state's output
-    C·h (2QNP): ≈ 2·n·(Q·(N+P) + 2·N·P) FLOPs per head. Bytes: X read, Y written, B and C read.
+    algorithm does C·Bᵀ and (L∘CBᵀ)·X on the causal half of the Q×Q diagonal block
+    (Q²N + Q²P), the chunk state Bᵀ X (2QNP) and the state's output C·h (2QNP):
+    ≈ n·(Q·(N+P) + 4·N·P) FLOPs per head — the count of ``effsmall.ssm.ssd_chunked_cost``
+    (chapter 11), and the same causal halving as ``attention(causal=True)``.
+    Bytes: X read, Y written, B and C read.
     """
     d_inner = expand * d_model
     heads = d_inner // head_dim
@@ -105,21 +108,25 @@ def ssd_layer(n: int, d_model: int, *, head_dim: int = 64, d_state: int = 128, e
     q = min(chunk, n)
     d_in_proj = 2 * d_inner + 2 * groups * d_state + heads  # z, x, B, C, dt
     proj = matmul(tokens, d_in_proj, d_model, dtype_bytes) + matmul(tokens, d_model, d_inner, dtype_bytes)
-    scan_flops = tokens * heads * 2 * (q * (d_state + head_dim) + 2 * d_state * head_dim)
+    scan_flops = tokens * heads * (q * (d_state + head_dim) + 4 * d_state * head_dim)
     scan_bytes = tokens * (2 * d_inner + 2 * groups * d_state + heads) * dtype_bytes
     return proj + Cost(scan_flops, scan_bytes)
 
 
 def layer_costs(ns, d_model: int = 768, heads: int = 12, *, d_state: int = 128, dtype_bytes: int = 2,
-                batch: int = 1) -> list[dict]:
-    """Rows of FLOPs, bytes and extra memory for attention (naive and fused), MLP and SSD layers."""
+                batch: int = 1, gated_mlp: bool = True) -> list[dict]:
+    """Rows of FLOPs, bytes and extra memory for attention (naive and fused), MLP and SSD layers.
+
+    ``gated_mlp=False`` counts a GPT-2-style MLP (one up projection, 16·d² FLOPs per token with
+    d_ff = 4d); the default counts a gated (SwiGLU) MLP with a gate and an up projection (24·d²).
+    """
     rows = []
     for n in ns:
         for name, cost in (
             ("attention (naive)", attention_layer(n, d_model, heads, batch=batch, dtype_bytes=dtype_bytes)),
             ("attention (fused)", attention_layer(n, d_model, heads, batch=batch, fused=True,
                                                   dtype_bytes=dtype_bytes)),
-            ("MLP", mlp_layer(n, d_model, batch=batch, dtype_bytes=dtype_bytes)),
+            ("MLP", mlp_layer(n, d_model, batch=batch, gated=gated_mlp, dtype_bytes=dtype_bytes)),
             ("SSD (Mamba-2)", ssd_layer(n, d_model, d_state=d_state, batch=batch, dtype_bytes=dtype_bytes)),
         ):
             rows.append(dict(N=n, layer=name, flops=cost.flops, bytes=cost.bytes,

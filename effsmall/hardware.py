@@ -71,16 +71,22 @@ class DeviceSpec:
         return self.peak(dtype) / self.main_memory.bandwidth_Bps
 
 
+# A data-centre host: a server's DRAM behind PCIe and a local NVMe SSD.
+_SERVER_HOST = (512 * GB, "over PCIe, one direction")
+_SERVER_DISK = MemoryLevel("flash (NVMe)", 4 * TB, 7 * GB, 80_000, "a local PCIe 4 NVMe SSD, sequential reads")
+
+
 def _gpu(name, peaks, sms, reg_per_sm, smem_per_sm, smem_bw, l2, l2_bw, hbm_name, hbm, hbm_bw, hbm_lat,
-         host_bw, sources, notes=""):
+         host_bw, sources, notes="", host=_SERVER_HOST, disk=_SERVER_DISK):
+    host_bytes, host_note = host
     return DeviceSpec(name, "gpu", peaks, (
         MemoryLevel("registers", sms * reg_per_sm, 8 * smem_bw, 0.5, f"{reg_per_sm // KiB} KiB per SM × {sms} SMs"),
         MemoryLevel("SRAM (shared/L1)", sms * smem_per_sm, smem_bw, 20,
                     f"{smem_per_sm // KiB} KiB per SM × {sms} SMs"),
         MemoryLevel("L2", l2, l2_bw, 150),
         MemoryLevel(hbm_name, hbm, hbm_bw, hbm_lat),
-        MemoryLevel("host DRAM (PCIe)", 512 * GB, host_bw, 2000, "over PCIe, one direction"),
-        MemoryLevel("flash (NVMe)", 4 * TB, 7 * GB, 80_000, "a local PCIe 4 NVMe SSD, sequential reads"),
+        MemoryLevel("host DRAM (PCIe)", host_bytes, host_bw, 2000, host_note),
+        disk,
     ), tuple(sources), notes)
 
 
@@ -103,8 +109,12 @@ DEVICES: dict[str, DeviceSpec] = {d.name: d for d in [
     _gpu("T4 (Colab)", {"fp32": 8.1e12, "fp16": 65e12, "int8": 130e12},
          sms=40, reg_per_sm=256 * KiB, smem_per_sm=64 * KiB, smem_bw=4 * TB, l2=4 * MB, l2_bw=1.2 * TB,
          hbm_name="GDDR6", hbm=16 * GB, hbm_bw=320 * GB, hbm_lat=600, host_bw=16 * GB,
-         sources=["NVIDIA T4 datasheet (Turing, sm75: no bf16, 64 KB shared memory per block)"],
-         notes="Triton >= 3.3 has no tensor-core tl.dot below compute capability 8.0: FMA only."),
+         sources=["NVIDIA T4 datasheet (Turing, sm75: no bf16, 64 KB shared memory per block)",
+                  "Colab's free runtime: a VM with about 12.7 GB of RAM and a network-attached disk"],
+         notes="Triton >= 3.3 has no tensor-core tl.dot below compute capability 8.0: FMA only.",
+         host=(13 * GB, "the Colab VM's RAM (≈ 12.7 GB), over PCIe"),
+         disk=MemoryLevel("disk (network)", 100 * GB, 0.2 * GB, 1_000_000,
+                          "the VM's network disk (order of magnitude)")),
     DeviceSpec("Laptop CPU (M1 Max class)", "cpu",
                {"fp64": 0.4e12, "fp32": 0.8e12, "fp16": 1.6e12, "bf16": 1.6e12},
                (MemoryLevel("registers", 8 * 32 * 16, 10 * TB, 0.3, "≈ 32 vector registers × 8 P-cores"),
@@ -163,11 +173,12 @@ DTYPE_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, 
 
 
 def plot_roofline(spec: DeviceSpec, dtype: str = "fp16", size: int = 4096, ax=None, ops=None,
-                  measured: dict | None = None):
+                  measured: dict | None = None, legend: bool = True):
     """Draw the roofline of ``spec`` for ``dtype`` with the chapter's operations placed on it.
 
     ``measured`` (a ceilings record from :func:`measure_ceilings` or the bench results) adds
-    the measured roof as a dashed line.
+    the measured roof as a dashed line. ``legend=False`` leaves the legend to the caller (one
+    legend for several panels: the labels then omit the panel-specific intensities).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -176,19 +187,21 @@ def plot_roofline(spec: DeviceSpec, dtype: str = "fp16", size: int = 4096, ax=No
     peak, bw = spec.peak(dtype), spec.main_memory.bandwidth_Bps
     ops = ops or roofline_ops(size, dtype_bytes=DTYPE_BYTES[dtype])
     x = np.logspace(-2, 4, 200)
-    ax.loglog(x, np.minimum(peak, x * bw) / 1e12, "k-", label=f"{spec.name} {dtype} (datasheet)")
+    ax.loglog(x, np.minimum(peak, x * bw) / 1e12, "k-", label="datasheet roof")
     if measured:
         mpeak, mbw = measured.get("peak_flops"), measured.get("copy_bandwidth_Bps")
         if mpeak and mbw:
-            ax.loglog(x, np.minimum(mpeak, x * mbw) / 1e12, "k--", alpha=0.6, label="measured ceilings")
-    for name, c in ops.items():
+            ax.loglog(x, np.minimum(mpeak, x * mbw) / 1e12, "k--", alpha=0.6, label="measured roof")
+    for k, (name, c) in enumerate(ops.items()):
         y = roofline(c.intensity, peak, bw) / 1e12
-        ax.plot(c.intensity, y, "o", ms=8, label=f"{name} (I={c.intensity:.3g})")
+        ax.plot(c.intensity, y, "o", ms=7, color=f"C{k}",
+                label=f"{name} (I={c.intensity:.3g})" if legend else name)
     ax.axvline(spec.ridge_point(dtype), color="gray", lw=0.8, ls=":")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of main memory)")
     ax.set_ylabel("attainable TFLOP/s")
     ax.set_title(f"Roofline: {spec.name}, {dtype}, size {size}")
-    ax.legend(fontsize=7, loc="lower right")
+    if legend:
+        ax.legend(fontsize=8, loc="lower right")
     return ax
 
 
@@ -196,19 +209,28 @@ def plot_hierarchy(specs=None, ax=None):
     """Each device's memory levels drawn to scale: log capacity against log bandwidth."""
     import matplotlib.pyplot as plt
 
+    import math
+
     specs = specs or list(DEVICES.values())
-    ax = ax or plt.subplots(figsize=(7, 5))[1]
+    ax = ax or plt.subplots(figsize=(7.5, 4.8))[1]
+    placed = []  # (log10 capacity, log10 bandwidth) of the labels drawn so far
     for spec in specs:
         caps = [lv.capacity_bytes for lv in spec.levels]
         bws = [lv.bandwidth_Bps for lv in spec.levels]
         ax.loglog(caps, bws, "o-", label=spec.name)
         for lv in spec.levels:
-            ax.annotate(lv.name.split(" ")[0], (lv.capacity_bytes, lv.bandwidth_Bps), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            # One label per neighbourhood: the same level of several devices sits close
+            # together, and one name is enough for the cluster (the markers stay).
+            pos = (math.log10(lv.capacity_bytes), math.log10(lv.bandwidth_Bps))
+            if any(abs(pos[0] - x) < 1.0 and abs(pos[1] - y) < 0.35 for x, y in placed):
+                continue
+            placed.append(pos)
+            ax.annotate(lv.name.split(" ")[0], (lv.capacity_bytes, lv.bandwidth_Bps), fontsize=8,
+                        xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("capacity (bytes)")
     ax.set_ylabel("bandwidth (bytes/s)")
-    ax.set_title("Memory hierarchies: every step down is bigger and slower")
-    ax.legend(fontsize=7)
+    ax.set_title("Memory hierarchies: every step down is bigger and slower", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     return ax
 
 

@@ -17,6 +17,8 @@ def test_spec_sanity(name):
     lats = [lv.latency_ns for lv in spec.levels]
     # down the hierarchy: bigger, slower, farther. Registers are the exception on GPUs: an SM's
     # register file (256 KiB) is larger than its shared memory, and a T4's registers outsize its L2.
+    # The host's DRAM is off to the side of a GPU's hierarchy: a Colab VM has 13 GB next to a 16 GB T4.
+    caps = [lv.capacity_bytes for lv in spec.levels if lv.name != "host DRAM (PCIe)"]
     assert caps[1:] == sorted(caps[1:]), f"{name}: capacities must grow down the hierarchy"
     assert bws == sorted(bws, reverse=True), f"{name}: bandwidths must shrink down the hierarchy"
     assert lats == sorted(lats), f"{name}: latencies must grow down the hierarchy"
@@ -110,3 +112,24 @@ def test_modelcards_param_counts():
     with pytest.raises(ValueError, match="unknown model card"):
         get_card("GPT-17")
     assert math.isclose(get_card("Phi-3-mini-4k").weight_bytes(4), get_card("Phi-3-mini-4k").param_count() / 2)
+
+
+def test_one_count_for_the_ssd_layer_and_the_chunked_algorithm():
+    # chapter 1's costs.ssd_layer and chapter 11's ssd_chunked_cost count the same scan FLOPs
+    # (causal half of each Q×Q diagonal block, chunk states, state to output)
+    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+    n, d, P, N, Q = 4096, 256, 64, 128, 256
+    heads = 2 * d // P
+    proj = costs.matmul(n, 2 * 2 * d + 2 * N + heads, d) + costs.matmul(n, d, 2 * d)
+    scan = costs.ssd_layer(n, d, head_dim=P, d_state=N, chunk=Q).flops - proj.flops
+    c = ssd_chunked_cost(1, n, heads, P, N, Q)
+    passing = heads * (n // Q) * 2 * P * N
+    assert scan == c["flops"] - passing
+
+
+def test_layer_costs_mlp_gating():
+    gated = {r["layer"]: r["flops"] for r in costs.layer_costs([1024], d_model=256, heads=4)}
+    plain = {r["layer"]: r["flops"] for r in costs.layer_costs([1024], d_model=256, heads=4, gated_mlp=False)}
+    assert gated["MLP"] == costs.mlp_layer(1024, 256).flops
+    assert plain["MLP"] == costs.mlp_layer(1024, 256, gated=False).flops < gated["MLP"]
+    assert gated["attention (fused)"] == plain["attention (fused)"]

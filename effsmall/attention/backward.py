@@ -2,10 +2,10 @@
 
 With $S = \\tau QK^\\top$, $P = \\softmax(S)$, $O = PV$ and upstream gradient $dO$:
 
-$$ dV = P^\\top dO,\\quad dP = dO\\, V^\\top,\\quad dS = P \\circ (dP - D),\\quad
+$$ dV = P^\\top dO,\\quad dP = dO\\, V^\\top,\\quad dS = P \\circ (dP - \\Delta),\\quad
    dQ = \\tau\\, dS\\, K,\\quad dK = \\tau\\, dS^\\top Q $$
 
-where $D_i = \\rowsum(dO \\circ O)_i = \\sum_j P_{ij} dP_{ij}$ is the softmax Jacobian's
+where $\\Delta_i = \\rowsum(dO \\circ O)_i = \\sum_j P_{ij} dP_{ij}$ is the softmax Jacobian's
 correction term (Dao et al. 2022, Appendix B.2; FlashAttention-2 §3.1.2). The forward pass
 kept only $\\lse_i = m_i + \\log \\ell_i$, enough to rebuild any tile exactly:
 $P_{ij} = e^{S_{ij} - \\lse_i}$. So no $N \\times N$ matrix is stored — memory stays O(N·D).
@@ -53,7 +53,7 @@ def tiled_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ct = compute_dtype(q.dtype)
     k_r = repeat_kv(k, rep)  # (B, Hq, Nk, D)
     v_r = repeat_kv(v, rep)  # (B, Hq, Nk, D)
-    Dvec = (do.to(ct) * o.to(ct)).sum(-1, keepdim=True)  # (B, Hq, Nq, 1) D_i = rowsum(dO ∘ O)
+    delta = (do.to(ct) * o.to(ct)).sum(-1, keepdim=True)  # (B, Hq, Nq, 1) Δ_i = rowsum(dO ∘ O)
     lse_c = lse.to(ct)[..., None]  # (B, Hq, Nq, 1)
     lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.full_like(lse_c, float("inf")))  # no key: P = 0
     dq = torch.zeros(B, Hq, Nq, D, dtype=ct, device=q.device)  # (B, Hq, Nq, D) accumulated in HBM
@@ -73,7 +73,7 @@ def tiled_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             P = torch.exp(S - lse_c[:, :, r0:r1])  # (B, Hq, br, bc) recomputed probabilities
             dv_j += P.transpose(-1, -2) @ do_i  # (B, Hq, bc, D)
             dP = do_i @ v_j.transpose(-1, -2)  # (B, Hq, br, bc)
-            dS = P * (dP - Dvec[:, :, r0:r1])  # (B, Hq, br, bc)
+            dS = P * (dP - delta[:, :, r0:r1])  # (B, Hq, br, bc)
             dq[:, :, r0:r1] += scale * (dS @ k_j)  # (B, Hq, br, D)
             dk_j += scale * (dS.transpose(-1, -2) @ q_i)  # (B, Hq, bc, D)
         dk[:, :, c0:c1] = dk_j

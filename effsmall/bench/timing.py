@@ -119,8 +119,13 @@ def compare(fns: dict, device: str = "cuda", *, detail=(), **kw) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the C++ profiler's start/stop lines (written to fd 2 with timestamps)."""
+def quiet_stderr():
+    """Silence C-level writes to stderr (fd 2) inside the ``with`` block.
+
+    torch's CPU profiler, which :func:`peak_memory` uses, prints start/stop lines with
+    timestamps straight to fd 2, below Python's ``sys.stderr``; in a notebook they would land
+    in a cell's output. ``peak_memory`` wraps itself in this; other noisy C++ calls can too.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -151,7 +156,7 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Walk allocations (+) and frees (-) in time order. ``self_cpu_memory_usage`` counts each
     # exactly once; ``cpu_memory_usage`` also includes child ops' allocations, so a nested op

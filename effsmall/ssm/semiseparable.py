@@ -8,9 +8,10 @@ so for every head the whole sequence map is one lower-triangular l×l matrix
 
     M = L ∘ (C Bᵀ),        L[i, j] = exp(segsum(a)[i, j]) = exp(Σ_{k=j+1}^{i} a_k)  (0 above the diagonal).
 
-M is **N-semiseparable**: every submatrix taken on or below the diagonal, in particular every
-off-diagonal block M[j:, :j], has rank ≤ N (it factors through the N-dimensional state:
-M[j:, :j] = (rows C_i·decay) (columns decay·B_j)ᵀ). Computing Y = M X directly
+M is **N-semiseparable** (Definition 3.1 of the Mamba-2 paper): every submatrix taken on or
+below the diagonal has rank ≤ N. The largest such submatrices are the blocks M[j:, :j+1]
+(rows j…l−1, columns 0…j, diagonal entry M[j, j] included); each factors through the state
+h_j: M[j:, :j+1] = (rows C_i·decay) (columns decay·B_k)ᵀ, an inner dimension of N. Computing Y = M X directly
 (``ssd_quadratic``) is the attention-like dual form: O(l² N) work, all matmuls.
 
 The same computation in attention language is *structured masked attention*
@@ -70,11 +71,14 @@ def _numerical_rank(S: torch.Tensor, tol: float) -> int:
     return int((sv > tol * sv[0]).sum())
 
 
-def offdiagonal_ranks(M: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
-    """Numerical ranks of the blocks strictly below the diagonal, M[j:, :j] for j = 1 … l−1.
+def offdiagonal_ranks(M: torch.Tensor, tol: float = 1e-10, *, include_diagonal: bool = False) -> torch.Tensor:
+    """Numerical ranks of the blocks below the diagonal.
 
-    M ``(l, l)`` or ``(..., l, l)`` (the ranks are then the maximum over leading dims).
-    Returns int64 ``(l−1,)``; rank is counted relative to each block's largest singular value.
+    Default: the blocks strictly below, M[j:, :j] for j = 1 … l−1 (returns ``(l−1,)``).
+    ``include_diagonal=True``: the blocks on or below it, M[j:, :j+1] for j = 0 … l−1 (returns
+    ``(l,)``) — the submatrices of Definition 3.1 in the Mamba-2 paper, which contain all others.
+    M ``(l, l)`` or ``(..., l, l)`` (the ranks are then the maximum over leading dims); rank is
+    counted relative to each block's largest singular value. Returns int64.
     """
     if not isinstance(M, torch.Tensor):
         raise TypeError(f"M must be a torch.Tensor, got {type(M).__name__}")
@@ -82,20 +86,23 @@ def offdiagonal_ranks(M: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
         raise ValueError(f"M must be square (..., l, l), got {tuple(M.shape)}")
     l = M.shape[-1]
     Ms = M.reshape(-1, l, l)                                          # (batch, l, l)
-    ranks = [max(_numerical_rank(m[j:, :j], tol) for m in Ms) for j in range(1, l)]
-    return torch.tensor(ranks, dtype=torch.int64)                     # (l−1,)
+    if include_diagonal:
+        ranks = [max(_numerical_rank(m[j:, :j + 1], tol) for m in Ms) for j in range(l)]
+    else:
+        ranks = [max(_numerical_rank(m[j:, :j], tol) for m in Ms) for j in range(1, l)]
+    return torch.tensor(ranks, dtype=torch.int64)                     # (l−1,) or (l,)
 
 
 def is_semiseparable(M: torch.Tensor, rank: int, tol: float = 1e-10) -> bool:
-    """True when M is lower triangular and every block M[j:, :j] has numerical rank ≤ ``rank``.
+    """True when M is lower triangular and N-semiseparable with N = ``rank``.
 
-    (Definition 3.1 of the Mamba-2 paper takes all submatrices on or below the diagonal; the
-    blocks M[j:, :j] are the largest strictly-below-diagonal ones and contain all others,
-    so bounding their ranks bounds every strictly-lower submatrix.)
+    Definition 3.1 of the Mamba-2 paper: every submatrix on or below the diagonal has rank
+    ≤ N. The blocks M[j:, :j+1] (diagonal entry included) contain all such submatrices, so
+    their numerical ranks decide it.
     """
     if not isinstance(rank, int) or rank < 0:
         raise ValueError(f"rank must be a non-negative int, got {rank!r}")
-    ranks = offdiagonal_ranks(M, tol)
+    ranks = offdiagonal_ranks(M, tol, include_diagonal=True)
     upper = torch.triu(M, diagonal=1)
     scale = M.abs().max() if M.numel() else 0
     lower_triangular = bool((upper.abs() <= tol * scale).all())

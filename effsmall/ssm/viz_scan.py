@@ -37,7 +37,7 @@ def draw_scan_graphs(L: int = 8):
     import matplotlib.pyplot as plt
 
     graphs = {"Hillis–Steele": hillis_steele_edges(L), "Blelloch (up-sweep, then down-sweep)": blelloch_edges(L)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.4))
     for ax, (title, levels) in zip(axes, graphs.items()):
         depth = len(levels)
         for row in range(depth + 1):
@@ -53,7 +53,7 @@ def draw_scan_graphs(L: int = 8):
                 ax.annotate("", xy=(t, row + 1), xytext=(t, row),
                             arrowprops=dict(arrowstyle="->", color="C1", lw=1.0))
         work = sum(len(e) for e in levels)
-        ax.set_title(f"{title}\ndepth {depth}, {work} combines")
+        ax.set_title(f"{title}\ndepth {depth}, {work} combines", fontsize=10)
         ax.set_xticks(range(L))
         ax.set_xlabel("position t")
         ax.set_yticks(range(depth + 1))

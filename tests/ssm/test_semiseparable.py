@@ -86,3 +86,15 @@ def test_bad_inputs():
         structured_masked_attention(X[0], X[0], X[0], torch.ones(2, 2, dtype=f64))
     with pytest.raises(ValueError, match="K"):
         linear_attention(X[0], X[0, :, :2], X[0])
+
+
+def test_definition_counts_blocks_on_or_below_the_diagonal():
+    # Mamba-2's Definition 3.1 takes submatrices on or below the diagonal: a diagonal matrix has
+    # rank-0 strictly-lower blocks but rank-1 blocks M[j:, :j+1], so it is 1- but not 0-semiseparable.
+    M = torch.diag(torch.arange(1.0, 6.0, dtype=f64))
+    assert int(offdiagonal_ranks(M).max()) == 0
+    assert offdiagonal_ranks(M, include_diagonal=True).tolist() == [1] * 5
+    assert is_semiseparable(M, 1) and not is_semiseparable(M, 0)
+    X, A, B, C, _ = ssd_inputs(b=1, l=12, h=1, g=1, n=3, seed=1)
+    S = ssm_matrix(A, B, C)[0, 0]
+    assert int(offdiagonal_ranks(S, include_diagonal=True).max()) == 3
