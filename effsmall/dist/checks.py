@@ -4,7 +4,7 @@ Each ``check_*(rank, world_size, ...)`` runs on every rank (start it with
 :func:`effsmall.dist.launch`): every rank builds the same model and inputs from one seed,
 computes the single-device reference on the whole problem, then the parallel version on its
 shard, and returns plain numbers — the largest differences in the output and in every
-gradient, and the collectives counted in forward and backward. Chapter 15 and the tests
+gradient (relative to the reference's largest entry when that exceeds 1), and the collectives counted in forward and backward. Chapter 15 and the tests
 assert on them.
 """
 from __future__ import annotations
@@ -19,13 +19,17 @@ from effsmall.dist.counting import count_collectives
 from effsmall.dist.launch import current_device
 
 __all__ = ["check_tp_mamba2", "check_tp_transformer", "check_cp_ssd", "check_cp_mamba2", "check_ring",
-           "check_ulysses", "check_bad_inputs", "check_all", "fail_on_rank", "hang_on_rank", "theory"]
+           "check_ulysses", "check_bad_inputs", "check_all", "check_gpu", "fail_on_rank", "hang_on_rank", "theory"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0
+    """max |a − b| relative to the reference's scale: max |a − b| / max(1, max |b|)."""
+    if not a.numel():
+        return 0.0
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -304,3 +308,15 @@ def check_all(rank: int, world: int) -> dict:
            "ring_fp32": check_ring(rank, world, "zigzag", dtype="float32"),
            "ulysses": check_ulysses(rank, world), "bad_inputs": check_bad_inputs(rank, world)}
     return out
+
+
+def check_gpu(rank: int, world: int) -> dict:
+    """The CUDA paths at realistic sizes (NCCL, one GPU per rank): ring attention on the Triton
+    FlashAttention kernels in bf16, context-parallel SSD on the Triton SSD (fp32), TP Mamba-2 in bf16."""
+    return {"ring_zigzag_bf16": check_ring(rank, world, "zigzag", dtype="bfloat16", kernel="triton",
+                                           Hq=8, Hk=2, n=1024, D=64),
+            "ring_contiguous_bf16": check_ring(rank, world, "contiguous", dtype="bfloat16", kernel="triton",
+                                               Hq=8, Hk=8, n=512, D=128),
+            "cp_ssd_triton_p2p": check_cp_ssd(rank, world, "p2p", dtype="float32", chunk_size=64),
+            "cp_ssd_triton_allgather": check_cp_ssd(rank, world, "allgather", dtype="float32", chunk_size=64),
+            "tp_mamba2_bf16": check_tp_mamba2(rank, world, dtype="bfloat16", l=256, d_model=256)}
