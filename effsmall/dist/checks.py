@@ -15,11 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from effsmall.dist.comm import all_gather_into, reduce_scatter_into
 from effsmall.dist.counting import count_collectives
 from effsmall.dist.launch import current_device
 
 __all__ = ["check_tp_mamba2", "check_tp_transformer", "check_cp_ssd", "check_cp_mamba2", "check_ring",
-           "check_ulysses", "check_bad_inputs", "check_all", "check_gpu", "fail_on_rank", "hang_on_rank", "theory"]
+           "check_ulysses", "check_bad_inputs", "check_all", "check_gpu",
+           "collectives_demo", "chapter_tp", "chapter_cp", "chapter_attention", "fail_on_rank", "hang_on_rank", "theory"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -137,7 +139,7 @@ def check_tp_transformer(rank: int, world: int, dtype: str = "float64", sequence
 def _sum_over_replicas(g: torch.Tensor, world: int, rank: int, replicas: int) -> torch.Tensor:
     """Sum a replicated KV head's gradient over the ranks that hold it."""
     everyone = torch.empty(world * g.shape[0], *g.shape[1:], dtype=g.dtype, device=g.device)  # (world·2D, d_model)
-    dist.all_gather_into_tensor(everyone, g.contiguous())
+    all_gather_into(everyone, g.contiguous())
     everyone = everyone.unflatten(0, (world, -1))                                  # (world, 2D, d_model)
     first = rank // replicas * replicas
     return everyone[first:first + replicas].sum(0)
@@ -277,6 +279,47 @@ def check_bad_inputs(rank: int, world: int) -> dict:
         except ValueError as e:
             msgs[name] = str(e)
     return msgs
+
+
+def collectives_demo(rank: int, world: int) -> dict:
+    """The five collectives on tiny integer tensors, each rank's view, with the counts."""
+    from effsmall.dist.counting import count_collectives
+    x = torch.arange(world, dtype=torch.float32) + 10 * rank        # rank r holds [10r, 10r+1, ...]
+    out = {"holds": x.tolist()}
+    with count_collectives() as c:
+        y = x.clone()
+        dist.all_reduce(y)
+        out["all_reduce"] = y.tolist()
+        g = torch.empty(world * world)
+        all_gather_into(g, x)
+        out["all_gather"] = g.tolist()
+        s = torch.empty(1)
+        reduce_scatter_into(s, x)
+        out["reduce_scatter"] = s.tolist()
+        a = torch.empty(world)
+        dist.all_to_all_single(a, x)
+        out["all_to_all"] = a.tolist()
+    out["counts"] = c.as_dict()
+    return out
+
+
+def chapter_tp(rank: int, world: int) -> dict:
+    """Chapter 15's tensor- and sequence-parallel checks in one launch."""
+    return {"tp_mamba2": check_tp_mamba2(rank, world), "sp_mamba2": check_tp_mamba2(rank, world, sequence_parallel=True),
+            "tp_transformer": check_tp_transformer(rank, world),
+            "sp_transformer": check_tp_transformer(rank, world, sequence_parallel=True)}
+
+
+def chapter_cp(rank: int, world: int) -> dict:
+    """Chapter 15's context-parallel SSD checks in one launch."""
+    return {"p2p": check_cp_ssd(rank, world, "p2p"), "allgather": check_cp_ssd(rank, world, "allgather"),
+            "block": check_cp_mamba2(rank, world, "allgather")}
+
+
+def chapter_attention(rank: int, world: int) -> dict:
+    """Chapter 15's ring and Ulysses attention checks in one launch."""
+    return {"contiguous": check_ring(rank, world, "contiguous"), "zigzag": check_ring(rank, world, "zigzag"),
+            "ulysses": check_ulysses(rank, world)}
 
 
 def fail_on_rank(rank: int, world: int, bad: int = 1) -> int:

@@ -32,6 +32,20 @@ __all__ = ["copy_to_parallel", "reduce_from_parallel", "gather_sequence", "scatt
            "all_to_all", "shift_right", "split_along", "check_same_shape", "world_and_rank", "peer"]
 
 
+def all_gather_into(out: torch.Tensor, x: torch.Tensor, group=None):
+    """All-gather ``x`` of every rank into ``out`` (``world·x.shape[0]`` rows, rank order):
+    ``torch.distributed.all_gather_single`` where this torch has it, else ``all_gather_into_tensor``."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, x, group=group)
+
+
+def reduce_scatter_into(out: torch.Tensor, x: torch.Tensor, group=None):
+    """Sum ``x`` over the ranks and keep this rank's ``out.shape[0]`` rows: ``reduce_scatter_single``
+    where this torch has it, else ``reduce_scatter_tensor``."""
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return fn(out, x, group=group)
+
+
 def world_and_rank(group=None) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
@@ -60,7 +74,7 @@ def check_same_shape(x: torch.Tensor, group=None, name: str = "x") -> None:
     mine = torch.tensor([x.dim(), *x.shape] + [-1] * (8 - x.dim()), dtype=torch.int64, device=dev)  # (9,)
     shapes = torch.empty(world * 9, dtype=torch.int64, device=dev)      # (world·9,)
     with uncounted():
-        dist.all_gather_into_tensor(shapes, mine, group=group)
+        all_gather_into(shapes, mine, group)
     shapes = shapes.view(world, 9)                                      # (world, 9)
     rows = [tuple(r[1:1 + r[0]]) for r in shapes.tolist()]
     if len(set(rows)) > 1:
@@ -109,7 +123,7 @@ def _all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     world = dist.get_world_size(group)
     x0 = x.movedim(dim, 0).contiguous()                                # (n, ...)
     out = x0.new_empty((world * x0.shape[0], *x0.shape[1:]))           # (world·n, ...)
-    dist.all_gather_into_tensor(out, x0, group=group)
+    all_gather_into(out, x0, group)
     return out.movedim(0, dim)
 
 
@@ -119,7 +133,7 @@ def _reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
         raise ValueError(f"the size {x.shape[dim]} of dim {dim} must be divisible by the world size {world}")
     x0 = x.movedim(dim, 0).contiguous()                                # (world·n, ...)
     out = x0.new_empty((x0.shape[0] // world, *x0.shape[1:]))          # (n, ...)
-    dist.reduce_scatter_tensor(out, x0, group=group)
+    reduce_scatter_into(out, x0, group)
     return out.movedim(0, dim)
 
 

@@ -27,6 +27,7 @@ import queue as queue_mod
 import socket
 import time
 import traceback
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -78,6 +79,9 @@ def _setup(rank: int, world_size: int, backend: str, init_method: str, timeout: 
 
 
 def _worker(rank, world_size, backend, init_method, timeout, fn, args, results):
+    # Version-to-version renames of torch.distributed functions would otherwise print one
+    # warning per process into the notebook.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     try:
         _setup(rank, world_size, backend, init_method, timeout)
         out = fn(rank, world_size, *args)

@@ -19,7 +19,7 @@ __all__ = ["ulysses_attention"]
 
 
 def _default_attn(q: torch.Tensor):
-    if q.is_cuda:
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
         from effsmall.attention.flash_triton import flash_attention
         return flash_attention
     from effsmall.attention.naive import naive_attention
