@@ -159,11 +159,11 @@ def _ssd_problem(world, dtype, dev, seed, b=2, l_loc=12, h=4, P=4, g=2, N=4):
 
 
 def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float64", chunk_size: int = 8,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, b: int = 2, l_loc: int = 12, h: int = 4, P: int = 4, g: int = 2, N: int = 4) -> dict:
     from effsmall.dist.context_parallel_ssd import context_parallel_ssd
     from effsmall.ssm.ssd_chunked import ssd_chunked
     dev, dt = current_device(), _DTYPES[dtype]
-    x, dtv, A, B, C, D = _ssd_problem(world, dt, dev, seed)
+    x, dtv, A, B, C, D = _ssd_problem(world, dt, dev, seed, b, l_loc, h, P, g, N)
     Y, final = ssd_chunked(x * dtv[..., None], dtv * A, B, C, chunk_size)   # the single-device reference
     Y = Y + x * D[:, None]
     gy, gh = torch.randn_like(Y), torch.randn_like(final)
@@ -344,6 +344,9 @@ def check_all(rank: int, world: int) -> dict:
            "tp_transformer_kv1": check_tp_transformer(rank, world, n_kv_heads=1),
            "cp_ssd_p2p": check_cp_ssd(rank, world, "p2p"), "cp_ssd_allgather": check_cp_ssd(rank, world, "allgather"),
            "cp_ssd_fp32": check_cp_ssd(rank, world, "allgather", dtype="float32"),
+           "cp_ssd_odd": check_cp_ssd(rank, world, "p2p", chunk_size=5, b=1, l_loc=7, h=3, P=5, g=1, N=3),
+           "tp_mamba2_odd": check_tp_mamba2(rank, world, b=1, l=world * 5),
+           "ring_odd": check_ring(rank, world, "contiguous", Hq=3, Hk=1, n=5, D=8),
            "cp_mamba2_p2p": check_cp_mamba2(rank, world, "p2p"),
            "cp_mamba2_allgather": check_cp_mamba2(rank, world, "allgather"),
            "ring_contiguous": check_ring(rank, world, "contiguous"), "ring_zigzag": check_ring(rank, world, "zigzag"),
@@ -360,6 +363,8 @@ def check_gpu(rank: int, world: int) -> dict:
                                            Hq=8, Hk=2, n=1024, D=64),
             "ring_contiguous_bf16": check_ring(rank, world, "contiguous", dtype="bfloat16", kernel="triton",
                                                Hq=8, Hk=8, n=512, D=128),
-            "cp_ssd_triton_p2p": check_cp_ssd(rank, world, "p2p", dtype="float32", chunk_size=64),
-            "cp_ssd_triton_allgather": check_cp_ssd(rank, world, "allgather", dtype="float32", chunk_size=64),
+            "cp_ssd_triton_p2p": check_cp_ssd(rank, world, "p2p", dtype="float32", chunk_size=64,
+                                              l_loc=1000, h=8, P=64, N=64),
+            "cp_ssd_triton_allgather": check_cp_ssd(rank, world, "allgather", dtype="float32", chunk_size=64,
+                                                    l_loc=1000, h=8, P=64, N=64),
             "tp_mamba2_bf16": check_tp_mamba2(rank, world, dtype="bfloat16", l=256, d_model=256)}

@@ -24,7 +24,8 @@ import datetime
 import os
 import pickle
 import queue as queue_mod
-import socket
+import shutil
+import tempfile
 import time
 import traceback
 import warnings
@@ -52,12 +53,6 @@ def current_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_importable(fn) -> None:
@@ -124,7 +119,9 @@ def launch(fn, *args, nprocs: int = 2, backend: str = "gloo", timeout: float = 6
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    # Rendezvous through a file, not a TCP port: no port to race for when launches run side by side.
+    rendezvous = tempfile.mkdtemp(prefix="effsmall-launch-")
+    init_method = "file://" + os.path.join(rendezvous, "store")
     procs = [ctx.Process(target=_worker, args=(r, nprocs, backend, init_method, timeout, fn, args, results),
                          daemon=True) for r in range(nprocs)]
     for p in procs:
@@ -150,6 +147,7 @@ def launch(fn, *args, nprocs: int = 2, backend: str = "gloo", timeout: float = 6
             out[rank] = pickle.loads(payload)
     finally:
         _stop(procs)
+        shutil.rmtree(rendezvous, ignore_errors=True)
     return [out[r] for r in range(nprocs)]
 
 

@@ -21,9 +21,14 @@ FP64, FP32 = 1e-12, 1e-5
 MAMBA_GRAD = 1e-5  # the gated RMSNorm of Mamba2Block computes in fp32 even for fp64 inputs
 
 
-@pytest.fixture(scope="module", params=WORLDS)
-def results(request):
-    return request.param, launch(checks.check_all, nprocs=request.param)
+@pytest.mark.parametrize("world", WORLDS)
+def test_parallel_layers_equal_their_references(world):
+    """One launch per world size (tests may run in parallel workers: a shared fixture would
+    launch once per worker), then every family of checks below on its results."""
+    res = launch(checks.check_all, nprocs=world)
+    for check in (_tensor_parallel_mamba2, _tensor_parallel_transformer, _context_parallel_ssd,
+                  _context_parallel_mamba2_block, _ring_attention, _ulysses, _bad_inputs_name_both_numbers):
+        check((world, res))
 
 
 def _errors(d: dict) -> dict:
@@ -34,10 +39,11 @@ def _calls(d: dict, phase: str = "fwd") -> dict:
     return d[phase]["calls"]
 
 
-def test_tensor_parallel_mamba2(results):
+def _tensor_parallel_mamba2(results):
     world, res = results
     for r in res:
-        for name, tol in (("tp_mamba2", FP64), ("sp_mamba2", FP64), ("tp_mamba2_fp32", FP32)):
+        for name, tol in (("tp_mamba2", FP64), ("sp_mamba2", FP64), ("tp_mamba2_fp32", FP32),
+                          ("tp_mamba2_odd", FP64)):
             e = r[name]
             assert e["out"] < tol and e["grad_u"] < tol and e["grad_params"] < MAMBA_GRAD, (name, e)
         b, l, d, elt = (r["tp_mamba2"]["shape"][k] for k in ("b", "l", "d_model", "elt"))
@@ -53,7 +59,7 @@ def test_tensor_parallel_mamba2(results):
         assert sp["fwd"]["wire_bytes"]["all_gather"] == n * (world - 1) // world
 
 
-def test_tensor_parallel_transformer(results):
+def _tensor_parallel_transformer(results):
     world, res = results
     for r in res:
         for name in ("tp_transformer", "sp_transformer", "tp_transformer_kv1"):
@@ -66,10 +72,11 @@ def test_tensor_parallel_transformer(results):
                 == r["tp_transformer"]["fwd"]["wire_bytes"]["all_reduce"])
 
 
-def test_context_parallel_ssd(results):
+def _context_parallel_ssd(results):
     world, res = results
     for rank, r in enumerate(res):
-        for name, tol in (("cp_ssd_p2p", FP64), ("cp_ssd_allgather", FP64), ("cp_ssd_fp32", FP32)):
+        for name, tol in (("cp_ssd_p2p", FP64), ("cp_ssd_allgather", FP64), ("cp_ssd_fp32", FP32),
+                          ("cp_ssd_odd", FP64)):
             e = _errors(r[name])
             assert max(e.values()) < tol, (name, e)
             assert ("final_state" in e) == (rank == world - 1)
@@ -86,7 +93,7 @@ def test_context_parallel_ssd(results):
         assert per_head == 4 * 4 * 8
 
 
-def test_context_parallel_mamba2_block(results):
+def _context_parallel_mamba2_block(results):
     world, res = results
     for rank, r in enumerate(res):
         for name in ("cp_mamba2_p2p", "cp_mamba2_allgather"):
@@ -98,27 +105,27 @@ def test_context_parallel_mamba2_block(results):
         assert _calls(r["cp_mamba2_p2p"]) == {k: 2 * v for k, v in halo.items()}
 
 
-@pytest.mark.parametrize("name", ["ring_contiguous", "ring_zigzag", "ring_full", "ring_fp32"])
-def test_ring_attention(results, name):
+def _ring_attention(results):
     world, res = results
-    tol = FP32 if name.endswith("fp32") else FP64
-    for r in res:
-        e = _errors(r[name])
-        assert max(e.values()) < tol, e
-        # forward: p−1 KV shards pass by; backward: p−1 KV shards and p dKV accumulators
-        assert _calls(r[name]) == {"send": world - 1, "recv": world - 1}
-        assert r[name]["fwd"]["bytes"]["send"] == (world - 1) * r[name]["kv_bytes"]
-        assert _calls(r[name], "bwd") == {"send": 2 * world - 1, "recv": 2 * world - 1}
+    for name in ("ring_contiguous", "ring_zigzag", "ring_full", "ring_fp32", "ring_odd"):
+        tol = FP32 if name.endswith("fp32") else FP64
+        for r in res:
+            e = _errors(r[name])
+            assert max(e.values()) < tol, (name, e)
+            # forward: p−1 KV shards pass by; backward: p−1 KV shards and p dKV accumulators
+            assert _calls(r[name]) == {"send": world - 1, "recv": world - 1}
+            assert r[name]["fwd"]["bytes"]["send"] == (world - 1) * r[name]["kv_bytes"]
+            assert _calls(r[name], "bwd") == {"send": 2 * world - 1, "recv": 2 * world - 1}
 
 
-def test_ulysses(results):
+def _ulysses(results):
     world, res = results
     for r in res:
         assert max(_errors(r["ulysses"]).values()) < FP64
         assert _calls(r["ulysses"]) == {"all_to_all": 4}
 
 
-def test_bad_inputs_name_both_numbers(results):
+def _bad_inputs_name_both_numbers(results):
     world, res = results
     for rank, r in enumerate(res):
         m = r["bad_inputs"]
@@ -229,6 +236,15 @@ def test_triton_block_kernels_match_torch():
     lse_empty = torch.full_like(lse_r, float("-inf"))
     for g in _bwd_triton(do, q, k, v, torch.zeros_like(q), lse_empty, False, 0.25):
         assert g.abs().max() == 0
+
+
+@pytest.mark.gpu
+def test_cuda_paths_one_gpu():
+    """The CUDA code paths (Triton FlashAttention blocks in the ring, ssd_triton with passed
+    states, bf16 TP Mamba-2) in a one-rank NCCL group at realistic sizes."""
+    res = launch(checks.check_gpu, nprocs=1, backend="nccl")
+    for name, e in res[0].items():
+        assert max(_errors(e).values()) < 2e-2, (name, e)
 
 
 @pytest.mark.gpu
