@@ -17,7 +17,8 @@ CUDA (``--device cuda``, two GPUs of one host, NCCL with NVLink multicast off â€
 
 Distributed times are lockstep loops (both ranks, fixed iteration counts, barrier before,
 the slowest rank's time; median of repeats); the one-GPU baselines run the same loop on rank 0.
-Speed-ups are one-GPU time / two-GPU time. ``--device cpu`` (gloo, two processes, fp32, tiny
+Speed-ups are one-GPU time / two-GPU time. ``EFFSMALL_DIST_PARTS`` (default ``tp,ssd,ring``)
+selects what a run measures (the 256K-token attention rows dominate the time). ``--device cpu`` (gloo, two processes, fp32, tiny
 sizes) only proves the harness; its times mean nothing.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _time(fn, dev, *, local: bool = False, iters: int = 3, warmup: int = 1, repeats: int = 3) -> float:
+def _time(fn, dev, *, local: bool = False, iters: int = 2, warmup: int = 1, repeats: int = 2) -> float:
     """Seconds per call of ``fn``. ``local``: rank 0 alone (the others skip); otherwise every rank
     runs the same fixed loop and the slowest rank's time counts."""
     if local and dist.get_rank() != 0:

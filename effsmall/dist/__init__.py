@@ -11,6 +11,7 @@ Mamba-2 and attention, on ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
 - ``ring_attention.py``    ring attention with contiguous or zigzag (load-balanced) layouts
 - ``ulysses.py``           all-to-all (head-parallel) attention
 - ``checks.py``            the workers that chapter 15 and the tests launch
+- ``viz.py``               the chapter's pictures (who holds which weights; ring work per step)
 """
 from effsmall._lazy import install
 

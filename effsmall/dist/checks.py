@@ -159,20 +159,33 @@ def _ssd_problem(world, dtype, dev, seed, b=2, l_loc=12, h=4, P=4, g=2, N=4):
 
 
 def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float64", chunk_size: int = 8,
-                 seed: int = 0, b: int = 2, l_loc: int = 12, h: int = 4, P: int = 4, g: int = 2, N: int = 4) -> dict:
+                 seed: int = 0, b: int = 2, l_loc: int = 12, h: int = 4, P: int = 4, g: int = 2, N: int = 4,
+                 with_initial_states: bool = False, ssd: str = "auto") -> dict:
+    """``ssd``: the rung each rank runs — ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"``
+    (on CPU: the Triton interpreter) or ``"torch"``."""
     from effsmall.dist.context_parallel_ssd import context_parallel_ssd
     from effsmall.ssm.ssd_chunked import ssd_chunked
+    ssd_fn = None
+    if ssd == "triton":
+        from effsmall.ssm.ssd_triton import ssd_triton as ssd_fn
+    elif ssd == "torch":
+        ssd_fn = ssd_chunked
     dev, dt = current_device(), _DTYPES[dtype]
     x, dtv, A, B, C, D = _ssd_problem(world, dt, dev, seed, b, l_loc, h, P, g, N)
-    Y, final = ssd_chunked(x * dtv[..., None], dtv * A, B, C, chunk_size)   # the single-device reference
+    h0 = None
+    if with_initial_states:
+        h0 = torch.randn(b, h, P, N, dtype=torch.float64 if dt == torch.float64 else torch.float32, device=dev)
+        h0.requires_grad_(True)
+    Y, final = ssd_chunked(x * dtv[..., None], dtv * A, B, C, chunk_size, initial_states=h0)  # the reference
     Y = Y + x * D[:, None]
     gy, gh = torch.randn_like(Y), torch.randn_like(final)
     ((Y * gy).sum() + (final * gh).sum()).backward()
     loc = [t.detach().chunk(world, 1)[rank].contiguous().requires_grad_(True) for t in (x, dtv, B, C)]
     A2, D2 = A.detach().clone().requires_grad_(True), D.detach().clone().requires_grad_(True)
+    h0_2 = None if h0 is None else h0.detach().clone().requires_grad_(True)
     with count_collectives() as cf:
         y, h_end = context_parallel_ssd(loc[0], loc[1], A2, loc[2], loc[3], chunk_size, method=method, D=D2,
-                                        return_final_states=True)
+                                        initial_states=h0_2, return_final_states=True, ssd_fn=ssd_fn)
     loss = (y * gy.chunk(world, 1)[rank]).sum()
     if rank == world - 1:
         loss = loss + (h_end * gh).sum()
@@ -181,6 +194,8 @@ def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float
     errs = {"out": _err(y, Y.chunk(world, 1)[rank])}
     if rank == world - 1:
         errs["final_state"] = _err(h_end, final)
+    if h0 is not None and rank == 0:
+        errs["grad_initial_states"] = _err(h0_2.grad, h0.grad)
     for name, t, ref in zip(("x", "dt", "B", "C"), loc, (x, dtv, B, C)):
         errs["grad_" + name] = _err(t.grad, ref.grad.chunk(world, 1)[rank])
     errs["grad_A"], errs["grad_D"] = _err(_all_sum(A2.grad), A.grad), _err(_all_sum(D2.grad), D.grad)
@@ -345,6 +360,10 @@ def check_all(rank: int, world: int) -> dict:
            "cp_ssd_p2p": check_cp_ssd(rank, world, "p2p"), "cp_ssd_allgather": check_cp_ssd(rank, world, "allgather"),
            "cp_ssd_fp32": check_cp_ssd(rank, world, "allgather", dtype="float32"),
            "cp_ssd_odd": check_cp_ssd(rank, world, "p2p", chunk_size=5, b=1, l_loc=7, h=3, P=5, g=1, N=3),
+           "cp_ssd_h0_p2p": check_cp_ssd(rank, world, "p2p", with_initial_states=True),
+           "cp_ssd_h0_allgather": check_cp_ssd(rank, world, "allgather", with_initial_states=True),
+           "cp_ssd_triton": check_cp_ssd(rank, world, "p2p", dtype="float32", ssd="triton", b=1, l_loc=16,
+                                         chunk_size=8, with_initial_states=True),
            "tp_mamba2_odd": check_tp_mamba2(rank, world, b=1, l=world * 5),
            "ring_odd": check_ring(rank, world, "contiguous", Hq=3, Hk=1, n=5, D=8),
            "cp_mamba2_p2p": check_cp_mamba2(rank, world, "p2p"),

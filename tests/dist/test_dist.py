@@ -76,10 +76,14 @@ def _context_parallel_ssd(results):
     world, res = results
     for rank, r in enumerate(res):
         for name, tol in (("cp_ssd_p2p", FP64), ("cp_ssd_allgather", FP64), ("cp_ssd_fp32", FP32),
-                          ("cp_ssd_odd", FP64)):
+                          ("cp_ssd_odd", FP64), ("cp_ssd_h0_p2p", FP64), ("cp_ssd_h0_allgather", FP64),
+                          ("cp_ssd_triton", FP32)):
             e = _errors(r[name])
-            assert max(e.values()) < tol, (name, e)
+            # A's and D's gradients sum over every token of every rank: fp32 rounding accumulates
+            sums = {k: e.pop(k) for k in ("grad_A", "grad_D")}
+            assert max(e.values()) < tol and max(sums.values()) < 10 * tol, (name, e, sums)
             assert ("final_state" in e) == (rank == world - 1)
+            assert ("grad_initial_states" in e) == (rank == 0 and "h0" in name or name == "cp_ssd_triton" and rank == 0)
         p2p, ag = r["cp_ssd_p2p"], r["cp_ssd_allgather"]
         # p2p: one state to the next rank in forward, its gradient back in backward
         want = {**({"send": 1} if rank < world - 1 else {}), **({"recv": 1} if rank > 0 else {})}
@@ -154,13 +158,13 @@ def test_launch_rejects_what_cannot_be_spawned():
         launch(checks.fail_on_rank, backend="mpi")
 
 
-def test_torchrun_localhost_gloo():
+def test_torchrun_localhost_gloo(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "effsmall.dist", "effsmall.dist.checks:check_tp_mamba2", "--backend", "gloo"]
+           "-m", "effsmall.dist", "effsmall.dist.checks:check_tp_mamba2", "--backend", "gloo", "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     for r in rows:
         assert r["result"]["out"] < FP64 and r["result"]["fwd"]["calls"] == {"all_reduce": 1}
