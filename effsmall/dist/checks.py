@@ -299,19 +299,20 @@ def check_bad_inputs(rank: int, world: int) -> dict:
 def collectives_demo(rank: int, world: int) -> dict:
     """The five collectives on tiny integer tensors, each rank's view, with the counts."""
     from effsmall.dist.counting import count_collectives
-    x = torch.arange(world, dtype=torch.float32) + 10 * rank        # rank r holds [10r, 10r+1, ...]
+    dev = current_device()
+    x = torch.arange(world, dtype=torch.float32, device=dev) + 10 * rank   # rank r holds [10r, 10r+1, ...]
     out = {"holds": x.tolist()}
     with count_collectives() as c:
         y = x.clone()
         dist.all_reduce(y)
         out["all_reduce"] = y.tolist()
-        g = torch.empty(world * world)
+        g = torch.empty(world * world, device=dev)
         all_gather_into(g, x)
         out["all_gather"] = g.tolist()
-        s = torch.empty(1)
+        s = torch.empty(1, device=dev)
         reduce_scatter_into(s, x)
         out["reduce_scatter"] = s.tolist()
-        a = torch.empty(world)
+        a = torch.empty(world, device=dev)
         dist.all_to_all_single(a, x)
         out["all_to_all"] = a.tolist()
     out["counts"] = c.as_dict()
@@ -371,7 +372,8 @@ def check_all(rank: int, world: int) -> dict:
            "ring_contiguous": check_ring(rank, world, "contiguous"), "ring_zigzag": check_ring(rank, world, "zigzag"),
            "ring_full": check_ring(rank, world, "contiguous", causal=False),
            "ring_fp32": check_ring(rank, world, "zigzag", dtype="float32"),
-           "ulysses": check_ulysses(rank, world), "bad_inputs": check_bad_inputs(rank, world)}
+           "ulysses": check_ulysses(rank, world), "ulysses_gqa": check_ulysses(rank, world, Hq=8, Hk=4),
+           "bad_inputs": check_bad_inputs(rank, world)}
     return out
 
 

@@ -125,8 +125,9 @@ def _ring_attention(results):
 def _ulysses(results):
     world, res = results
     for r in res:
-        assert max(_errors(r["ulysses"]).values()) < FP64
-        assert _calls(r["ulysses"]) == {"all_to_all": 4}
+        for name in ("ulysses", "ulysses_gqa"):
+            assert max(_errors(r[name]).values()) < FP64, name
+            assert _calls(r[name]) == {"all_to_all": 4}
 
 
 def _bad_inputs_name_both_numbers(results):
