@@ -8,6 +8,7 @@ as faster versions proven equal to it by the tests:
 - ``effsmall.modelcards`` real small-model configurations as data (Phi-3, TinyLlama, ...)
 - ``effsmall.bench``     the benchmark harness: ``python -m effsmall.bench <suite>``
 - ``effsmall.attention``, ``effsmall.ssm``, ``effsmall.offload``, ``effsmall.models``, ... the ladders
+- ``effsmall.dist``      tensor, sequence and context parallelism on ``torch.distributed`` (chapter 15)
 
 Triton kernels run on a CUDA GPU, or on the CPU under the Triton interpreter. Importing
 ``effsmall`` on a machine without CUDA sets ``TRITON_INTERPRET=1`` (unless you set it

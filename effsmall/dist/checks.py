@@ -69,13 +69,14 @@ def theory(kind: str, world: int, **shape) -> dict:
 
 # ---------------------------------------------------------------- tensor (and sequence) parallel
 def check_tp_mamba2(rank: int, world: int, dtype: str = "float64", sequence_parallel: bool = False,
-                    b: int = 2, l: int = 12, d_model: int = 16, seed: int = 0) -> dict:
+                    b: int = 2, l: int = 12, d_model: int = 16, seed: int = 0, headdim: int = 8,
+                    d_state: int = 8) -> dict:
     from effsmall.dist.tensor_parallel import _mamba2_shard, shard_mamba2_block
     from effsmall.ssm.mamba2_block import Mamba2Block
     dev, dt = current_device(), _DTYPES[dtype]
     torch.manual_seed(seed)
-    block = Mamba2Block(d_model, d_state=8, d_conv=4, expand=2, headdim=8, ngroups=world, chunk_size=8,
-                        norm_groups=world, dtype=dt, device=dev)
+    block = Mamba2Block(d_model, d_state=d_state, d_conv=4, expand=2, headdim=headdim, ngroups=world,
+                        chunk_size=8 if dev.type == "cpu" else 64, norm_groups=world, dtype=dt, device=dev)
     u = torch.randn(b, l, d_model, dtype=dt, device=dev, requires_grad=True)  # (b, l, d_model)
     gout = torch.randn(b, l, d_model, dtype=dt, device=dev)
     (block(u) * gout).sum().backward()
@@ -344,10 +345,16 @@ def fail_on_rank(rank: int, world: int, bad: int = 1) -> int:
     return rank
 
 
-def hang_on_rank(rank: int, world: int) -> int:
-    """Rank 0 enters an all-reduce that the others never join: its timeout must fire."""
+def hang_on_rank(rank: int, world: int, seconds: float = 3.0) -> int:
+    """Rank 0 enters an all-reduce that the others never join: its group's timeout must fire.
+    (A group of its own, so that start-up on a busy machine is not held to the short timeout.)"""
+    import datetime
+    group = dist.new_group(timeout=datetime.timedelta(seconds=seconds))
     if rank == 0:
-        dist.all_reduce(torch.ones(1))
+        dist.all_reduce(torch.ones(1, device=current_device()), group=group)
+    else:
+        import time
+        time.sleep(2 * seconds + 5)  # alive but absent: rank 0 waits on it until the timeout
     return rank
 
 
@@ -388,4 +395,5 @@ def check_gpu(rank: int, world: int) -> dict:
                                               l_loc=1000, h=8, P=64, N=64),
             "cp_ssd_triton_allgather": check_cp_ssd(rank, world, "allgather", dtype="float32", chunk_size=64,
                                                     l_loc=1000, h=8, P=64, N=64),
-            "tp_mamba2_bf16": check_tp_mamba2(rank, world, dtype="bfloat16", l=256, d_model=256)}
+            "tp_mamba2_bf16": check_tp_mamba2(rank, world, dtype="bfloat16", l=256, d_model=256, headdim=64,
+                                              d_state=64)}
