@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from effsmall.dist.comm import check_same_shape, exchange, gather_sequence, shift_right, world_and_rank
+from effsmall.dist.comm import all_to_all, check_same_shape, exchange, gather_sequence, shift_right, world_and_rank
 from effsmall.ssm.ssd_recurrent import segsum
 
 __all__ = ["context_parallel_ssd", "context_parallel_conv1d", "context_parallel_mamba2"]
@@ -99,8 +99,8 @@ def _check(x, dt, A, B, C, chunk_size, method, D):
         raise ValueError(f"the number of heads h={h} must be divisible by the number of groups g={B.shape[2]}")
     if D is not None and D.shape != (h,):
         raise ValueError(f"D must be (h,) = ({h},), got {tuple(D.shape)}")
-    if method not in ("p2p", "allgather"):
-        raise ValueError(f"method must be 'p2p' or 'allgather', got {method!r}")
+    if method not in ("p2p", "allgather", "alltoall"):
+        raise ValueError(f"method must be 'p2p', 'allgather' or 'alltoall', got {method!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
@@ -126,6 +126,8 @@ def context_parallel_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: 
     if check_shapes:
         check_same_shape(x, group, "x")
     ssd = _ssd_fn(x, ssd_fn)
+    if method == "alltoall":
+        return _alltoall_ssd(x, dt, A, B, C, chunk_size, group, D, initial_states, return_final_states, ssd)
     X = x * dt[..., None].to(x.dtype)                          # (b, l, h, P)
     a = dt * A                                                 # (b, l, h) log decays ≤ 0
     b, l, h, P = x.shape
@@ -159,6 +161,25 @@ def context_parallel_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: 
     if D is not None:
         y = y + x * D[:, None].to(x.dtype)                     # (b, l, h, P)
     return (y, h_end) if return_final_states else y
+
+
+def _alltoall_ssd(x, dt, A, B, C, chunk_size, group, D, initial_states, return_final_states, ssd):
+    world, rank = world_and_rank(group)
+    h, g = x.shape[2], B.shape[2]
+    for what, n in (("heads h", h), ("groups g", g)):
+        if n % world:
+            raise ValueError(f"method='alltoall' needs the {what}={n} divisible by the world size {world}")
+    if initial_states is not None or return_final_states:
+        raise ValueError("method='alltoall' computes no shard-boundary states: use 'p2p' or 'allgather' "
+                         "for initial_states / return_final_states")
+    # (b, l, heads, ...) tokens-sharded  ->  (b, world·l, heads/world, ...) heads-sharded
+    xh, dth, Bh, Ch = (all_to_all(t, 2, 1, group) for t in (x, dt[..., None], B, C))
+    dth = dth[..., 0]                                          # (b, L, h/p)
+    Ah = A.chunk(world)[rank]                                  # (h/p,)
+    y, _ = ssd(xh * dth[..., None].to(xh.dtype), dth * Ah, Bh, Ch, chunk_size)  # (b, L, h/p, P)
+    if D is not None:
+        y = y + xh * D.chunk(world)[rank][:, None].to(xh.dtype)
+    return all_to_all(y, 1, 2, group)                          # (b, l, h, P)
 
 
 def context_parallel_conv1d(x: torch.Tensor, conv: torch.nn.Conv1d, group=None) -> torch.Tensor:

@@ -84,6 +84,10 @@ def _context_parallel_ssd(results):
             assert max(e.values()) < tol and max(sums.values()) < 10 * tol, (name, e, sums)
             assert ("final_state" in e) == (rank == world - 1)
             assert ("grad_initial_states" in e) == (rank == 0 and "h0" in name or name == "cp_ssd_triton" and rank == 0)
+        a2a = r["cp_ssd_alltoall"]
+        e = _errors(a2a)
+        assert max(e.values()) < FP64 and "final_state" not in e, e
+        assert _calls(a2a) == {"all_to_all": 5} and _calls(a2a, "bwd") == {"all_to_all": 5}  # x, Δ, B, C in; y out
         p2p, ag = r["cp_ssd_p2p"], r["cp_ssd_allgather"]
         # p2p: one state to the next rank in forward, its gradient back in backward
         want = {**({"send": 1} if rank < world - 1 else {}), **({"recv": 1} if rank > 0 else {})}
