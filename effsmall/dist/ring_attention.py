@@ -10,7 +10,8 @@ seen every key; the sending of the next shard overlaps the computing of the curr
 The backward runs the ring again. A partial's gradients need the *global* output O and LSE of
 its rows (``P = exp(S − LSE)``, ``Delta = rowsum(dO ∘ O)``, FlashAttention-2 §3.2), which
 the forward saved; dQ stays home, while dK and dV accumulate on the travelling shard and
-arrive back at their owner after p steps.
+arrive back at their owner after p steps. (The KV shards' transfer overlaps each step's compute;
+the dK/dV accumulators move after it, since the next rank needs them complete.)
 
 **Causal load balance.** With contiguous shards rank 0's queries see one KV shard and rank
 p−1's see p: the last rank works p times longer. The *zigzag* layout cuts the sequence into 2p
