@@ -9,6 +9,7 @@ as faster versions proven equal to it by the tests:
 - ``effsmall.bench``     the benchmark harness: ``python -m effsmall.bench <suite>``
 - ``effsmall.widgets``   the book's explorers, which run in the reader's browser (chapters 2, 5, 11)
 - ``effsmall.attention``, ``effsmall.ssm``, ``effsmall.offload``, ``effsmall.models``, ... the ladders
+- ``effsmall.dist``      tensor, sequence and context parallelism on ``torch.distributed`` (chapter 15)
 
 Triton kernels run on a CUDA GPU, or on the CPU under the Triton interpreter. Importing
 ``effsmall`` on a machine without CUDA sets ``TRITON_INTERPRET=1`` (unless you set it

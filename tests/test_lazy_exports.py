@@ -10,7 +10,8 @@ import effsmall.attention
 import effsmall.ssm
 
 PACKAGES = {name: importlib.import_module(name) for name in (
-    "effsmall.attention", "effsmall.ssm", "effsmall.offload", "effsmall.models", "effsmall.data", "effsmall.compress")}
+    "effsmall.attention", "effsmall.ssm", "effsmall.offload", "effsmall.models", "effsmall.data", "effsmall.compress",
+    "effsmall.dist")}
 
 
 @pytest.mark.parametrize("pkg", sorted(PACKAGES))
