@@ -48,8 +48,9 @@ LOG2E = 1.4426950408889634
 # ---------------------------------------------------------------------------------------------
 # Input contract (shared by the reference and the kernel)
 # ---------------------------------------------------------------------------------------------
-def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale):
-    """Validate the decode contract; return (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale)."""
+def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True):
+    """Validate the decode contract (``validate``: also the values of cache_seqlens and
+    block_table, which costs a device synchronization); return (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale)."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -94,11 +95,11 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale):
         if k_cache.shape[0] != B:
             raise ValueError(f"a contiguous cache must have batch {B} (q's), got {k_cache.shape[0]}")
         page_size, capacity = 0, k_cache.shape[2]
-    if cache_seqlens.numel():
+    if validate and cache_seqlens.numel():
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > capacity:
             raise ValueError(f"cache_seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
-    if paged and block_table.numel():
+    if validate and paged and block_table.numel():
         used = _used_pages(block_table, cache_seqlens, page_size)
         if used.any():
             ids = block_table[used]
@@ -364,14 +365,20 @@ def _dot_precision(q: torch.Tensor) -> str:
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_splits=None, window=None,
-                 scale=None, return_lse=False):
+                 scale=None, return_lse=False, validate=True):
     """Split-KV attention of q's tokens over a (paged) KV cache; see the module docstring.
 
     ``num_splits=None`` uses :func:`choose_num_splits`. Returns o with q's shape and dtype (and
     lse (B, Hq[, Nq]) fp32 with ``return_lse=True``). Exact in fp32; fp16/bf16 inputs multiply
     on tensor cores and accumulate in fp32.
+
+    ``validate=True`` checks that every length fits the cache and every page id used lies in the
+    pool (ValueError otherwise); that reads device values, a synchronization per call. A caller
+    that guarantees them (:class:`~effsmall.attention.PagedKVCache`, a CUDA-graph capture) passes
+    ``validate=False``; shapes, dtypes and devices are always checked.
     """
-    q4, paged, page_size, capacity, scale = _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale)
+    q4, paged, page_size, capacity, scale = _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale,
+                                                   validate)
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         require_triton_tensor(name, t, "flash_decode")
         if t.dtype == torch.float64:
