@@ -359,9 +359,47 @@ def choose_num_splits(batch: int, kv_heads: int, keys: int, sms: int, block_n: i
 
 
 def _dot_precision(q: torch.Tensor) -> str:
-    if interpreting() or q.dtype != torch.float32:
+    """fp32: exact ("ieee") unless ``torch.set_float32_matmul_precision`` allows TF32; fp16/bf16
+    multiply on tensor cores whatever this says (as in :mod:`effsmall.attention.flash_triton`)."""
+    if interpreting():
         return "ieee"
+    if q.dtype != torch.float32:
+        return "tf32"
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+# (BLOCK_N, num_warps, num_stages) tried the first time a problem key is seen on a GPU; the
+# fastest is remembered and launched directly afterwards (no autotuner work on the host per call).
+CONFIGS = ((64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 3), (32, 4, 4), (16, 4, 4))
+AUTOTUNE = True          # False: the first config that fits (quick correctness runs)
+_BEST: dict = {}
+
+
+def _configs(paged: bool, page_size: int):
+    """Configs whose key tiles fit in a page (a tile must not straddle two pages)."""
+    if interpreting():
+        return [(min(64, page_size) if paged else 64, 4, 1)]
+    return [c for c in CONFIGS if (not paged or c[0] <= page_size) and (c[0] > 16 or (paged and page_size == 16))]
+
+
+def _pick(key, configs, launch):
+    """Launch with the remembered best config for ``key``; the first time, time each config that
+    compiles (``triton.testing.do_bench``) and remember the fastest. Warm a shape up before
+    capturing it in a CUDA graph: the timing synchronizes."""
+    best = _BEST.get(key)
+    if best is None and AUTOTUNE and len(configs) > 1:
+        import triton.testing as tt
+
+        times = {}
+        for cfg in configs:
+            try:
+                launch(cfg)
+                times[cfg] = tt.do_bench(lambda cfg=cfg: launch(cfg), warmup=3, rep=15)
+            except Exception:  # noqa: BLE001 - a config may not fit (shared memory, registers)
+                continue
+        best = min(times, key=times.get) if times else configs[0]
+        _BEST[key] = best
+    launch(best or configs[0])
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_splits=None, window=None,
@@ -394,9 +432,9 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             raise ValueError(f"{name} must be contiguous in its last (head) dimension")
     if q4.stride(-1) != 1:
         q4 = q4.contiguous()
-    block_n = min(64, page_size) if paged else 64
+    configs = _configs(paged, page_size)
     keys = capacity if window is None else min(capacity, window + Nq)
-    S = num_splits if num_splits is not None else choose_num_splits(B, Hk, keys, _sm_count(q.device), block_n)
+    S = num_splits if num_splits is not None else choose_num_splits(B, Hk, keys, _sm_count(q.device), configs[0][0])
     if not isinstance(S, numbers.Integral) or S < 1:
         raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
     block_h = next_power_of_2(G * Nq, 16)
@@ -407,11 +445,12 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
     else:
         o_part = torch.empty(B, Hq, Nq, S, D, dtype=torch.float32, device=q.device)   # (B, Hq, Nq, S, D)
         lse_part = torch.empty(B, Hq, Nq, S, dtype=torch.float32, device=q.device)    # (B, Hq, Nq, S)
-    table = block_table if paged else cache_seqlens
-    seqlens = cache_seqlens
-    if B and Hq:
+    table = block_table if paged else cache_seqlens   # a placeholder pointer when contiguous
+
+    def launch(cfg):
+        block_n, warps, stages = cfg
         _split_kernel[(S, Hk, B)](
-            q4, k_cache, v_cache, seqlens, table, o_part, lse_part,
+            q4, k_cache, v_cache, cache_seqlens, table, o_part, lse_part,
             q4.stride(0), q4.stride(1), q4.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -420,8 +459,13 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             lse_part.stride(0), lse_part.stride(1), lse_part.stride(2),
             scale * LOG2E, window if window is not None else 0,
             NQ=Nq, G=G, D=D, NUM_SPLITS=S, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
-            PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q), INTERP=interpreting(),
-            num_warps=4, num_stages=3 if not interpreting() else 1)
+            PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
+            INTERP=interpreting(), num_warps=warps, num_stages=stages)
+
+    if B and Hq:
+        key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,
+               next_power_of_2(cdiv(keys, S)))
+        _pick(key, configs, launch)
     if S == 1:
         lse = lse_part[..., 0]
     else:
