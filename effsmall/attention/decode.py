@@ -40,9 +40,18 @@ import triton.language as tl
 from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
 
 __all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits",
-           "gather_pages"]
+           "gather_pages", "decode_cost"]
 
 LOG2E = 1.4426950408889634
+
+
+def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int = 2):
+    """FLOPs and bytes of one decode step's attention (one query token per row, L cached keys):
+    4·B·Hq·L·D FLOPs (q·Kᵀ and p·V per query head), 2·B·Hk·L·D elements of K and V read once.
+    Its intensity, ``2·Hq / (Hk·dtype_bytes)`` FLOP/byte, depends on neither B nor L."""
+    from effsmall.costs import Cost
+
+    return Cost(flops=4 * batch * Hq * L * D, bytes=2 * batch * Hk * L * D * dtype_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -372,3 +372,55 @@ if __name__ == "__main__":  # python -m effsmall.bench.decode RESULT.json
         res = json.load(f)
     print(table(res["rows"]))
     print(json.dumps(res.get("summary", summarize(res["rows"])).get("lines", {}), indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (chapter 16)
+# ---------------------------------------------------------------------------------------------
+LABELS = {"effsmall": "effsmall flash_decode", "effsmall_paged": "effsmall, paged (64)", "sdpa_flash": "SDPA flash",
+          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-efficient", "flex": "FlexAttention",
+          "sdpa_cpu": "SDPA (CPU)"}
+
+
+def plot_decode(result: dict):
+    """Two figures from a ``decode`` result: (1) achieved KV read bandwidth as a fraction of the
+    measured read ceiling vs context, one panel per batch size (GPU time where measured);
+    (2) the LMs' milliseconds per token vs context. Returns ``(fig_attention, fig_lm or None)``."""
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    dec = [r for r in rows if r.get("kind") == "decode" and r.get("ms")]
+    batches = sorted({r["B"] for r in dec})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.4), squeeze=False, sharey=True)
+    for ax, B in zip(axes[0], batches):
+        for impl in LABELS:
+            rs = sorted((r for r in dec if r["B"] == B and r["impl"] == impl), key=lambda r: r["L"])
+            if rs:
+                ax.plot([r["L"] for r in rs], [r["pct_of_read_ceiling"] for r in rs], "o-", ms=3,
+                        label=LABELS[impl], lw=2 if impl == "effsmall" else 1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context L (tokens)")
+        ax.set_title(f"batch {B}")
+        ax.axhline(100, color="gray", lw=0.8, ls=":")
+    axes[0][0].set_ylabel("% of measured read bandwidth")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Decode attention on {result['env']['device_name']}", fontsize=10)
+    fig.tight_layout()
+    lm = [r for r in rows if r.get("kind") == "lm_decode"]
+    fig_lm = None
+    if lm:
+        fig_lm, ax = plt.subplots(figsize=(5, 3.4))
+        for arch in ("transformer", "mamba2", "hybrid"):
+            for mode, style in (("kernels", "o-"), ("eager", "x--")):
+                rs = sorted((r for r in lm if r["arch"] == arch and r.get(f"ms_per_token_{mode}")),
+                            key=lambda r: r["context"])
+                if rs:
+                    ax.plot([r["context"] for r in rs], [r[f"ms_per_token_{mode}"] for r in rs], style,
+                            label=f"{arch} ({mode})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("ms per token (batch 1)")
+        ax.legend(fontsize=7)
+        fig_lm.tight_layout()
+    return fig, fig_lm

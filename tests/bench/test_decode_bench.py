@@ -43,3 +43,17 @@ def test_ratios_summary_and_lines():
     assert s["lines"]["paged within 5% of contiguous"] is True
     assert "effsmall" in table(rows)
     assert kv_bytes(1, 1024) == 2 * 8 * 1024 * 128 * 2
+
+
+def test_plot_decode_from_a_cpu_result(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from effsmall.bench.decode import plot_decode
+
+    rows = [dict(kind="decode", impl=i, B=B, L=L, ms=1.0, graph_ms=None, pct_of_read_ceiling=50.0)
+            for i in ("effsmall", "sdpa_cpu") for B in (1, 2) for L in (128, 512)]
+    rows += [dict(kind="lm_decode", arch=a, context=c, ms_per_token_kernels=2.0, ms_per_token_eager=1.0)
+             for a in ("transformer", "mamba2", "hybrid") for c in (64, 256)]
+    fig, fig_lm = plot_decode({"rows": rows, "env": {"device_name": "CPU"}})
+    assert len(fig.axes) == 2 and fig_lm is not None
