@@ -227,8 +227,8 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
                   stride_tb,
                   stride_ob, stride_oh, stride_on, stride_os,
                   stride_lb, stride_lh, stride_ln,
-                  qk_scale, WINDOW,
-                  NQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                  qk_scale, WINDOW, NUM_SPLITS,
+                  NQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   PAGE: tl.constexpr, PAGED: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
                   INTERP: tl.constexpr):
@@ -288,8 +288,8 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
 
 
 @triton.jit
-def _merge_kernel(O_PART, LSE_PART, O, LSE, D, stride_pr, stride_ps, stride_lr, stride_or,
-                  S: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+def _merge_kernel(O_PART, LSE_PART, O, LSE, D, S, stride_pr, stride_ps, stride_lr, stride_or,
+                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """One query row: O = Σ_s w_s O_s with w = softmax(lse_s) over the splits (empty split: −inf)."""
     row = tl.program_id(0)
     s = tl.arange(0, BLOCK_S)
@@ -325,8 +325,8 @@ def merge_splits(o_part: torch.Tensor, lse_part: torch.Tensor, out_dtype=None):
     o = torch.empty(rows, D, dtype=out_dtype or o_part.dtype, device=o_part.device)
     lse = torch.empty(rows, dtype=torch.float32, device=o_part.device)
     if rows:
-        _merge_kernel[(rows,)](op, lp, o, lse, D, op.stride(0), op.stride(1), lp.stride(0), o.stride(0),
-                               S=S, BLOCK_S=next_power_of_2(S), BLOCK_D=next_power_of_2(D, 16))
+        _merge_kernel[(rows,)](op, lp, o, lse, D, S, op.stride(0), op.stride(1), lp.stride(0), o.stride(0),
+                               BLOCK_S=next_power_of_2(S), BLOCK_D=next_power_of_2(D, 16))
     return o.reshape(*lead, D), lse.reshape(lead)
 
 
@@ -466,8 +466,8 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             table.stride(0) if paged else 0,
             o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             lse_part.stride(0), lse_part.stride(1), lse_part.stride(2),
-            scale * LOG2E, window if window is not None else 0,
-            NQ=Nq, G=G, D=D, NUM_SPLITS=S, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
+            scale * LOG2E, window if window is not None else 0, S,
+            NQ=Nq, G=G, D=D, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
             PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
             INTERP=interpreting(), num_warps=warps, num_stages=stages)
 

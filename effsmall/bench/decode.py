@@ -1,7 +1,7 @@
 """Suite ``decode``: one new token against a long KV cache, and the three LMs' per-token latency.
 
 CUDA (``python -m effsmall.bench decode --device cuda``), bf16, 32 query / 8 KV heads, D = 128,
-one query token, batch B ∈ {1, 16}, context L ∈ {1K, …, 128K}:
+one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 16 without 2K and 8K):
 
 * implementations, timed in the same interleaved rounds (:func:`effsmall.bench.timing.compare`):
   ``effsmall`` (:func:`effsmall.attention.flash_decode`, contiguous cache), ``effsmall_paged``
@@ -23,9 +23,11 @@ milliseconds per decoded token (batch 1, eager, the median of timed steps after 
 the context) with the decode kernels (paged cache + ``flash_decode``, fused ``mamba2_step``)
 and with the eager reference path.
 
-The run keeps ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 200) for the attention shapes
-(a shape that would not fit is recorded as ``kind="skipped"``) and appends every row to
-``EFFSMALL_BENCH_PARTIAL`` if set.
+The run keeps ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 150) for the attention shapes and
+``EFFSMALL_DECODE_LM_BUDGET_S`` (default 60) for the models (what would not fit is recorded as
+``kind="skipped"``; about four minutes in all on an H200), and appends every row to
+``EFFSMALL_BENCH_PARTIAL`` if set. ``EFFSMALL_DECODE_CONTEXTS=1024,65536`` re-measures some
+contexts; ``EFFSMALL_DECODE_SKIP_LM=1`` skips the models.
 
 CPU (``--device cpu``, ``--quick`` a smoke test): the same rows at interpreter sizes (8 / 2
 heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel, and the LMs at contexts 64 and
@@ -49,6 +51,7 @@ from effsmall.bench.timing import benchmark, compare, rounds_default
 HQ, HK, D = 32, 8, 128
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 BATCHES = (1, 16)
+SKIP_AT_LARGE_BATCH = (2048, 8192)   # batch 16 is measured at 1K, 4K, 16K, 32K, 64K, 128K
 PAGE = 64
 SDPA = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 IMPLS = ("effsmall", "effsmall_paged", *SDPA, "flex")
@@ -168,46 +171,48 @@ def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> 
     if os.environ.get("EFFSMALL_DECODE_CONTEXTS"):
         contexts = tuple(int(x) for x in os.environ["EFFSMALL_DECODE_CONTEXTS"].split(","))
     batches = BATCHES if cuda else (1, 2)
+    shapes = [(B, L) for L in contexts for B in batches
+              if not (cuda and B > 1 and L in SKIP_AT_LARGE_BATCH and not os.environ.get("EFFSMALL_DECODE_CONTEXTS"))]
     per_shape: list[float] = []
-    for B in batches:
-        for L in contexts:
-            if per_shape and rec.elapsed() + max(per_shape) > rec.budget_s:
-                rec.add(dict(kind="skipped", B=B, L=L, reason="time budget"))
-                continue
-            t_shape = time.time()
-            g = torch.Generator(device=device).manual_seed(L + B)
-            q = torch.randn(B, hq, 1, d, device=device, dtype=dtype, generator=g)
-            k = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
-            v = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
-            lens = torch.full((B,), L, dtype=torch.int32, device=device)
-            pk, pv, table = _shuffled_pages(k, v, PAGE)
-            # correctness at this shape (one row is enough: the kernel treats rows alike)
-            o = flash_decode(q[:1, :, 0], pk, pv, lens[:1], block_table=table[:1])
-            ref = decode_attention_reference(q[:1, :, 0].float(), k[:1].float(), v[:1].float(), lens[:1])
-            err = (o.float() - ref).abs().max().item()
-            res = compare(_calls(q, k, v, lens, pk, pv, table, cuda), device, detail=IMPLS,
-                          **(dict(warmup_ms=10, rep_ms=30) if cuda else dict(min_run_time=0.05)))
-            nbytes = kv_bytes(B, L, hk, d, k.element_size())
-            rows = {}
-            for name, r in res.items():
-                row = dict(kind="decode", impl=name, B=B, L=L, Hq=hq, Hk=hk, D=d, kv_bytes=nbytes)
-                if isinstance(r, Exception):
-                    row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
-                else:
-                    best = r["graph"] or r["s"]
-                    row.update(ms=r["s"] * 1e3, graph_ms=r["graph"] * 1e3 if r["graph"] else None,
-                               host_ms=r["host"] * 1e3 if r["host"] else None, GBps=nbytes / best / 1e9,
-                               pct_of_read_ceiling=100 * nbytes / best / ceiling["read_Bps"],
-                               rounds=rounds_default())
-                rows[name] = row
-            _ratios(rows)
-            rows["effsmall"]["max_abs_err_vs_reference"] = err
-            for row in rows.values():
-                rec.add(row)
-            del q, k, v, pk, pv
-            if cuda:
-                torch.cuda.empty_cache()
-            per_shape.append(time.time() - t_shape)
+    for B, L in shapes:
+        # the next shape's cost: the last two shapes' (the first one also paid for compiling)
+        if per_shape and rec.elapsed() + max(per_shape[-2:]) > rec.budget_s:
+            rec.add(dict(kind="skipped", B=B, L=L, reason="time budget"))
+            continue
+        t_shape = time.time()
+        g = torch.Generator(device=device).manual_seed(L + B)
+        q = torch.randn(B, hq, 1, d, device=device, dtype=dtype, generator=g)
+        k = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
+        v = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
+        lens = torch.full((B,), L, dtype=torch.int32, device=device)
+        pk, pv, table = _shuffled_pages(k, v, PAGE)
+        # correctness at this shape (one row is enough: the kernel treats rows alike)
+        o = flash_decode(q[:1, :, 0], pk, pv, lens[:1], block_table=table[:1])
+        ref = decode_attention_reference(q[:1, :, 0].float(), k[:1].float(), v[:1].float(), lens[:1])
+        err = (o.float() - ref).abs().max().item()
+        res = compare(_calls(q, k, v, lens, pk, pv, table, cuda), device, detail=IMPLS,
+                      **(dict(warmup_ms=10, rep_ms=30) if cuda else dict(min_run_time=0.05)))
+        nbytes = kv_bytes(B, L, hk, d, k.element_size())
+        rows = {}
+        for name, r in res.items():
+            row = dict(kind="decode", impl=name, B=B, L=L, Hq=hq, Hk=hk, D=d, kv_bytes=nbytes)
+            if isinstance(r, Exception):
+                row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
+            else:
+                best = r["graph"] or r["s"]
+                row.update(ms=r["s"] * 1e3, graph_ms=r["graph"] * 1e3 if r["graph"] else None,
+                           host_ms=r["host"] * 1e3 if r["host"] else None, GBps=nbytes / best / 1e9,
+                           pct_of_read_ceiling=100 * nbytes / best / ceiling["read_Bps"],
+                           rounds=rounds_default())
+            rows[name] = row
+        _ratios(rows)
+        rows["effsmall"]["max_abs_err_vs_reference"] = err
+        for row in rows.values():
+            rec.add(row)
+        del q, k, v, pk, pv
+        if cuda:
+            torch.cuda.empty_cache()
+        per_shape.append(time.time() - t_shape)
 
 
 def _ratios(rows: dict) -> None:
@@ -246,12 +251,17 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
     contexts = LM_CONTEXTS if cuda and not quick else ((1024,) if cuda else ((64,) if quick else (64, 256)))
     steps = 20 if cuda else 3
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t0 = time.time()
+    budget = float(os.environ.get("EFFSMALL_DECODE_LM_BUDGET_S", 60 if cuda else 120))
     for arch in ("transformer", "mamba2", "hybrid"):
         torch.manual_seed(0)
         model = build_model(lm_config(arch, cuda)).to(device).eval()
         if cuda:
             model = model.to(torch.bfloat16)
         for ctx in contexts:
+            if time.time() - t0 > budget:
+                rec.add(dict(kind="skipped", arch=arch, context=ctx, reason="LM time budget"))
+                continue
             idx = torch.randint(0, model.cfg.vocab_size, (1, ctx), device=device)
             row = dict(kind="lm_decode", arch=arch, context=ctx, batch=1, params=model.num_params())
             for mode, flag in (("kernels", True), ("eager", False)):
@@ -285,7 +295,7 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     cuda = str(device).startswith("cuda")
-    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 200 if cuda else 120)))
+    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 150 if cuda else 120)))
     ceiling = read_ceiling(device, quick=quick or not cuda)
     rec.add(dict(kind="ceiling", **ceiling))
     _attention_rows(rec, device, quick, ceiling)
