@@ -27,6 +27,12 @@ Shapes and conventions:
 * ``window = w``: query at position p sees keys p − w … p (``naive_attention``'s
   ``window=(w, 0)``); ``scale`` defaults to D^−½;
 * a query that sees no key (``cache_seqlens[b] = 0``) gets zeros and ``lse = −inf``.
+
+Launch: one program per (split, KV head, row); :func:`choose_num_splits` picks the splits from
+the SM count and the work (two programs per SM, at least 256 keys per split). The visible range
+of a row (all of it, or the window) is cut into key tiles that never straddle a page, and the
+tiles are dealt out evenly to the splits, so a sliding window costs only its own tiles. On a
+GPU the tile size and warps are timed once per problem key and remembered (``_pick``).
 """
 from __future__ import annotations
 
@@ -473,7 +479,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
 
     if B and Hq:
         key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,
-               next_power_of_2(cdiv(keys, S)))
+               next_power_of_2(cdiv(keys, S)), next_power_of_2(B * Hk))
         _pick(key, configs, launch)
     if S == 1:
         lse = lse_part[..., 0]
