@@ -19,9 +19,10 @@ one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 1
   ``paged_over_contiguous`` — each in eager and graph time.
 
 Then the three LMs (``lm_decode`` rows: d_model 1024, 8 layers, bf16) at contexts 1K, 16K, 64K:
-milliseconds per decoded token (batch 1, eager, the median of timed steps after a prefill of
-the context) with the decode kernels (paged cache + ``flash_decode``, fused ``mamba2_step``)
-and with the eager reference path.
+milliseconds per decoded token (batch 1: eager, the median of timed steps after a prefill of
+the context; and GPU time, one step captured in a CUDA graph and replayed) with the decode
+kernels (paged cache + ``flash_decode``, fused ``mamba2_step``) and with the eager reference
+path.
 
 The run keeps ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 150) for the attention shapes and
 ``EFFSMALL_DECODE_LM_BUDGET_S`` (default 60) for the models (what would not fit is recorded as
@@ -281,6 +282,11 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
                     ms = statistics.median(times) * 1e3
                     row[f"ms_per_token_{mode}"] = ms
                     row[f"tokens_per_s_{mode}"] = 1e3 / ms
+                    if cuda:
+                        try:
+                            row[f"graph_ms_per_token_{mode}"] = _graph_step_ms(model, tok, caches)
+                        except Exception as e:  # noqa: BLE001 - capture can fail; eager time stands
+                            row[f"graph_error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
                     del caches, logits
                 except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
                     row[f"error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -291,6 +297,36 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
         del model
         if cuda:
             torch.cuda.empty_cache()
+
+
+def _graph_step_ms(model, tok, caches, replays: int = 20) -> float:
+    """GPU time of one decoding step: the step captured once in a CUDA graph, replayed
+    ``replays`` times (each replay writes one more token on the device; paged caches get pages
+    for them first, so nothing is allocated or tuned inside the capture)."""
+    from effsmall.attention import PagedKVCache
+
+    def reserve():
+        for c in caches:
+            if isinstance(c, PagedKVCache):
+                for row in range(c.batch):
+                    c.reserve(row, c.lengths[row] + 2 * replays + 8)
+    reserve()
+    model.step(tok, caches)                     # warm-up at the capacity the capture will see
+    reserve()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model.step(tok, caches)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / replays
+    del graph
+    return ms
 
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
@@ -323,8 +359,9 @@ def summarize(rows: list[dict]) -> dict:
                 out[f"{col}{suffix}_max"] = max(vals)
     lm = [r for r in rows if r.get("kind") == "lm_decode"]
     if lm:
-        out["lm_ms_per_token"] = {f"{r['arch']}@{r['context']}": {m: r.get(f"ms_per_token_{m}") for m in ("kernels", "eager")}
-                                  for r in lm}
+        out["lm_ms_per_token"] = {f"{r['arch']}@{r['context']}": {
+            **{m: r.get(f"ms_per_token_{m}") for m in ("kernels", "eager")},
+            **{f"{m}_graph": r.get(f"graph_ms_per_token_{m}") for m in ("kernels", "eager")}} for r in lm}
     out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
     out["per_shape"] = [{k: r.get(k) for k in ("B", "L", "graph_ms", "ms", "pct_of_read_ceiling", "vs_best_sdpa_graph",
                                                "vs_flex_graph", "paged_over_contiguous_graph")} for r in mine]
@@ -372,8 +409,11 @@ def table(rows: list[dict]) -> str:
                      + " ".join(f"{x:7.2f}" if x else f"{'-':>7}" for x in extra))
     for r in rows:
         if r.get("kind") == "lm_decode":
-            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: {r.get('ms_per_token_kernels', float('nan')):.2f} ms/token "
-                         f"(kernels), {r.get('ms_per_token_eager', float('nan')):.2f} ms/token (eager)")
+            val = {k: r.get(k) or float("nan") for k in ("ms_per_token_kernels", "graph_ms_per_token_kernels",
+                                                          "ms_per_token_eager", "graph_ms_per_token_eager")}
+            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: ms/token with kernels {val['ms_per_token_kernels']:.2f} "
+                         f"(graph {val['graph_ms_per_token_kernels']:.2f}), eager path {val['ms_per_token_eager']:.2f} "
+                         f"(graph {val['graph_ms_per_token_eager']:.2f})")
     return "\n".join(lines)
 
 
@@ -420,17 +460,19 @@ def plot_decode(result: dict):
     fig_lm = None
     if lm:
         fig_lm, ax = plt.subplots(figsize=(5, 3.4))
-        for arch in ("transformer", "mamba2", "hybrid"):
+        graph = any(r.get("graph_ms_per_token_kernels") for r in lm)
+        col = "graph_ms_per_token_{}" if graph else "ms_per_token_{}"
+        for arch, color in (("transformer", "tab:blue"), ("mamba2", "tab:orange"), ("hybrid", "tab:green")):
             for mode, style in (("kernels", "o-"), ("eager", "x--")):
-                rs = sorted((r for r in lm if r["arch"] == arch and r.get(f"ms_per_token_{mode}")),
+                rs = sorted((r for r in lm if r["arch"] == arch and r.get(col.format(mode))),
                             key=lambda r: r["context"])
                 if rs:
-                    ax.plot([r["context"] for r in rs], [r[f"ms_per_token_{mode}"] for r in rs], style,
-                            label=f"{arch} ({mode})")
+                    ax.plot([r["context"] for r in rs], [r[col.format(mode)] for r in rs], style, color=color,
+                            label=f"{arch} ({'decode kernels' if mode == 'kernels' else 'eager path'})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("ms per token (batch 1)")
+        ax.set_ylabel("ms per token, batch 1" + (" (GPU time)" if graph else ""))
         ax.legend(fontsize=7)
         fig_lm.tight_layout()
     return fig, fig_lm
