@@ -134,7 +134,10 @@ class SequenceLM(nn.Module):
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, caches: list):
-        """Decode one token per row, ``token (b,)`` → ``(logits (b, vocab), caches)``."""
+        """Decode one token per row, ``token (b,)`` → ``(logits (b, vocab), caches)``.
+
+        With the decode kernels (on CUDA) attention layers append to their ``PagedKVCache`` in
+        place: continue from the caches a step returns, do not step twice from the same ones."""
         h, caches = self.hidden(token[:, None], caches)       # (b, 1, d)
         return self.lm_head(h[:, 0]), caches
 
@@ -198,13 +201,14 @@ def build_model(cfg: LMConfig) -> SequenceLM:
 
 
 def cache_bytes(caches: list) -> int:
-    """Bytes held by decoding caches (KV tensors, conv windows and SSM states)."""
+    """Bytes held by decoding caches (KV tensors, conv windows and SSM states); the same on every
+    device (a paged cache counts its stored tokens)."""
     total = 0
     for c in caches:
         if isinstance(c, KVCache):
             total += c.k.numel() * c.k.element_size() + c.v.numel() * c.v.element_size()
         elif isinstance(c, PagedKVCache):
-            total += c.used_bytes
+            total += c.token_bytes      # the tokens stored; its pages hold < one page more per row
         elif isinstance(c, Mamba2Cache):
             total += c.conv_state.numel() * c.conv_state.element_size()
             total += c.ssm_state.numel() * c.ssm_state.element_size()

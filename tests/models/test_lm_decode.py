@@ -32,7 +32,7 @@ def test_kernels_equal_eager_decoding(arch):
         a, ref_caches = model.step(idx[:, t], ref_caches)
         b, caches = model.step(idx[:, t], caches)
         assert (a - b).abs().max().item() < 1e-5
-    assert cache_bytes(caches) >= cache_bytes(ref_caches)   # whole pages
+    assert cache_bytes(caches) == cache_bytes(ref_caches)   # stored tokens, whatever the layout
     model.decode_kernels = None
     greedy = model.generate(idx[:, :3], 5)
     model.decode_kernels = True
