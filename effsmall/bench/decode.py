@@ -14,7 +14,8 @@ one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 1
   time alone), ``host_ms`` the host's time per call;
 * bandwidth: bytes read are the K and V caches, ``2·B·Hk·L·D·2``; ``pct_of_read_ceiling`` divides
   the achieved rate (GPU time) by the read ceiling measured in the same run — the faster of a
-  full-tensor ``torch.sum`` over 2 GiB (bytes read / time) and the copy rate (read + write);
+  full-tensor ``torch.sum`` over 2 GiB (bytes read / time) and the copy rate (read + write
+  bytes / time); ``pct_of_copy_rate`` is the same against the copy rate alone;
 * ratios ``vs_best_sdpa`` (best SDPA backend's time / ours; > 1: ours faster), ``vs_flex`` and
   ``paged_over_contiguous`` — each in eager and graph time.
 
@@ -204,6 +205,7 @@ def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> 
                 row.update(ms=r["s"] * 1e3, graph_ms=r["graph"] * 1e3 if r["graph"] else None,
                            host_ms=r["host"] * 1e3 if r["host"] else None, GBps=nbytes / best / 1e9,
                            pct_of_read_ceiling=100 * nbytes / best / ceiling["read_Bps"],
+                           pct_of_copy_rate=100 * nbytes / best / ceiling["copy_Bps"],
                            rounds=rounds_default())
             rows[name] = row
         _ratios(rows)
