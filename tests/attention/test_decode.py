@@ -121,6 +121,17 @@ def test_hypothesis_shapes(B, G, Hk, D, cap, Nq, splits, seed, window):
     _close(o, decode_attention_reference(q, k, v, lens, window=window), torch.float32)
 
 
+@given(B=st.integers(1, 3), G=st.sampled_from([1, 4, 5]), page=st.sampled_from([16, 32, 64]), cap=st.integers(1, 140),
+       Nq=st.integers(1, 3), seed=st.integers(0, 99), window=st.one_of(st.none(), st.integers(0, 40)),
+       splits=st.one_of(st.none(), st.integers(1, 4)))
+def test_hypothesis_paged(B, G, page, cap, Nq, seed, window, splits):
+    q, k, v = _contiguous(B, 2 * G, 2, cap, 16, Nq=Nq, seed=seed)
+    lens = torch.randint(0, cap + 1, (B,), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
+    pk, pv, table = _paged(k, v, lens, page, seed=seed)
+    o = flash_decode(q, pk, pv, lens, block_table=table, window=window, num_splits=splits)
+    _close(o, decode_attention_reference(q, k, v, lens, window=window), torch.float32)
+
+
 def test_triton_merge_equals_merge_attention_states_many():
     g = torch.Generator().manual_seed(0)
     o = torch.randn(2, 3, 5, 24, generator=g)
