@@ -314,7 +314,7 @@ def _merge_kernel(O_PART, LSE_PART, O, LSE, D, S, stride_pr, stride_ps, stride_l
 
 
 def merge_splits(o_part: torch.Tensor, lse_part: torch.Tensor, out_dtype=None):
-    """Triton form of ``merge_attention_states_many(o_part, lse_part, dim=-2)``.
+    """Triton form of ``merge_attention_states_many(o_part, lse_part, dim=-1)`` (splits on lse's last dim).
 
     o_part ``(..., S, D)`` fp32 partial outputs, lse_part ``(..., S)`` → (o ``(..., D)`` in
     ``out_dtype`` (default o_part's), lse ``(...)`` fp32). One program per query row.

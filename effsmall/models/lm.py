@@ -28,6 +28,7 @@ import torch.nn as nn
 from effsmall.attention.paged_cache import PagedKVCache
 from effsmall.models.config import LMConfig
 from effsmall.models.layers import CausalSelfAttention, KVCache, RMSNorm, SwiGLU
+from effsmall.runtime import tensor_cores_in_triton
 from effsmall.ssm.mamba2_block import Mamba2Block, Mamba2Cache
 
 
@@ -76,7 +77,7 @@ class SequenceLM(nn.Module):
 
     arch: str | None = None
     #: Decode with the Triton decoding kernels (paged KV cache + ``flash_decode``, fused
-    #: ``mamba2_step``)? None: on CUDA (fp16/bf16/fp32), never on CPU; True forces them (the
+    #: ``mamba2_step``)? None: on CUDA sm80+ (fp16/bf16/fp32), never on CPU; True forces them (the
     #: Triton interpreter on CPU, for tests); False keeps the eager reference path everywhere.
     decode_kernels: bool | None = None
     page_size: int = 64
@@ -106,7 +107,8 @@ class SequenceLM(nn.Module):
         w = self.embed.weight
         if self.decode_kernels is not None:
             return self.decode_kernels
-        return w.device.type == "cuda" and w.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        return (w.device.type == "cuda" and w.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                and tensor_cores_in_triton(w.device.index or 0))   # sm80+, as the attention kernels
 
     def hidden(self, idx: torch.Tensor, caches: list | None = None, want_cache: bool = False):
         """Final hidden states ``(b, l, d_model)`` and the per-layer caches (or None)."""
