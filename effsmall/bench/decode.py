@@ -307,14 +307,11 @@ def _graph_step_ms(model, tok, caches, replays: int = 20) -> float:
     for them first, so nothing is allocated or tuned inside the capture)."""
     from effsmall.attention import PagedKVCache
 
-    def reserve():
-        for c in caches:
-            if isinstance(c, PagedKVCache):
-                for row in range(c.batch):
-                    c.reserve(row, c.lengths[row] + 2 * replays + 8)
-    reserve()
+    for c in caches:                            # pages for the warm-up, the capture and the replays
+        if isinstance(c, PagedKVCache):
+            for row in range(c.batch):
+                c.reserve(row, c.lengths[row] + 2 * replays + 16)
     model.step(tok, caches)                     # warm-up at the capacity the capture will see
-    reserve()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
