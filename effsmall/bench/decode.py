@@ -149,7 +149,9 @@ def _calls(q, k, v, lens, pk, pv, table, cuda: bool) -> dict:
         for name, be in backends.items():
             f = _sdpa(be)
             calls[name] = lambda f=f: f(q, k, v)
-        flex = _FLEX.setdefault("f", _flex())
+        if "f" not in _FLEX:
+            _FLEX["f"] = _flex()                                   # one compiled function for every shape
+        flex = _FLEX["f"]
         calls["flex"] = lambda: flex(q, k, v)
     else:
         import torch.nn.functional as F
