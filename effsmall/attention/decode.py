@@ -385,7 +385,8 @@ def _dot_precision(q: torch.Tensor) -> str:
 
 # (BLOCK_N, num_warps, num_stages) tried the first time a problem key is seen on a GPU; the
 # fastest is remembered and launched directly afterwards (no autotuner work on the host per call).
-CONFIGS = ((64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 3), (32, 4, 4), (16, 4, 4))
+# A paged tile's page-id load takes a pipeline stage of its own: 5 stages keep 3 K/V tiles in flight.
+CONFIGS = ((64, 4, 3), (64, 4, 5), (128, 4, 2), (128, 4, 3), (128, 8, 3), (32, 4, 4), (16, 4, 4))
 AUTOTUNE = True          # False: the first config that fits (quick correctness runs)
 _BEST: dict = {}
 

@@ -230,10 +230,18 @@ def test_wrong_device_is_value_error():
 # ---------------------------------------------------------------------------------------------
 # GPU, realistic sizes, bf16
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def one_config(monkeypatch):
+    """GPU correctness tests launch the first config (no timing of configs: the bench does that)."""
+    import effsmall.attention.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "AUTOTUNE", False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("B, ctx, page, window", [(1, 32768, None, None), (4, 8191, 64, None), (16, 4096, 16, None),
                                                   (2, 20000, 256, 4096), (3, 1000, None, 100)])
-def test_gpu_bf16_realistic(B, ctx, page, window):
+def test_gpu_bf16_realistic(B, ctx, page, window, one_config):
     dev = device_policy()
     q, k, v = _contiguous(B, 32, 8, ctx, 128, dtype=torch.bfloat16, device="cuda", seed=ctx)
     lens = torch.randint(1, ctx + 1, (B,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
@@ -250,7 +258,7 @@ def test_gpu_bf16_realistic(B, ctx, page, window):
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_capture():
+def test_gpu_cuda_graph_capture():  # tunes once (outside the capture), then captures
     q, k, v = _contiguous(2, 32, 8, 4096, 128, dtype=torch.bfloat16, device="cuda")
     lens = torch.tensor([4096, 1000], dtype=torch.int32, device="cuda")
     fn = lambda: flash_decode(q, k, v, lens, validate=False)  # noqa: E731
