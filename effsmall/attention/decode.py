@@ -65,7 +65,9 @@ def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int =
 # ---------------------------------------------------------------------------------------------
 def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True):
     """Validate the decode contract (``validate``: also the values of cache_seqlens and
-    block_table, which costs a device synchronization); return (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale)."""
+    block_table, which costs a device synchronization).
+
+    Returns (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale)."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -377,8 +377,8 @@ def summarize(rows: list[dict]) -> dict:
     def ge(col, bound):
         return lambda r: None if g(r, col) is None else g(r, col) >= bound
     out["lines"] = {
-        "B=1, 4K-16K: >= 1.3x best SDPA (GPU time)": all_ok([r for r in mine if r["B"] == 1 and 4096 <= r["L"] <= 16384],
-                                                           ge("vs_best_sdpa", 1.3)),
+        "B=1, 4K-16K: >= 1.3x best SDPA (GPU time)": all_ok(
+            [r for r in mine if r["B"] == 1 and 4096 <= r["L"] <= 16384], ge("vs_best_sdpa", 1.3)),
         "from 32K: >= 1.0x best SDPA": all_ok([r for r in mine if r["L"] >= 32768], ge("vs_best_sdpa", 1.0)),
         "from 32K: >= 85% of the read ceiling": all_ok(
             [r for r in mine if r["L"] >= 32768],
@@ -412,8 +412,8 @@ def table(rows: list[dict]) -> str:
         if r.get("kind") == "lm_decode":
             val = {k: r.get(k) or float("nan") for k in ("ms_per_token_kernels", "graph_ms_per_token_kernels",
                                                           "ms_per_token_eager", "graph_ms_per_token_eager")}
-            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: ms/token with kernels {val['ms_per_token_kernels']:.2f} "
-                         f"(graph {val['graph_ms_per_token_kernels']:.2f}), eager path {val['ms_per_token_eager']:.2f} "
+            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: ms/token with kernels "
+                         f"{val['ms_per_token_kernels']:.2f} (graph {val['graph_ms_per_token_kernels']:.2f}), eager path {val['ms_per_token_eager']:.2f} "
                          f"(graph {val['graph_ms_per_token_eager']:.2f})")
     return "\n".join(lines)
 

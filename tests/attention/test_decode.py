@@ -201,20 +201,23 @@ def test_bad_inputs(bad, err, match):
         flash_decode(**args)
 
 
+def _i32(*rows):
+    return torch.tensor(rows, dtype=torch.int32)
+
+
 def test_bad_page_table_and_page_size():
     q = torch.randn(1, 2, 16)
     pk = pv = torch.randn(3, 1, 16, 16)
     with pytest.raises(ValueError, match="outside the page pool"):
-        flash_decode(q, pk, pv, torch.tensor([20], dtype=torch.int32), block_table=torch.tensor([[0, 3]], dtype=torch.int32))
+        flash_decode(q, pk, pv, _i32(20), block_table=_i32([0, 3]))
     with pytest.raises(ValueError, match="capacity"):
-        flash_decode(q, pk, pv, torch.tensor([33], dtype=torch.int32), block_table=torch.tensor([[0, 1]], dtype=torch.int32))
+        flash_decode(q, pk, pv, _i32(33), block_table=_i32([0, 1]))
     with pytest.raises(ValueError, match="page_size"):
-        flash_decode(q, torch.randn(3, 1, 24, 16), torch.randn(3, 1, 24, 16), torch.tensor([5], dtype=torch.int32),
-                     block_table=torch.tensor([[0]], dtype=torch.int32))
+        flash_decode(q, torch.randn(3, 1, 24, 16), torch.randn(3, 1, 24, 16), _i32(5), block_table=_i32([0]))
     with pytest.raises(TypeError, match="block_table"):
-        flash_decode(q, pk, pv, torch.tensor([5], dtype=torch.int32), block_table=torch.tensor([[0.0]]))
+        flash_decode(q, pk, pv, _i32(5), block_table=torch.tensor([[0.0]]))
     # pages past a row's length are never read, so their ids may be anything
-    flash_decode(q, pk, pv, torch.tensor([10], dtype=torch.int32), block_table=torch.tensor([[1, 99]], dtype=torch.int32))
+    flash_decode(q, pk, pv, _i32(10), block_table=_i32([1, 99]))
 
 
 def test_wrong_device_is_value_error():

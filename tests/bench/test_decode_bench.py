@@ -29,8 +29,10 @@ def _row(impl, B, L, ms, graph):
 def test_ratios_summary_and_lines():
     rows = []
     for L in (4096, 65536):
-        shape = {"effsmall": _row("effsmall", 1, L, 0.02, 0.010), "effsmall_paged": _row("effsmall_paged", 1, L, 0.02, 0.0104),
-                 "sdpa_flash": _row("sdpa_flash", 1, L, 0.03, 0.015), "sdpa_cudnn": _row("sdpa_cudnn", 1, L, 0.03, 0.014),
+        shape = {"effsmall": _row("effsmall", 1, L, 0.02, 0.010),
+                 "effsmall_paged": _row("effsmall_paged", 1, L, 0.02, 0.0104),
+                 "sdpa_flash": _row("sdpa_flash", 1, L, 0.03, 0.015),
+                 "sdpa_cudnn": _row("sdpa_cudnn", 1, L, 0.03, 0.014),
                  "sdpa_efficient": dict(kind="decode", impl="sdpa_efficient", B=1, L=L, ms=None, error="refused"),
                  "flex": _row("flex", 1, L, 0.1, 0.05)}
         _ratios(shape)
