@@ -13,8 +13,8 @@ Token j of row b sits in page ``block_table[b, j // page_size]``, slot ``j % pag
 exactly what :func:`effsmall.attention.flash_decode` reads with ``block_table=``. The only
 waste is the unfilled tail of each row's last page (< page_size tokens per row).
 
-The pool grows by doubling when it runs out of free pages (one copy, amortized), so a
-generation loop never has to know its final length.
+The pool grows by half when it runs out of free pages (one copy, amortized), so a generation
+loop never has to know its final length.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class PagedKVCache:
     # ------------------------------------------------------------------ pages
     def _grow_pool(self, need: int) -> None:
         old = self.k_pages.shape[0]
-        new = max(2 * old, old + need)
+        new = max(old + old // 2, old + need)          # 1.5x: amortized O(1) copies per page
         pad = (new - old, *self.k_pages.shape[1:])
         self.k_pages = torch.cat([self.k_pages, self.k_pages.new_zeros(pad)])
         self.v_pages = torch.cat([self.v_pages, self.v_pages.new_zeros(pad)])
@@ -159,10 +159,11 @@ class PagedKVCache:
 
     @classmethod
     def from_contiguous(cls, k: torch.Tensor, v: torch.Tensor, *, page_size: int = 64,
-                        spare_pages: int = 0) -> "PagedKVCache":
-        """A paged copy of contiguous k, v ``(B, Hk, t, D)`` (every row t tokens long)."""
+                        spare_pages: int | None = None) -> "PagedKVCache":
+        """A paged copy of contiguous k, v ``(B, Hk, t, D)`` (every row t tokens long), with
+        ``spare_pages`` free pages for what follows (default: 8 per row)."""
         B, Hk, t, D = k.shape
-        num = B * cdiv(max(t, 1), page_size) + spare_pages
+        num = B * cdiv(max(t, 1), page_size) + (8 * B if spare_pages is None else spare_pages)
         cache = cls(B, Hk, D, page_size=page_size, num_pages=num, dtype=k.dtype, device=k.device)
         cache.append(k, v)
         return cache
