@@ -14,7 +14,7 @@ NUMBERING = {
     "04": "safe_online_softmax", "05": "tiled_attention_io", "06": "backward_recomputation",
     "07": "flashattention_triton", "08": "state_space_models", "09": "selective_scan",
     "10": "semiseparable_matrices", "11": "chunked_ssd_triton", "12": "small_language_models",
-    "13": "making_models_smaller", "14": "llm_in_a_flash", "15": "parallelism",
+    "13": "making_models_smaller", "14": "llm_in_a_flash", "15": "parallelism", "16": "decoding",
 }
 
 

@@ -30,6 +30,11 @@ _EXPORTS = {
     # merge.py — attention over disjoint key sets, combined (split-KV decoding, ring attention)
     "merge_attention_states": "merge",
     "merge_attention_states_many": "merge",
+    # decode.py — one new token against a long (paged) KV cache: split-KV flash-decoding
+    "flash_decode": "decode",
+    "decode_attention_reference": "decode",
+    # paged_cache.py — a KV cache in fixed-size pages (allocate, append, free, byte counter)
+    "PagedKVCache": "paged_cache",
 }
 install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from effsmall.attention.block import RMSNorm  # noqa: F401  (one RMSNorm for the book)
+from effsmall.attention.paged_cache import PagedKVCache
 from effsmall.runtime import tensor_cores_in_triton, warn_once
 
 
@@ -122,7 +123,7 @@ class CausalSelfAttention(nn.Module):
         self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.d, bias=False)
         self.wo = nn.Linear(n_heads * self.d, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
+    def forward(self, x: torch.Tensor, cache: KVCache | PagedKVCache | None = None):
         """x ``(b, l, d_model)`` → ``(y (b, l, d_model), cache extended by l tokens)``.
 
         With ``cache`` the l new tokens sit at positions t … t+l−1 after the t cached ones.
@@ -133,6 +134,13 @@ class CausalSelfAttention(nn.Module):
         q = self.wq(x).view(b, l, self.h, self.d).transpose(1, 2)                 # (b, h, l, D)
         k, v = self.wkv(x).view(b, l, 2, self.hk, self.d).permute(2, 0, 3, 1, 4)  # (b, hk, l, D) ×2
         q, k = rope(q, pos, self.rope_base), rope(k, pos, self.rope_base)
+        if isinstance(cache, PagedKVCache):  # decoding on the GPU: paged cache + flash_decode
+            from effsmall.attention import flash_decode
+
+            cache.append(k, v)                                                     # pages hold t+l tokens
+            y = flash_decode(q, cache.k_pages, cache.v_pages, cache.seqlens, block_table=cache.block_table,
+                             validate=False)                                       # (b, h, l, D)
+            return self.wo(y.transpose(1, 2).reshape(b, l, self.h * self.d)), cache
         if cache is not None:
             k = torch.cat([cache.k, k], dim=2)                                     # (b, hk, t+l, D)
             v = torch.cat([cache.v, v], dim=2)                                     # (b, hk, t+l, D)

@@ -10,6 +10,9 @@ which layers are attention (``LMConfig.is_attention``). Decoding keeps one cache
 a :class:`~effsmall.models.layers.KVCache` for attention (grows with the context) or a
 ``Mamba2Cache`` for SSD (a conv window and the state h ``(b, heads, P, N)``: constant size).
 ``prefill`` + ``step`` give exactly the logits of the full ``forward`` (tested in fp32/fp64).
+On CUDA (``SequenceLM.decode_kernels``) decoding runs the chapter-16 kernels: attention layers
+keep a :class:`~effsmall.attention.PagedKVCache` read by ``flash_decode``, Mamba-2 layers step
+with the fused ``mamba2_step``; on CPU the eager path above is unchanged.
 
 Kernels: attention uses :func:`effsmall.models.layers.attention` (Triton FlashAttention on
 CUDA, torch SDPA on CPU); Mamba-2 layers are ``effsmall.ssm.Mamba2Block`` (chunked SSD:
@@ -17,11 +20,15 @@ CUDA, torch SDPA on CPU); Mamba-2 layers are ``effsmall.ssm.Mamba2Block`` (chunk
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
+from effsmall.attention.paged_cache import PagedKVCache
 from effsmall.models.config import LMConfig
 from effsmall.models.layers import CausalSelfAttention, KVCache, RMSNorm, SwiGLU
+from effsmall.runtime import tensor_cores_in_triton
 from effsmall.ssm.mamba2_block import Mamba2Block, Mamba2Cache
 
 
@@ -40,21 +47,25 @@ class Layer(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.d_ff else None
         self.mlp = SwiGLU(cfg.d_model, cfg.d_ff) if cfg.d_ff else None
 
-    def _mix(self, u: torch.Tensor, cache, want_cache: bool):
+    def _mix(self, u: torch.Tensor, cache, want_cache: bool, kernels: bool = False):
         if self.is_attention:
             return self.mixer(u, cache)
         if cache is None:                                   # parallel (chunked SSD) path
             if want_cache:
                 return self.mixer(u, return_cache=True)
             return self.mixer(u), None
+        step = self.mixer.step
+        if kernels:                                         # the fused Triton step (decode kernels)
+            from effsmall.ssm.mamba2_step import mamba2_block_step
+            step = functools.partial(mamba2_block_step, self.mixer)
         outs = []
         for t in range(u.shape[1]):                         # recurrent path, one token at a time
-            y, cache = self.mixer.step(u[:, t], cache)      # (b, d)
+            y, cache = step(u[:, t], cache)                 # (b, d)
             outs.append(y)
         return torch.stack(outs, dim=1), cache              # (b, l, d)
 
-    def forward(self, x: torch.Tensor, cache=None, want_cache: bool = False):
-        y, cache = self._mix(self.norm1(x), cache, want_cache)
+    def forward(self, x: torch.Tensor, cache=None, want_cache: bool = False, kernels: bool = False):
+        y, cache = self._mix(self.norm1(x), cache, want_cache, kernels)
         x = x + y
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
@@ -65,6 +76,11 @@ class SequenceLM(nn.Module):
     """The shared skeleton; use :class:`TransformerLM`, :class:`Mamba2LM` or :class:`HybridLM`."""
 
     arch: str | None = None
+    #: Decode with the Triton decoding kernels (paged KV cache + ``flash_decode``, fused
+    #: ``mamba2_step``)? None: on CUDA sm80+ (fp16/bf16/fp32), never on CPU; True forces them (the
+    #: Triton interpreter on CPU, for tests); False keeps the eager reference path everywhere.
+    decode_kernels: bool | None = None
+    page_size: int = 64
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -87,13 +103,21 @@ class SequenceLM(nn.Module):
         if idx.dim() != 2 or idx.shape[1] < 1:
             raise ValueError(f"idx must have shape (batch, length >= 1), got {tuple(idx.shape)}")
 
+    def _use_decode_kernels(self) -> bool:
+        w = self.embed.weight
+        if self.decode_kernels is not None:
+            return self.decode_kernels
+        return (w.device.type == "cuda" and w.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                and tensor_cores_in_triton(w.device.index or 0))   # sm80+, as the attention kernels
+
     def hidden(self, idx: torch.Tensor, caches: list | None = None, want_cache: bool = False):
         """Final hidden states ``(b, l, d_model)`` and the per-layer caches (or None)."""
         self._check_tokens(idx)
         x = self.embed(idx)                                  # (b, l, d)
+        kernels = caches is not None and self._use_decode_kernels()
         new = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, None if caches is None else caches[i], want_cache)
+            x, c = layer(x, None if caches is None else caches[i], want_cache, kernels)
             new.append(c)
         return self.norm(x), (new if want_cache or caches is not None else None)
 
@@ -105,11 +129,17 @@ class SequenceLM(nn.Module):
     def prefill(self, idx: torch.Tensor):
         """Run a prompt ``(b, l)`` in parallel; return ``(logits (b, l, vocab), caches)``."""
         h, caches = self.hidden(idx, want_cache=True)
+        if self._use_decode_kernels():   # attention layers continue in a paged cache read by flash_decode
+            caches = [PagedKVCache.from_contiguous(c.k, c.v, page_size=self.page_size) if isinstance(c, KVCache)
+                      else c for c in caches]
         return self.lm_head(h), caches
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, caches: list):
-        """Decode one token per row, ``token (b,)`` → ``(logits (b, vocab), caches)``."""
+        """Decode one token per row, ``token (b,)`` → ``(logits (b, vocab), caches)``.
+
+        With the decode kernels (on CUDA) attention layers append to their ``PagedKVCache`` in
+        place: continue from the caches a step returns, do not step twice from the same ones."""
         h, caches = self.hidden(token[:, None], caches)       # (b, 1, d)
         return self.lm_head(h[:, 0]), caches
 
@@ -173,11 +203,14 @@ def build_model(cfg: LMConfig) -> SequenceLM:
 
 
 def cache_bytes(caches: list) -> int:
-    """Bytes held by decoding caches (KV tensors, conv windows and SSM states)."""
+    """Bytes held by decoding caches (KV tensors, conv windows and SSM states); the same on every
+    device (a paged cache counts its stored tokens)."""
     total = 0
     for c in caches:
         if isinstance(c, KVCache):
             total += c.k.numel() * c.k.element_size() + c.v.numel() * c.v.element_size()
+        elif isinstance(c, PagedKVCache):
+            total += c.token_bytes      # the tokens stored; its pages hold < one page more per row
         elif isinstance(c, Mamba2Cache):
             total += c.conv_state.numel() * c.conv_state.element_size()
             total += c.ssm_state.numel() * c.ssm_state.element_size()

@@ -36,6 +36,9 @@ _EXPORTS = {
     "mamba_chunk_scan_combined": "mamba_api",
     # mamba2_block.py — the Mamba-2 layer with recurrent step
     "Mamba2Block": "mamba2_block",
+    # mamba2_step.py — one decoding step of a Mamba-2 layer as one Triton kernel
+    "mamba2_step": "mamba2_step",
+    "mamba2_block_step": "mamba2_step",
 }
 install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

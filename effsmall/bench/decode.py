@@ -1,0 +1,479 @@
+"""Suite ``decode``: one new token against a long KV cache, and the three LMs' per-token latency.
+
+CUDA (``python -m effsmall.bench decode --device cuda``), bf16, 32 query / 8 KV heads, D = 128,
+one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 16 without 2K and 8K):
+
+* implementations, timed in the same interleaved rounds (:func:`effsmall.bench.timing.compare`):
+  ``effsmall`` (:func:`effsmall.attention.flash_decode`, contiguous cache), ``effsmall_paged``
+  (the same cache in 64-token pages in shuffled order), ``sdpa_flash``, ``sdpa_cudnn``,
+  ``sdpa_efficient`` (SDPA's backends with ``enable_gqa=True``; a backend that refuses the
+  shape is recorded with its error) and ``flex`` (``torch.compile(flex_attention)`` with
+  ``enable_gqa=True``). SDPA's math backend is left out: it materializes the scores and
+  repeats K, V per query head (8 GiB → 32 GiB at B = 16, 128K);
+* ``ms`` is eager time (host launch work included), ``graph_ms`` a CUDA-graph replay (the GPU's
+  time alone), ``host_ms`` the host's time per call;
+* bandwidth: bytes read are the K and V caches, ``2·B·Hk·L·D·2``; ``pct_of_read_ceiling`` divides
+  the achieved rate (GPU time) by the read ceiling measured in the same run — the faster of a
+  full-tensor ``torch.sum`` over 2 GiB (bytes read / time) and the copy rate (read + write
+  bytes / time); ``pct_of_copy_rate`` is the same against the copy rate alone;
+* ratios ``vs_best_sdpa`` (best SDPA backend's time / ours; > 1: ours faster), ``vs_flex`` and
+  ``paged_over_contiguous`` — each in eager and graph time.
+
+Then the three LMs (``lm_decode`` rows: d_model 1024, 8 layers, bf16) at contexts 1K, 16K, 64K:
+milliseconds per decoded token (batch 1: eager, the median of timed steps after a prefill of
+the context; and GPU time, one step captured in a CUDA graph and replayed) with the decode
+kernels (paged cache + ``flash_decode``, fused ``mamba2_step``) and with the eager reference
+path.
+
+The run keeps ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 150) for the attention shapes and
+``EFFSMALL_DECODE_LM_BUDGET_S`` (default 60) for the models (what would not fit is recorded as
+``kind="skipped"``; about four minutes in all on an H200), and appends every row to
+``EFFSMALL_BENCH_PARTIAL`` if set. ``EFFSMALL_DECODE_CONTEXTS=1024,65536`` re-measures some
+contexts; ``EFFSMALL_DECODE_SKIP_LM=1`` skips the models.
+
+CPU (``--device cpu``, ``--quick`` a smoke test): the same rows at interpreter sizes (8 / 2
+heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel, and the LMs at contexts 64 and
+256 — the shape of the code path, not GPU speed.
+
+``python -m effsmall.bench.decode FILE.json`` prints the table of a saved result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from effsmall.bench.results import geomean, record_partial
+from effsmall.bench.timing import benchmark, compare, rounds_default
+
+HQ, HK, D = 32, 8, 128
+CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+BATCHES = (1, 16)
+SKIP_AT_LARGE_BATCH = (2048, 8192)   # batch 16 is measured at 1K, 4K, 16K, 32K, 64K, 128K
+PAGE = 64
+SDPA = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+IMPLS = ("effsmall", "effsmall_paged", *SDPA, "flex")
+LM_CONTEXTS = (1024, 16384, 65536)
+
+
+class _Recorder:
+    def __init__(self, budget_s: float):
+        self.rows: list[dict] = []
+        self.t0 = time.time()
+        self.budget_s = budget_s
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        record_partial(row)
+        return row
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def kv_bytes(B: int, L: int, hk: int = HK, d: int = D, elem: int = 2) -> int:
+    """Bytes of K and V that one decode call must read."""
+    return 2 * B * hk * L * d * elem
+
+
+def read_ceiling(device: str, quick: bool = False) -> dict:
+    """Measured memory ceilings: the copy rate (read + write bytes) and a pure-read rate (a sum
+    over a large bf16/fp32 tensor); ``read_Bps`` is the faster of the two."""
+    from effsmall.hardware import measure_ceilings
+
+    cuda = str(device).startswith("cuda")
+    copy = measure_ceilings(device, quick=quick)["copy_bandwidth_Bps"]
+    n = (1 << 30 if cuda else 1 << 24) if not quick else (1 << 27 if cuda else 1 << 22)
+    x = torch.ones(n, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    t = benchmark(lambda: x.sum(dtype=torch.float32), device)
+    read = x.numel() * x.element_size() / t
+    del x
+    return dict(copy_Bps=copy, sum_read_Bps=read, read_Bps=max(copy, read))
+
+
+# ---------------------------------------------------------------------------------------------
+# Implementations
+# ---------------------------------------------------------------------------------------------
+def _sdpa(backend):
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    def f(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return f
+
+
+def _flex():
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import flex_attention
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return lambda q, k, v: compiled(q, k, v, enable_gqa=True)
+
+
+def _shuffled_pages(k, v, page: int, seed: int = 0):
+    """The cache in pages of ``page`` tokens, in a random order in the pool (as after many
+    allocations and frees): pools (P, Hk, page, D) and the block table (B, L/page)."""
+    B, Hk, L, Dh = k.shape
+    n = L // page
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    perm = torch.randperm(B * n, generator=g).to(k.device)
+    pools = []
+    for x in (k, v):
+        pool = torch.empty(B * n, Hk, page, Dh, dtype=x.dtype, device=x.device)
+        pool[perm] = x.view(B, Hk, n, page, Dh).transpose(1, 2).flatten(0, 1)   # (B·n, Hk, page, D)
+        pools.append(pool)
+    return pools[0], pools[1], perm.view(B, n).to(torch.int32)
+
+
+def _calls(q, k, v, lens, pk, pv, table, cuda: bool) -> dict:
+    from torch.nn.attention import SDPBackend
+
+    from effsmall.attention import flash_decode
+
+    q3 = q[:, :, 0]                                                               # (B, Hq, D)
+    calls = {"effsmall": lambda: flash_decode(q3, k, v, lens, validate=False),
+             "effsmall_paged": lambda: flash_decode(q3, pk, pv, lens, block_table=table, validate=False)}
+    if cuda:
+        backends = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+                    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
+        for name, be in backends.items():
+            f = _sdpa(be)
+            calls[name] = lambda f=f: f(q, k, v)
+        if "f" not in _FLEX:
+            _FLEX["f"] = _flex()                                   # one compiled function for every shape
+        flex = _FLEX["f"]
+        calls["flex"] = lambda: flex(q, k, v)
+    else:
+        import torch.nn.functional as F
+
+        calls["sdpa_cpu"] = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return calls
+
+
+_FLEX: dict = {}
+
+
+def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> None:
+    from effsmall.attention import decode_attention_reference, flash_decode
+
+    cuda = str(device).startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    hq, hk, d = (HQ, HK, D) if cuda else (8, 2, 32)
+    contexts = CONTEXTS if cuda else ((128,) if quick else (128, 512))
+    if cuda and quick:
+        contexts = (1024, 16384)
+    if os.environ.get("EFFSMALL_DECODE_CONTEXTS"):
+        contexts = tuple(int(x) for x in os.environ["EFFSMALL_DECODE_CONTEXTS"].split(","))
+    batches = BATCHES if cuda else (1, 2)
+    shapes = [(B, L) for L in contexts for B in batches
+              if not (cuda and B > 1 and L in SKIP_AT_LARGE_BATCH and not os.environ.get("EFFSMALL_DECODE_CONTEXTS"))]
+    per_shape: list[float] = []
+    for B, L in shapes:
+        # the next shape's cost: the last two shapes' (the first one also paid for compiling)
+        if per_shape and rec.elapsed() + max(per_shape[-2:]) > rec.budget_s:
+            rec.add(dict(kind="skipped", B=B, L=L, reason="time budget"))
+            continue
+        t_shape = time.time()
+        g = torch.Generator(device=device).manual_seed(L + B)
+        q = torch.randn(B, hq, 1, d, device=device, dtype=dtype, generator=g)
+        k = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
+        v = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
+        lens = torch.full((B,), L, dtype=torch.int32, device=device)
+        pk, pv, table = _shuffled_pages(k, v, PAGE)
+        # correctness at this shape (one row is enough: the kernel treats rows alike)
+        o = flash_decode(q[:1, :, 0], pk, pv, lens[:1], block_table=table[:1])
+        ref = decode_attention_reference(q[:1, :, 0].float(), k[:1].float(), v[:1].float(), lens[:1])
+        err = (o.float() - ref).abs().max().item()
+        res = compare(_calls(q, k, v, lens, pk, pv, table, cuda), device, detail=IMPLS,
+                      **(dict(warmup_ms=10, rep_ms=30) if cuda else dict(min_run_time=0.05)))
+        nbytes = kv_bytes(B, L, hk, d, k.element_size())
+        rows = {}
+        for name, r in res.items():
+            row = dict(kind="decode", impl=name, B=B, L=L, Hq=hq, Hk=hk, D=d, kv_bytes=nbytes)
+            if isinstance(r, Exception):
+                row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
+            else:
+                best = r["graph"] or r["s"]
+                row.update(ms=r["s"] * 1e3, graph_ms=r["graph"] * 1e3 if r["graph"] else None,
+                           host_ms=r["host"] * 1e3 if r["host"] else None, GBps=nbytes / best / 1e9,
+                           pct_of_read_ceiling=100 * nbytes / best / ceiling["read_Bps"],
+                           pct_of_copy_rate=100 * nbytes / best / ceiling["copy_Bps"],
+                           rounds=rounds_default())
+            rows[name] = row
+        _ratios(rows)
+        rows["effsmall"]["max_abs_err_vs_reference"] = err
+        for row in rows.values():
+            rec.add(row)
+        del q, k, v, pk, pv
+        if cuda:
+            torch.cuda.empty_cache()
+        per_shape.append(time.time() - t_shape)
+
+
+def _ratios(rows: dict) -> None:
+    """vs_best_sdpa, vs_flex, paged_over_contiguous on the effsmall row (eager and graph)."""
+    me = rows["effsmall"]
+    for suffix, col in (("", "ms"), ("_graph", "graph_ms")):
+        if not me.get(col):
+            continue
+        sdpa = [rows[n][col] for n in rows if n.startswith("sdpa") and rows[n].get(col)]
+        if sdpa:
+            me["vs_best_sdpa" + suffix] = min(sdpa) / me[col]
+        if rows.get("flex", {}).get(col):
+            me["vs_flex" + suffix] = rows["flex"][col] / me[col]
+        if rows.get("effsmall_paged", {}).get(col):
+            me["paged_over_contiguous" + suffix] = rows["effsmall_paged"][col] / me[col]
+
+
+# ---------------------------------------------------------------------------------------------
+# The three LMs
+# ---------------------------------------------------------------------------------------------
+def lm_config(arch: str, cuda: bool):
+    from effsmall.models import LMConfig
+
+    if cuda:
+        return LMConfig(vocab_size=4096, d_model=1024, n_layers=8, arch=arch, n_heads=8, n_kv_heads=2, d_ff=2816,
+                        d_state=128, headdim=64, expand=2, chunk_size=64, attn_every=4)
+    return LMConfig(vocab_size=128, d_model=64, n_layers=2, arch=arch, n_heads=4, n_kv_heads=2, d_state=16,
+                    headdim=16, chunk_size=16, attn_every=2)
+
+
+@torch.no_grad()
+def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
+    from effsmall.models import build_model
+
+    cuda = str(device).startswith("cuda")
+    contexts = LM_CONTEXTS if cuda and not quick else ((1024,) if cuda else ((64,) if quick else (64, 256)))
+    steps = 20 if cuda else 3
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t0 = time.time()
+    budget = float(os.environ.get("EFFSMALL_DECODE_LM_BUDGET_S", 60 if cuda else 120))
+    for arch in ("transformer", "mamba2", "hybrid"):
+        torch.manual_seed(0)
+        model = build_model(lm_config(arch, cuda)).to(device).eval()
+        if cuda:
+            model = model.to(torch.bfloat16)
+        for ctx in contexts:
+            if time.time() - t0 > budget:
+                rec.add(dict(kind="skipped", arch=arch, context=ctx, reason="LM time budget"))
+                continue
+            idx = torch.randint(0, model.cfg.vocab_size, (1, ctx), device=device)
+            row = dict(kind="lm_decode", arch=arch, context=ctx, batch=1, params=model.num_params())
+            for mode, flag in (("kernels", True), ("eager", False)):
+                try:
+                    model.decode_kernels = flag
+                    logits, caches = model.prefill(idx)
+                    tok = logits[:, -1].argmax(-1)
+                    for _ in range(3):                       # warm-up (compiles)
+                        logits, caches = model.step(tok, caches)
+                    times = []
+                    for _ in range(steps):
+                        sync()
+                        t0 = time.perf_counter()
+                        logits, caches = model.step(tok, caches)
+                        sync()
+                        times.append(time.perf_counter() - t0)
+                    ms = statistics.median(times) * 1e3
+                    row[f"ms_per_token_{mode}"] = ms
+                    row[f"tokens_per_s_{mode}"] = 1e3 / ms
+                    if cuda:
+                        try:
+                            row[f"graph_ms_per_token_{mode}"] = _graph_step_ms(model, tok, caches)
+                        except Exception as e:  # noqa: BLE001 - capture can fail; eager time stands
+                            row[f"graph_error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    del caches, logits
+                except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
+                    row[f"error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                if cuda:
+                    torch.cuda.empty_cache()
+            model.decode_kernels = None
+            rec.add(row)
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def _graph_step_ms(model, tok, caches, replays: int = 20) -> float:
+    """GPU time of one decoding step: the step captured once in a CUDA graph, replayed
+    ``replays`` times (each replay writes one more token on the device; paged caches get pages
+    for them first, so nothing is allocated or tuned inside the capture)."""
+    from effsmall.attention import PagedKVCache
+
+    for c in caches:                            # pages for the warm-up, the capture and the replays
+        if isinstance(c, PagedKVCache):
+            for row in range(c.batch):
+                c.reserve(row, c.lengths[row] + 2 * replays + 16)
+    model.step(tok, caches)                     # warm-up at the capacity the capture will see
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model.step(tok, caches)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / replays
+    del graph
+    return ms
+
+
+def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+    cuda = str(device).startswith("cuda")
+    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 150 if cuda else 120)))
+    ceiling = read_ceiling(device, quick=quick or not cuda)
+    rec.add(dict(kind="ceiling", **ceiling))
+    _attention_rows(rec, device, quick, ceiling)
+    if os.environ.get("EFFSMALL_DECODE_SKIP_LM") != "1":
+        _lm_rows(rec, device, quick)
+    print(table(rec.rows), flush=True)
+    return rec.rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+def summarize(rows: list[dict]) -> dict:
+    out: dict = {}
+    mine = [r for r in rows if r.get("kind") == "decode" and r["impl"] == "effsmall" and r.get("ms")]
+    if not mine:
+        return out
+    out["max_abs_err_vs_reference"] = max(r.get("max_abs_err_vs_reference", 0) for r in mine)
+    for col in ("vs_best_sdpa", "vs_flex", "paged_over_contiguous"):
+        for suffix in ("", "_graph"):
+            vals = [r[col + suffix] for r in mine if r.get(col + suffix)]
+            if vals:
+                out[f"{col}{suffix}_geomean"] = geomean(vals)
+                out[f"{col}{suffix}_min"] = min(vals)
+                out[f"{col}{suffix}_max"] = max(vals)
+    lm = [r for r in rows if r.get("kind") == "lm_decode"]
+    if lm:
+        out["lm_ms_per_token"] = {f"{r['arch']}@{r['context']}": {
+            **{m: r.get(f"ms_per_token_{m}") for m in ("kernels", "eager")},
+            **{f"{m}_graph": r.get(f"graph_ms_per_token_{m}") for m in ("kernels", "eager")}} for r in lm}
+    out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
+    out["per_shape"] = [{k: r.get(k) for k in ("B", "L", "graph_ms", "ms", "pct_of_read_ceiling", "vs_best_sdpa_graph",
+                                               "vs_flex_graph", "paged_over_contiguous_graph")} for r in mine]
+    if not any(r.get("graph_ms") for r in mine):     # the targets are about GPU time
+        return out
+    g = lambda r, c: r.get(c + "_graph") or r.get(c)  # noqa: E731 - GPU time when measured
+
+    def all_ok(rs, cond):
+        rs = [r for r in rs if cond(r) is not None]
+        return bool(rs) and all(cond(r) for r in rs) if rs else None
+
+    def ge(col, bound):
+        return lambda r: None if g(r, col) is None else g(r, col) >= bound
+    out["lines"] = {
+        "B=1, 4K-16K: >= 1.3x best SDPA (GPU time)": all_ok(
+            [r for r in mine if r["B"] == 1 and 4096 <= r["L"] <= 16384], ge("vs_best_sdpa", 1.3)),
+        "from 32K: >= 1.0x best SDPA": all_ok([r for r in mine if r["L"] >= 32768], ge("vs_best_sdpa", 1.0)),
+        "from 32K: >= 85% of the read ceiling": all_ok(
+            [r for r in mine if r["L"] >= 32768],
+            lambda r: None if r.get("pct_of_read_ceiling") is None else r["pct_of_read_ceiling"] >= 85),
+        ">= 1.0x FlexAttention everywhere": all_ok(mine, ge("vs_flex", 1.0)),
+        "paged within 5% of contiguous": all_ok(
+            mine, lambda r: None if g(r, "paged_over_contiguous") is None else g(r, "paged_over_contiguous") <= 1.05),
+    }
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    dec = [r for r in rows if r.get("kind") == "decode"]
+    impls = [i for i in (*IMPLS, "sdpa_cpu") if any(r["impl"] == i for r in dec)]
+    lines = [f"{'B':>3} {'L':>7} " + " ".join(f"{i[:14]:>14}" for i in impls) + "  (µs, GPU time where measured)"
+             + "  %read  vs_sdpa vs_flex paged"]
+    for key in sorted({(r["B"], r["L"]) for r in dec}):
+        rs = {r["impl"]: r for r in dec if (r["B"], r["L"]) == key}
+
+        def cell(i):
+            r = rs.get(i, {})
+            t = r.get("graph_ms") or r.get("ms")
+            return f"{t * 1e3:14.1f}" if t else f"{'-':>14}"
+        me = rs.get("effsmall", {})
+        extra = [me.get("pct_of_read_ceiling"), me.get("vs_best_sdpa_graph") or me.get("vs_best_sdpa"),
+                 me.get("vs_flex_graph") or me.get("vs_flex"),
+                 me.get("paged_over_contiguous_graph") or me.get("paged_over_contiguous")]
+        lines.append(f"{key[0]:>3} {key[1]:>7} " + " ".join(cell(i) for i in impls) + "  "
+                     + " ".join(f"{x:7.2f}" if x else f"{'-':>7}" for x in extra))
+    for r in rows:
+        if r.get("kind") == "lm_decode":
+            val = {k: r.get(k) or float("nan") for k in ("ms_per_token_kernels", "graph_ms_per_token_kernels",
+                                                          "ms_per_token_eager", "graph_ms_per_token_eager")}
+            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: ms/token with kernels "
+                         f"{val['ms_per_token_kernels']:.2f} (graph {val['graph_ms_per_token_kernels']:.2f}), eager path {val['ms_per_token_eager']:.2f} "
+                         f"(graph {val['graph_ms_per_token_eager']:.2f})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m effsmall.bench.decode RESULT.json
+    with open(sys.argv[1]) as f:
+        res = json.load(f)
+    print(table(res["rows"]))
+    print(json.dumps(res.get("summary", summarize(res["rows"])).get("lines", {}), indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (chapter 16)
+# ---------------------------------------------------------------------------------------------
+LABELS = {"effsmall": "effsmall flash_decode", "effsmall_paged": "effsmall, paged (64)", "sdpa_flash": "SDPA flash",
+          "sdpa_cudnn": "SDPA cuDNN", "sdpa_efficient": "SDPA mem-efficient", "flex": "FlexAttention",
+          "sdpa_cpu": "SDPA (CPU)"}
+
+
+def plot_decode(result: dict):
+    """Two figures from a ``decode`` result: (1) achieved KV read bandwidth as a fraction of the
+    measured read ceiling vs context, one panel per batch size (GPU time where measured);
+    (2) the LMs' milliseconds per token vs context. Returns ``(fig_attention, fig_lm or None)``."""
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    dec = [r for r in rows if r.get("kind") == "decode" and r.get("ms")]
+    batches = sorted({r["B"] for r in dec})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.4), squeeze=False, sharey=True)
+    for ax, B in zip(axes[0], batches):
+        for impl in LABELS:
+            rs = sorted((r for r in dec if r["B"] == B and r["impl"] == impl), key=lambda r: r["L"])
+            if rs:
+                ax.plot([r["L"] for r in rs], [r["pct_of_read_ceiling"] for r in rs], "o-", ms=3,
+                        label=LABELS[impl], lw=2 if impl == "effsmall" else 1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context L (tokens)")
+        ax.set_title(f"batch {B}")
+        ax.axhline(100, color="gray", lw=0.8, ls=":")
+    axes[0][0].set_ylabel("% of measured read bandwidth")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Decode attention on {result['env']['device_name']}", fontsize=10)
+    fig.tight_layout()
+    lm = [r for r in rows if r.get("kind") == "lm_decode"]
+    fig_lm = None
+    if lm:
+        fig_lm, ax = plt.subplots(figsize=(5, 3.4))
+        graph = any(r.get("graph_ms_per_token_kernels") for r in lm)
+        col = "graph_ms_per_token_{}" if graph else "ms_per_token_{}"
+        for arch, color in (("transformer", "tab:blue"), ("mamba2", "tab:orange"), ("hybrid", "tab:green")):
+            for mode, style in (("kernels", "o-"), ("eager", "x--")):
+                rs = sorted((r for r in lm if r["arch"] == arch and r.get(col.format(mode))),
+                            key=lambda r: r["context"])
+                if rs:
+                    ax.plot([r["context"] for r in rs], [r[col.format(mode)] for r in rs], style, color=color,
+                            label=f"{arch} ({'decode kernels' if mode == 'kernels' else 'eager path'})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("ms per token, batch 1" + (" (GPU time)" if graph else ""))
+        ax.legend(fontsize=7)
+        fig_lm.tight_layout()
+    return fig, fig_lm

@@ -1,0 +1,107 @@
+"""The fused Mamba-2 decoding step (Triton) equals Mamba2Block.step."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from effsmall.ssm import Mamba2Block, mamba2_block_step, mamba2_step
+
+
+def _block(dtype=torch.float32, device="cpu", seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(d_model=32, d_state=16, headdim=16, ngroups=2, chunk_size=8)
+    cfg.update(kw)
+    return Mamba2Block(**cfg).to(device=device, dtype=dtype)
+
+
+def _run(m, batch, prompt, steps, dtype, device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(batch, prompt + steps, m.d_model, generator=g).to(device, dtype)
+    if prompt:
+        _, c_ref = m(u[:, :prompt], return_cache=True)
+    else:
+        c_ref = m.allocate_cache(batch)
+    c = c_ref
+    worst = 0.0
+    for t in range(prompt, prompt + steps):
+        o_ref, c_ref = m.step(u[:, t], c_ref)
+        o, c = mamba2_block_step(m, u[:, t], c)
+        worst = max(worst, (o.float() - o_ref.float()).abs().max().item())
+    return worst, c, c_ref
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(ngroups=1), dict(d_conv=3, conv_bias=False), dict(headdim=8, d_state=12),
+                                dict(ngroups=4, headdim=8)])
+def test_step_equals_block_step(kw):
+    m = _block(**kw)
+    worst, c, c_ref = _run(m, 3, 5, 4, torch.float32)
+    assert worst < 1e-5
+    assert torch.equal(c.conv_state, c_ref.conv_state)
+    assert (c.ssm_state - c_ref.ssm_state).abs().max().item() < 1e-5
+
+
+def test_from_empty_cache_and_inputs_untouched():
+    m = _block()
+    cache = m.allocate_cache(2)
+    before = (cache.conv_state.clone(), cache.ssm_state.clone())
+    u = torch.randn(2, 32)
+    out, new = mamba2_block_step(m, u, cache)
+    ref, _ = m.step(u, m.allocate_cache(2))
+    assert (out - ref).abs().max().item() < 1e-5
+    assert torch.equal(cache.conv_state, before[0]) and torch.equal(cache.ssm_state, before[1])
+
+
+def test_fp16():
+    m = _block(dtype=torch.float16)
+    worst, _, _ = _run(m, 2, 3, 3, torch.float16)
+    assert worst < 1e-2
+
+
+@given(P=st.sampled_from([4, 8, 12]), N=st.sampled_from([4, 8, 20]), g=st.sampled_from([1, 2]),
+       d_conv=st.integers(2, 4), seed=st.integers(0, 50))
+def test_hypothesis_shapes(P, N, g, d_conv, seed):
+    m = _block(d_model=P * g * 2, headdim=P, d_state=N, ngroups=g, d_conv=d_conv, seed=seed)
+    worst, _, _ = _run(m, 2, 2, 2, torch.float32)
+    assert worst < 1e-5
+
+
+def test_bad_inputs():
+    m = _block()
+    c = m.allocate_cache(2)
+    xBC = torch.randn(2, m.conv_dim)
+    dt = torch.randn(2, m.nheads)
+    args = (m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m.D)
+    kw = dict(nheads=m.nheads, headdim=m.headdim, ngroups=m.ngroups, d_state=m.d_state)
+    with pytest.raises(ValueError, match="conv_state"):
+        mamba2_step(xBC, dt, c.conv_state[:1], c.ssm_state, *args, **kw)
+    with pytest.raises(ValueError, match="ssm_state"):
+        mamba2_step(xBC, dt, c.conv_state, c.ssm_state[:, :1], *args, **kw)
+    with pytest.raises(ValueError, match="channels"):
+        mamba2_step(xBC[:, 1:], dt, c.conv_state, c.ssm_state, *args, **kw)
+    with pytest.raises(ValueError, match="dt"):
+        mamba2_step(xBC, dt[:, 1:], c.conv_state, c.ssm_state, *args, **kw)
+    with pytest.raises(TypeError, match="xBC"):
+        mamba2_step(xBC.numpy(), dt, c.conv_state, c.ssm_state, *args, **kw)
+    with pytest.raises(TypeError, match="float64"):
+        mamba2_step(xBC.double(), dt.double(), c.conv_state.double(), c.ssm_state.double(), *args, **kw)
+    with pytest.raises(TypeError, match="dtype"):
+        mamba2_block_step(m, torch.randn(2, 32).double(), c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_realistic(dtype):
+    m = _block(dtype=dtype, device="cuda", d_model=768, d_state=128, headdim=64, ngroups=1, chunk_size=64)
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(16, 72, 768, generator=g).to("cuda", dtype)
+    _, c_ref = m(u[:, :64], return_cache=True)
+    c, worst, scale = c_ref, 0.0, 0.0
+    for t in range(64, 72):
+        o_ref, c_ref = m.step(u[:, t], c_ref)
+        o, c = mamba2_block_step(m, u[:, t], c)
+        worst = max(worst, (o.float() - o_ref.float()).abs().max().item())
+        scale = max(scale, o_ref.float().abs().max().item())
+    rel = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    assert worst <= rel * scale, (worst, scale)
+    s_err = (c.ssm_state - c_ref.ssm_state).abs().max().item()
+    assert s_err <= rel * c_ref.ssm_state.abs().max().item()
