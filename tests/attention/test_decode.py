@@ -9,6 +9,10 @@ from effsmall.attention import (PagedKVCache, decode_attention_reference, flash_
                                 naive_attention)
 from effsmall.attention.decode import choose_num_splits, merge_splits
 from effsmall.runtime import device_policy
+from effsmall.testing import on_device
+
+# compiled on a GPU, interpreted on a CPU: inputs stay on the CPU, the wrapper moves them
+flash_decode, merge_splits = on_device(flash_decode), on_device(merge_splits)
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 

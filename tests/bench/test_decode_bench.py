@@ -10,7 +10,7 @@ from effsmall.bench.decode import _ratios, kv_bytes, summarize, table
 
 def test_cli_decode_quick_cpu(tmp_path):
     out = tmp_path / "decode.json"
-    env = dict(os.environ, EFFSMALL_DECODE_SKIP_LM="1")
+    env = dict(os.environ, EFFSMALL_DECODE_SKIP_LM="1", TRITON_INTERPRET="1")   # --device cpu: the interpreter, GPU or not
     subprocess.run([sys.executable, "-m", "effsmall.bench", "decode", "--device", "cpu", "--quick", "--out", str(out)],
                    check=True, timeout=600, env=env, capture_output=True)
     res = json.loads(out.read_text())

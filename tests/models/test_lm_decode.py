@@ -20,8 +20,10 @@ def tiny(arch, **kw):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_kernels_equal_eager_decoding(arch):
     torch.manual_seed(0)
-    model = build_model(tiny(arch)).eval()
-    idx = torch.randint(0, 61, (2, 9))
+    from effsmall.testing import DEVICE
+
+    model = build_model(tiny(arch)).to(DEVICE).eval()        # kernels: compiled on a GPU, interpreted on a CPU
+    idx = torch.randint(0, 61, (2, 9), device=DEVICE)
     model.decode_kernels = False
     ref_logits, ref_caches = model.prefill(idx[:, :5])
     model.decode_kernels = True                    # the Triton interpreter on CPU

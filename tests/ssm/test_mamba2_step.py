@@ -5,6 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from effsmall.ssm import Mamba2Block, mamba2_block_step, mamba2_step
+from effsmall.testing import DEVICE, on_device
+
+# compiled on a GPU, interpreted on a CPU: inputs stay on the CPU, the wrapper moves them
+mamba2_step, mamba2_block_step = on_device(mamba2_step), on_device(mamba2_block_step)
 
 
 def _block(dtype=torch.float32, device="cpu", seed=0, **kw):
