@@ -7,18 +7,19 @@ from hypothesis import strategies as st
 from effsmall.ssm import Mamba2Block, mamba2_block_step, mamba2_step
 from effsmall.testing import DEVICE, on_device
 
-# compiled on a GPU, interpreted on a CPU: inputs stay on the CPU, the wrapper moves them
-mamba2_step, mamba2_block_step = on_device(mamba2_step), on_device(mamba2_block_step)
+# Compiled on a GPU, interpreted on a CPU. The blocks (and so their caches) live on the policy
+# device; loose CPU inputs to the kernel are moved there by the wrapper.
+mamba2_step = on_device(mamba2_step)
 
 
-def _block(dtype=torch.float32, device="cpu", seed=0, **kw):
+def _block(dtype=torch.float32, device=DEVICE, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(d_model=32, d_state=16, headdim=16, ngroups=2, chunk_size=8)
     cfg.update(kw)
     return Mamba2Block(**cfg).to(device=device, dtype=dtype)
 
 
-def _run(m, batch, prompt, steps, dtype, device="cpu"):
+def _run(m, batch, prompt, steps, dtype, device=DEVICE):
     g = torch.Generator().manual_seed(1)
     u = torch.randn(batch, prompt + steps, m.d_model, generator=g).to(device, dtype)
     if prompt:
@@ -48,7 +49,7 @@ def test_from_empty_cache_and_inputs_untouched():
     m = _block()
     cache = m.allocate_cache(2)
     before = (cache.conv_state.clone(), cache.ssm_state.clone())
-    u = torch.randn(2, 32)
+    u = torch.randn(2, 32, device=DEVICE)
     out, new = mamba2_block_step(m, u, cache)
     ref, _ = m.step(u, m.allocate_cache(2))
     assert (out - ref).abs().max().item() < 1e-5
@@ -89,7 +90,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="float64"):
         mamba2_step(xBC.double(), dt.double(), c.conv_state.double(), c.ssm_state.double(), *args, **kw)
     with pytest.raises(TypeError, match="dtype"):
-        mamba2_block_step(m, torch.randn(2, 32).double(), c)
+        mamba2_block_step(m, torch.randn(2, 32, device=DEVICE).double(), c)
 
 
 @pytest.mark.gpu
