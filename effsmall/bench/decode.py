@@ -442,7 +442,7 @@ def plot_decode(result: dict):
     rows = result["rows"]
     dec = [r for r in rows if r.get("kind") == "decode" and r.get("ms")]
     batches = sorted({r["B"] for r in dec})
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(batches), figsize=(min(7.2, 3.6 * len(batches)), 3.2), squeeze=False, sharey=True)
     for ax, B in zip(axes[0], batches):
         for impl in LABELS:
             rs = sorted((r for r in dec if r["B"] == B and r["impl"] == impl), key=lambda r: r["L"])
