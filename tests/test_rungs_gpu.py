@@ -60,8 +60,6 @@ def test_teaching_attention_kernels_gpu(dtype, name, B, H, N, D):
     o = getattr(att, name)(q, k, v)
     ref = att.naive_attention(q.double(), k.double(), v.double())
     assert o.dtype == dtype and o.shape == q.shape and rel(o, ref) < 2e-2
-    prod = att.flash_attention(q, k, v)
-    assert rel(o, prod.double()) < 2e-2
 
 
 @pytest.mark.parametrize("name", ["flash_attention_minimal", "flash_attention_fa1"])

@@ -82,7 +82,8 @@ def _matmul_kernel(A, B, C, M, N, stride_am, stride_ak, stride_bk, stride_bn, st
     tl.store(c_blk, acc.to(C.dtype.element_ty), boundary_check=(0, 1))   # one write per C element
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int = 64, block_k: int = 32) -> torch.Tensor:
+def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int = 64, block_k: int = 32,
+           num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
     """``a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N) with one program per ``block_m × block_n`` tile of C.
 
     Why tiles: computed one element at a time, ``C[i, j] = Σ_k A[i, k] B[k, j]`` reads 2K numbers
@@ -96,6 +97,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int 
     the ragged edges, so any M, N, K work. ``K`` is a compile-time constant (``tl.constexpr``):
     the loop has a known trip count, and one compiled kernel serves every M and N. fp16/bf16 multiply on tensor cores with fp32
     accumulation; fp32 follows ``torch.get_float32_matmul_precision`` (exact under "highest").
+    ``num_warps``/``num_stages`` are the GPU launch's warps per program and software-pipeline depth.
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor):
@@ -119,9 +121,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int 
         a, b = a.float(), b.float()
     (M, K), N = a.shape, b.shape[1]
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
-    exact = interpreting() or a.dtype != torch.float32 or torch.get_float32_matmul_precision() == "highest"
+    # fp32: exact ("ieee") under precision "highest" and in the interpreter, else TF32; fp16/bf16 always
+    # multiply on tensor cores (the flag only matters for fp32 inputs)
+    exact = interpreting() or (a.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest")
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _matmul_kernel[grid](a, b, c, M, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                          c.stride(0), c.stride(1), K=K, PREC="ieee" if exact else "tf32",
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                         num_warps=num_warps, num_stages=num_stages)
     return c.to(out_dtype)
