@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import interpreting, require_triton_device
+from effsmall.runtime import interpreting, require_triton_device, tensor_cores_in_triton
 
 __all__ = ["flash_attention_minimal", "flash_attention_fa1"]
 
@@ -139,6 +139,11 @@ def _prepare(q, k, v, scale):
     return q.contiguous(), k.contiguous(), v.contiguous(), scale * LOG2E
 
 
+def _stages(num_stages: int) -> int:
+    """Software pipelining (``cp.async``) needs sm80+; older GPUs get one stage (less shared memory)."""
+    return num_stages if interpreting() or tensor_cores_in_triton() else 1
+
+
 def _default_block(N: int, big: int) -> int:
     return 16 if interpreting() else (big if N % big == 0 else 64)
 
@@ -161,7 +166,7 @@ def flash_attention_minimal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     o = torch.empty_like(q)
     grid = (N // block_m, B * H)
     _fa2_minimal_kernel[grid](q, k, v, o, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                              num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
+                              num_warps=num_warps or (4 if D <= 64 else 8), num_stages=_stages(num_stages))
     return o.to(dtype)
 
 
@@ -184,5 +189,5 @@ def flash_attention_fa1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     l = torch.zeros(B, H, N, device=q.device, dtype=torch.float32)              # ℓ = 0
     m = torch.full((B, H, N), float("-inf"), device=q.device, dtype=torch.float32)  # m = -inf
     _fa1_kernel[(B * H,)](q, k, v, o, l, m, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                          num_warps=num_warps, num_stages=num_stages)
+                          num_warps=num_warps, num_stages=_stages(num_stages))
     return o.to(dtype)

@@ -43,7 +43,7 @@ def test_matmul_half_precision_and_strides(dtype):
 def test_matmul_extreme_values():
     a = torch.full((32, 32), 1e4)
     b = torch.eye(32) * 1e-4
-    assert (on_device(matmul)(a, b) - 1.0).abs().max().item() < 1e-3
+    assert (on_device(matmul)(a, b) - 1.0).abs().max().item() < (3e-3 if GPU else 1e-5)
 
 
 def test_matmul_rejects_bad_input():
@@ -81,14 +81,16 @@ def test_attention_kernels_half_precision(name, dtype):
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_attention_kernels_extreme_scores_and_scale(name):
+    # scores in the hundreds: the online max must hold. On a GPU in fp16 (exact products, fp32
+    # sums): TF32 would round scores of this size by ~0.1, which no softmax survives.
+    dtype, tol = (torch.float16, 1e-2) if GPU else (torch.float32, 1e-5)
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 1, 32, 32, generator=g) for _ in range(3))
-    q = q * 30                                  # scores in the hundreds: the online max must hold
+    q, k, v = (q * 30).to(dtype), k.to(dtype), v.to(dtype)
     for scale in (None, 0.05):
         o = on_device(KERNELS[name])(q, k, v, scale=scale)
         assert torch.isfinite(o).all()
-        ref = _ref(q, k, v, scale)
-        assert (o.double() - ref).abs().max().item() < (TOL32 * 20 if GPU else 1e-5)
+        assert (o.double() - _ref(q, k, v, scale)).abs().max().item() < tol
 
 
 def test_fa1_and_fa2_orders_agree():
