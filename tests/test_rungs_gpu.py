@@ -77,3 +77,15 @@ def test_teaching_attention_kernels_gpu_reject_cpu_tensors():
     x = torch.randn(1, 1, 64, 64)
     with pytest.raises(ValueError, match="CUDA tensors"):
         flash_attention_minimal(x, x, x)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("b, l, h, g, p, n, Q", [(2, 4096, 16, 1, 64, 128, 64), (1, 2048, 8, 2, 32, 64, 32)])
+def test_ssd_minimal_gpu(dtype, b, l, h, g, p, n, Q):
+    from effsmall.ssm import ssd_chunked, ssd_minimal
+    from effsmall.ssm._ssd_testing import ssd_inputs
+
+    X, A, B, C, _ = ssd_inputs(b=b, l=l, h=h, g=g, p=p, n=n, dtype=torch.float64, device=DEV)
+    Y, s = ssd_minimal(X.to(dtype), A.float(), B.to(dtype), C.to(dtype), Q)
+    Yr, sr = ssd_chunked(X.to(dtype).double(), A, B.to(dtype).double(), C.to(dtype).double(), Q)
+    assert Y.dtype == dtype and rel(Y, Yr) < 2e-2 and rel(s, sr) < 2e-2
