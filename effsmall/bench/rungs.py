@@ -11,7 +11,12 @@ CUDA (``python -m effsmall.bench rungs --device cuda``), bf16:
 * matmul ``M = N = K`` ∈ {1K, 2K, 4K, 8K}: the tiled Triton kernel
   (:func:`effsmall.attention.matmul`, 128 × 128 × 64 tiles) against ``torch.matmul`` (cuBLAS);
   ``vs_torch`` = torch time / Triton time.
-* ``kind="check"`` rows: every kernel against ``naive_attention`` / fp64 matmul on the GPU first.
+* chunked SSD forward, H = 32, P = 64, N = 128, B·L = 16K tokens, L ∈ {2K, 8K, 16K}, Q = 64:
+  ``ssd_minimal`` (:func:`effsmall.ssm.ssd_minimal`, chapter 11's ~25-line kernel, one program
+  per (batch, head)) against ``ssd_triton`` (production: P-blocks, time segments, pipelining);
+  ``vs_minimal`` on the ``ssd_triton`` row. FLOPs from :func:`effsmall.ssm.ssd_chunked.ssd_chunked_cost`.
+* ``kind="check"`` rows: every kernel against ``naive_attention`` / fp64 matmul / fp64
+  ``ssd_chunked`` on the device first.
 
 Every implementation gets its eager time (``ms``: fastest of ``EFFSMALL_BENCH_ROUNDS``, default
 2 here, interleaved rounds of ``triton.testing.do_bench`` medians) and its CUDA-graph time
@@ -39,6 +44,8 @@ HIDDEN = 2048
 SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS = (64, 128)
 MATMUL_SIZES = (1024, 2048, 4096, 8192)
+SSD_LENGTHS = (2048, 8192, 16384)
+SSD_H, SSD_P, SSD_N, SSD_Q = 32, 64, 128, 64
 ATTN_IMPLS = ("fa1", "fa2_minimal", "production")
 MATMUL_IMPLS = ("triton_tiled", "torch")
 GPU_MATMUL_BLOCKS = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
@@ -104,6 +111,20 @@ def _ratio(rows: dict, num: str, den: str, col: str) -> None:
         b[col + "_graph"] = a["graph_ms"] / b["graph_ms"]
 
 
+def _ssd_impls() -> dict:
+    from effsmall.ssm import ssd_minimal, ssd_triton
+
+    return {"ssd_minimal": lambda X, A, B, C, Q: ssd_minimal(X, A, B, C, Q),
+            "ssd_triton": lambda X, A, B, C, Q: ssd_triton(X, A, B, C, Q)}
+
+
+def _ssd_data(b, l, h, p, n, dtype, device, seed=0):
+    from effsmall.ssm._ssd_testing import ssd_inputs
+
+    X, A, B, C, _ = ssd_inputs(b=b, l=l, h=h, g=1, p=p, n=n, dtype=torch.float32, seed=seed, device=device)
+    return X.to(dtype), A, B.to(dtype), C.to(dtype)
+
+
 def checks(device: str, dtype: torch.dtype, N: int, D: int, size: int) -> list[dict]:
     """Each kernel against the fp64 reference on ``device``; errors relative to max |reference|."""
     from effsmall.attention import matmul, naive_attention
@@ -123,6 +144,16 @@ def checks(device: str, dtype: torch.dtype, N: int, D: int, size: int) -> list[d
     err = ((_matmul_impls(device)["triton_tiled"](a, b).double() - ref).abs().max() / ref.abs().max()).item()
     rows.append(dict(kind="check", impl="triton_tiled", M=size, dtype=str(dtype)[6:], rel_err=err, tol=tol,
                      ok=bool(err < tol)))
+    from effsmall.ssm import ssd_chunked
+
+    X, A, B, C = _ssd_data(2, 2 * D, 4, D, D, dtype, device)
+    Yr, sr = ssd_chunked(X.double(), A.double(), B.double(), C.double(), 16)
+    for name, fn in _ssd_impls().items():
+        Y, s = fn(X, A, B, C, 16)
+        err = max(((Y.double() - Yr).abs().max() / Yr.abs().max()).item(),
+                  ((s.double() - sr).abs().max() / sr.abs().max()).item())
+        rows.append(dict(kind="check", impl=name, L=2 * D, dtype=str(dtype)[6:], rel_err=err,
+                         tol=max(tol, 1e-4), ok=bool(err < max(tol, 1e-4))))
     return rows
 
 
@@ -183,6 +214,23 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
         if cuda:
             torch.cuda.empty_cache()
         per_shape.append(time.time() - ts)
+
+    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+
+    ssd_shapes = ([(TOKENS // L, L) for L in (SSD_LENGTHS[:1] if quick else SSD_LENGTHS)] if cuda else [(1, 32)])
+    h_, p_, n_, Q = (SSD_H, SSD_P, SSD_N, SSD_Q) if cuda else (2, 16, 16, 16)
+    for b_, L in ssd_shapes:
+        if time.time() - t0 > budget:
+            add(dict(kind="skipped", what="ssd", L=L, reason="time budget"))
+            continue
+        X, A, B, C = _ssd_data(b_, L, h_, p_, n_, dtype, device, seed=L)
+        res = _time({n: (lambda f=f: f(X, A, B, C, Q)) for n, f in _ssd_impls().items()}, device, cuda, rounds, **kw)
+        fl = ssd_chunked_cost(b_, L, h_, p_, n_, Q)["flops"]
+        sr = {n: _row("ssd", n, r, fl, B=b_, L=L, H=h_, P=p_, N=n_, Q=Q, dtype=str(dtype)[6:]) for n, r in res.items()}
+        _ratio(sr, "ssd_minimal", "ssd_triton", "vs_minimal")
+        for n in ("ssd_minimal", "ssd_triton"):
+            add(sr[n])
+        del X, A, B, C
     return rows
 
 
@@ -200,6 +248,11 @@ def summarize(rows: list[dict]) -> dict:
             if any(vals):
                 out[f"{impl}_{col}{suffix}_geomean"] = geomean(vals)
                 out[f"{impl}_{col}{suffix}_min"] = min(v for v in vals if v)
+    ssd = [r for r in rows if r.get("kind") == "ssd" and r["impl"] == "ssd_triton"]
+    for suffix in ("", "_graph"):
+        vals = [r.get("vs_minimal" + suffix) for r in ssd]
+        if any(vals):
+            out[f"ssd_triton_vs_minimal{suffix}_geomean"] = geomean(vals)
     mm = [r for r in rows if r.get("kind") == "matmul" and r["impl"] == "triton_tiled"]
     for suffix in ("", "_graph"):
         vals = [r.get("vs_torch" + suffix) for r in mm]

@@ -60,11 +60,12 @@ def _ssd_minimal_kernel(X, A, B, C, Y, HF, L: tl.constexpr, H: tl.constexpr, G: 
 
 
 def ssd_minimal(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                chunk_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk_size: int = 16, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD forward with ``_ssd_minimal_kernel``: ``X (b, l, h, p)``, ``A (b, l, h)`` log
     decays ≤ 0, ``B, C (b, l, g, n)``. Returns ``(Y (b, l, h, p)`` in X's dtype,
     ``final_states (b, h, p, n)`` fp32), the same as :func:`effsmall.ssm.ssd_chunked` without
-    initial states or ``seq_idx``. Forward only; see the module docstring for the restrictions."""
+    initial states or ``seq_idx``. Forward only; see the module docstring for the restrictions.
+    ``num_warps`` (GPU): warps per program, default 4, or 8 when the state has more than 4096 entries."""
     b, l, h, p, g, n = check_ssd_inputs(X, A, B, C, None, None, chunk_size)
     for name, t in (("X", X), ("A", A), ("B", B), ("C", C)):
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -84,5 +85,6 @@ def ssd_minimal(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
     X, B, C, A = X.contiguous(), B.contiguous(), C.contiguous(), A.float().contiguous()
     Y = torch.empty_like(X)
     final = torch.empty(b, h, p, n, device=X.device, dtype=torch.float32)
-    _ssd_minimal_kernel[(b * h,)](X, A, B, C, Y, final, L=l, H=h, G=g, P=p, N=n, Q=chunk_size)
+    _ssd_minimal_kernel[(b * h,)](X, A, B, C, Y, final, L=l, H=h, G=g, P=p, N=n, Q=chunk_size,
+                                  num_warps=num_warps or (4 if p * n <= 4096 else 8))
     return Y.to(dtype), final

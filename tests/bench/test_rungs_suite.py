@@ -21,7 +21,8 @@ def test_rungs_quick_cpu(tmp_path):
     assert "rungs" in SUITES and res["suite"] == "rungs" and res["quick"]
     rows = res["rows"]
     checks = [r for r in rows if r["kind"] == "check"]
-    assert {r["impl"] for r in checks} == {"fa1", "fa2_minimal", "production", "triton_tiled"}
+    assert {r["impl"] for r in checks} == {"fa1", "fa2_minimal", "production", "triton_tiled", "ssd_minimal",
+                                           "ssd_triton"}
     assert all(r["ok"] for r in checks) and res["summary"]["checks_passed"]
     att = [r for r in rows if r["kind"] == "attention"]
     assert {r["impl"] for r in att} == {"fa1", "fa2_minimal", "production"}
@@ -29,3 +30,5 @@ def test_rungs_quick_cpu(tmp_path):
     assert any(r.get("vs_fa1") for r in att) and "fa2_minimal_vs_fa1_geomean" in res["summary"]
     mm = [r for r in rows if r["kind"] == "matmul"]
     assert {r["impl"] for r in mm} == {"triton_tiled", "torch"} and all(r["ms"] > 0 for r in mm)
+    ssd = [r for r in rows if r["kind"] == "ssd"]
+    assert {r["impl"] for r in ssd} == {"ssd_minimal", "ssd_triton"} and all(r["ms"] > 0 for r in ssd)
