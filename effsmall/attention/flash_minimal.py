@@ -22,7 +22,8 @@ tile, re-reads ``Q_i, O_i, ℓ_i, m_i`` from HBM, updates them and writes them b
 (``N / BLOCK_M`` programs per head instead of one) and (3) a work split in which the
 warps of a program share ``Q_i`` and never exchange partial results ("split-Q"; FA1's
 "split-K" inner step has the warps of a block combine their partial ``P V`` products through
-shared memory). ``O`` is kept in an fp32 buffer between tiles here, so the FA1 kernel is as
+shared memory). Triton chooses how the warps of a program share a tile, so this kernel pair
+reproduces (1), (2) and FA1's extra HBM traffic, not (3). ``O`` is kept in an fp32 buffer between tiles here, so the FA1 kernel is as
 accurate as the FA2 one; the extra HBM traffic is part of what it costs.
 
 Scores are kept in base 2 (``qk_scale = scale · log2 e``) so each exponential is one ``exp2``.

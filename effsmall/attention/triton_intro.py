@@ -87,11 +87,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int 
     """``a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N) with one program per ``block_m × block_n`` tile of C.
 
     Why tiles: computed one element at a time, ``C[i, j] = Σ_k A[i, k] B[k, j]`` reads 2K numbers
-    from HBM for 2K FLOPs — about one FLOP per byte moved, far below what a GPU needs to keep its
-    tensor cores busy (hundreds of FLOPs per byte on an H100). A program that owns a
+    from HBM for 2K FLOPs — one FLOP per number loaded, far below what a GPU needs to keep its
+    tensor cores busy (hundreds of FLOPs per number on an H100). A program that owns a
     ``BM × BN`` tile of C and walks K in steps of ``BK`` reads ``(BM + BN)·BK`` numbers per step
     and does ``2·BM·BN·BK`` FLOPs with them: the arithmetic intensity grows with the tile side
-    (``BM·BN / (BM + BN)`` FLOPs per number, 32 for 64 × 64 tiles). The tile of C never leaves
+    (``2·BM·BN / (BM + BN)`` FLOPs per number, 64 for 64 × 64 tiles). The tile of C never leaves
     the registers until it is finished. Block pointers (``tl.make_block_ptr``/``tl.advance``)
     describe each panel as a 2-D window into a strided matrix; ``boundary_check`` zero-pads
     the ragged edges, so any M, N, K work. ``K`` is a compile-time constant (``tl.constexpr``):
