@@ -28,10 +28,14 @@ would not fit are recorded as ``kind="skipped"``; rows are appended to
 
 CPU (``--device cpu``, ``--quick`` for the smoke test): the same kernels in the Triton
 interpreter at toy sizes — correctness rows and times that say nothing about a GPU.
+
+``python -m effsmall.bench.rungs FILE.json`` prints the table of a saved result.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 
 import torch
@@ -231,6 +235,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
         for n in ("ssd_minimal", "ssd_triton"):
             add(sr[n])
         del X, A, B, C
+    print(table(rows), flush=True)
     return rows
 
 
@@ -262,3 +267,27 @@ def summarize(rows: list[dict]) -> dict:
                         for r in att]
     out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
     return out
+
+
+def table(rows: list[dict]) -> str:
+    """One line per timed row: kind, implementation, shape, eager and GPU-time TFLOP/s, ratios."""
+    lines = [f"{'kind':9s} {'impl':13s} {'shape':22s} {'ms':>9s} {'graph_ms':>9s} {'TFLOP/s':>8s} {'graph':>7s}  ratios"]
+    for r in rows:
+        if r.get("kind") not in ("matmul", "attention", "ssd"):
+            continue
+        shape = {"matmul": lambda: f"M=N=K={r['M']}", "attention": lambda: f"B={r['B']} H={r['H']} N={r['N']} D={r['D']}",
+                 "ssd": lambda: f"B={r['B']} L={r['L']} N={r['N']}"}[r["kind"]]()
+        num = lambda v, f: format(v, f) if v else "-"  # noqa: E731
+        ratios = " ".join(f"{k}={r[k]:.2f}" for k in r if k.startswith("vs_") and r.get(k))
+        lines.append(f"{r['kind']:9s} {r['impl']:13s} {shape:22s} {num(r.get('ms'), '9.3f'):>9s} "
+                     f"{num(r.get('graph_ms'), '9.3f'):>9s} {num(r.get('tflops'), '8.1f'):>8s} "
+                     f"{num(r.get('graph_tflops'), '7.1f'):>7s}  {ratios}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m effsmall.bench.rungs RESULT.json
+    with open(sys.argv[1]) as f:
+        res = json.load(f)
+    print(table(res["rows"]))
+    print(json.dumps({k: v for k, v in res.get("summary", summarize(res["rows"])).items() if k != "per_shape"},
+                     indent=1))
