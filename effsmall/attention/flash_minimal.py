@@ -29,7 +29,9 @@ accurate as the FA2 one; the extra HBM traffic is part of what it costs.
 Scores are kept in base 2 (``qk_scale = scale · log2 e``) so each exponential is one ``exp2``.
 Both kernels run on CPU tensors under the Triton interpreter (bfloat16 is computed in fp32
 there: numpy has none) and on CUDA tensors compiled. ``N`` and ``D`` are compile-time constants
-(``tl.constexpr``): loops with a known trip count, one compilation per sequence length.
+(``tl.constexpr``): loops with a known trip count, one compilation per sequence length. There
+is no autotuning: a GPU without the shared memory for the default tiles gets one pipeline stage,
+then smaller tiles (:func:`effsmall.launch.launch_fitting`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.launch import launch_fitting, shrinking
 from effsmall.runtime import interpreting, require_triton_device, tensor_cores_in_triton
 
 __all__ = ["flash_attention_minimal", "flash_attention_fa1"]
@@ -165,9 +168,13 @@ def flash_attention_minimal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     dtype = q.dtype
     q, k, v, qk_scale = _prepare(q, k, v, scale)
     o = torch.empty_like(q)
-    grid = (N // block_m, B * H)
-    _fa2_minimal_kernel[grid](q, k, v, o, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                              num_warps=num_warps or (4 if D <= 64 else 8), num_stages=_stages(num_stages))
+
+    def launch(block_m, block_n, num_stages):    # one program per (query block, batch·head)
+        _fa2_minimal_kernel[(N // block_m, B * H)](q, k, v, o, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                   num_warps=num_warps or (4 if D <= 64 else 8),
+                                                   num_stages=_stages(num_stages))
+    launch_fitting(launch, [dict(block_m=m, block_n=n, num_stages=st) for m, n, st in shrinking(block_m, block_n, num_stages)],
+                   f"flash_attention_minimal (D={D}, {dtype})")
     return o.to(dtype)
 
 
@@ -189,6 +196,10 @@ def flash_attention_fa1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     o = torch.zeros(B, H, N, D, device=q.device, dtype=torch.float32)           # O = 0 (line 2)
     l = torch.zeros(B, H, N, device=q.device, dtype=torch.float32)              # ℓ = 0
     m = torch.full((B, H, N), float("-inf"), device=q.device, dtype=torch.float32)  # m = -inf
-    _fa1_kernel[(B * H,)](q, k, v, o, l, m, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                          num_warps=num_warps, num_stages=_stages(num_stages))
+
+    def launch(block_m, block_n, num_stages):    # one program per batch·head
+        _fa1_kernel[(B * H,)](q, k, v, o, l, m, qk_scale, N=N, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
+                              num_warps=num_warps, num_stages=_stages(num_stages))
+    launch_fitting(launch, [dict(block_m=bm, block_n=bn, num_stages=st) for bm, bn, st in shrinking(block_m, block_n, num_stages)],
+                   f"flash_attention_fa1 (D={D}, {dtype})")
     return o.to(dtype)

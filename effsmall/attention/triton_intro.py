@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.launch import launch_fitting, shrinking
 from effsmall.runtime import interpreting, require_triton_device
 
 __all__ = ["vector_add", "softmax_rows", "matmul"]
@@ -97,7 +98,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int 
     the ragged edges, so any M, N, K work. ``K`` is a compile-time constant (``tl.constexpr``):
     the loop has a known trip count, and one compiled kernel serves every M and N. fp16/bf16 multiply on tensor cores with fp32
     accumulation; fp32 follows ``torch.get_float32_matmul_precision`` (exact under "highest").
-    ``num_warps``/``num_stages`` are the GPU launch's warps per program and software-pipeline depth.
+    ``num_warps``/``num_stages`` are the GPU launch's warps per program and software-pipeline depth;
+    a configuration that needs more shared memory than the GPU has falls back to one stage, then
+    to smaller tiles (:func:`effsmall.launch.launch_fitting`).
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor):
@@ -124,9 +127,13 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, block_m: int = 64, block_n: int 
     # fp32: exact ("ieee") under precision "highest" and in the interpreter, else TF32; fp16/bf16 always
     # multiply on tensor cores (the flag only matters for fp32 inputs)
     exact = interpreting() or (a.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest")
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
-    _matmul_kernel[grid](a, b, c, M, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                         c.stride(0), c.stride(1), K=K, PREC="ieee" if exact else "tf32",
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                         num_warps=num_warps, num_stages=num_stages)
+
+    def launch(block_m, block_n, num_stages):    # one program per tile of C
+        grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+        _matmul_kernel[grid](a, b, c, M, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                             c.stride(0), c.stride(1), K=K, PREC="ieee" if exact else "tf32",
+                             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                             num_warps=num_warps, num_stages=num_stages)
+    launch_fitting(launch, [dict(block_m=m, block_n=n, num_stages=s) for m, n, s in shrinking(block_m, block_n, num_stages)],
+                   f"matmul ({a.dtype})")
     return c.to(out_dtype)

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.launch import launch_fitting
 from effsmall.runtime import interpreting, require_triton_device
 from effsmall.ssm._ssd_checks import check_ssd_inputs
 
@@ -85,6 +86,10 @@ def ssd_minimal(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
     X, B, C, A = X.contiguous(), B.contiguous(), C.contiguous(), A.float().contiguous()
     Y = torch.empty_like(X)
     final = torch.empty(b, h, p, n, device=X.device, dtype=torch.float32)
-    _ssd_minimal_kernel[(b * h,)](X, A, B, C, Y, final, L=l, H=h, G=g, P=p, N=n, Q=chunk_size,
-                                  num_warps=num_warps or (4 if p * n <= 4096 else 8))
+
+    def launch(num_stages):    # one program per (batch, head)
+        _ssd_minimal_kernel[(b * h,)](X, A, B, C, Y, final, L=l, H=h, G=g, P=p, N=n, Q=chunk_size,
+                                      num_warps=num_warps or (4 if p * n <= 4096 else 8), num_stages=num_stages)
+    launch_fitting(launch, [dict(num_stages=3), dict(num_stages=1)],
+                   f"ssd_minimal (chunk_size={chunk_size}, p={p}, n={n}, {X.dtype}); a smaller chunk_size uses less")
     return Y.to(dtype), final
