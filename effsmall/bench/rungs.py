@@ -179,12 +179,13 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
 
     if cuda:
         seq_lens, dims, sizes = (SEQ_LENS[:2], (64,), MATMUL_SIZES[:2]) if quick else (SEQ_LENS, HEAD_DIMS, MATMUL_SIZES)
-        shapes = [(TOKENS // N, HIDDEN // D, N, D) for D in dims for N in seq_lens]
+        shapes = [(TOKENS // N, HIDDEN // D, N, D) for N in seq_lens for D in dims]   # a tight budget drops the longest N
     else:
         sizes = (32,) if quick else (32, 64)
         shapes = [(1, 1, N, 16) for N in ((32,) if quick else (32, 64))]
 
-    for M in sizes:   # matmul first: its best rate is the ceiling the attention rows are compared with
+    for M in sizes:   # matmul first: its best rate is the ceiling the attention rows are compared with; then
+        # the (short) SSD rows; then attention, longest sequences last
         g = torch.Generator(device=device).manual_seed(M)
         a, b = (torch.randn(M, M, device=device, generator=g).to(dtype) for _ in range(2))
         res = _time({n: (lambda f=f: f(a, b)) for n, f in _matmul_impls(device).items()}, device, cuda, rounds, **kw)
@@ -194,6 +195,23 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             add(mm[n])
     ceiling = max((r.get("graph_tflops") or r.get("tflops") or 0) for r in rows
                   if r.get("kind") == "matmul" and r["impl"] == "torch")
+
+    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+
+    ssd_shapes = ([(TOKENS // L, L) for L in (SSD_LENGTHS[:1] if quick else SSD_LENGTHS)] if cuda else [(1, 32)])
+    h_, p_, n_, Q = (SSD_H, SSD_P, SSD_N, SSD_Q) if cuda else (2, 16, 16, 16)
+    for b_, L in ssd_shapes:
+        if time.time() - t0 > budget:
+            add(dict(kind="skipped", what="ssd", L=L, reason="time budget"))
+            continue
+        X, A, B, C = _ssd_data(b_, L, h_, p_, n_, dtype, device, seed=L)
+        res = _time({n: (lambda f=f: f(X, A, B, C, Q)) for n, f in _ssd_impls().items()}, device, cuda, rounds, **kw)
+        fl = ssd_chunked_cost(b_, L, h_, p_, n_, Q)["flops"]
+        sr = {n: _row("ssd", n, r, fl, B=b_, L=L, H=h_, P=p_, N=n_, Q=Q, dtype=str(dtype)[6:]) for n, r in res.items()}
+        _ratio(sr, "ssd_minimal", "ssd_triton", "vs_minimal")
+        for n in ("ssd_minimal", "ssd_triton"):
+            add(sr[n])
+        del X, A, B, C
 
     per_shape: list[float] = []
     for B, H, N, D in shapes:
@@ -219,22 +237,6 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             torch.cuda.empty_cache()
         per_shape.append(time.time() - ts)
 
-    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
-
-    ssd_shapes = ([(TOKENS // L, L) for L in (SSD_LENGTHS[:1] if quick else SSD_LENGTHS)] if cuda else [(1, 32)])
-    h_, p_, n_, Q = (SSD_H, SSD_P, SSD_N, SSD_Q) if cuda else (2, 16, 16, 16)
-    for b_, L in ssd_shapes:
-        if time.time() - t0 > budget:
-            add(dict(kind="skipped", what="ssd", L=L, reason="time budget"))
-            continue
-        X, A, B, C = _ssd_data(b_, L, h_, p_, n_, dtype, device, seed=L)
-        res = _time({n: (lambda f=f: f(X, A, B, C, Q)) for n, f in _ssd_impls().items()}, device, cuda, rounds, **kw)
-        fl = ssd_chunked_cost(b_, L, h_, p_, n_, Q)["flops"]
-        sr = {n: _row("ssd", n, r, fl, B=b_, L=L, H=h_, P=p_, N=n_, Q=Q, dtype=str(dtype)[6:]) for n, r in res.items()}
-        _ratio(sr, "ssd_minimal", "ssd_triton", "vs_minimal")
-        for n in ("ssd_minimal", "ssd_triton"):
-            add(sr[n])
-        del X, A, B, C
     print(table(rows), flush=True)
     return rows
 
