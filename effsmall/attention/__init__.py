@@ -23,6 +23,11 @@ _EXPORTS = {
     "io_traffic": "io_complexity",
     # block.py — a Transformer block done right (pre-norm, residuals, causal, GQA)
     "TransformerBlock": "block",
+    # triton_intro.py — first Triton kernels: vector add, row softmax, tiled matmul
+    "matmul": "triton_intro",
+    # flash_minimal.py — teaching forward kernels: FA2 loop order (~30 lines) and FA1 loop order
+    "flash_attention_minimal": "flash_minimal",
+    "flash_attention_fa1": "flash_minimal",
     # flash_triton.py — Triton forward + backward kernels in an autograd Function
     "flash_attention": "flash_triton",
     # varlen.py — packed sequences

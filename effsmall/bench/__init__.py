@@ -8,6 +8,6 @@ the book plots are committed under ``effsmall/results/`` and read back with :fun
 from effsmall.bench.results import environment, load_result, list_results, plot_rows, save_result
 from effsmall.bench.timing import benchmark
 
-SUITES = ("ceilings", "attention", "ssd", "offload", "models", "dist", "decode")
+SUITES = ("ceilings", "attention", "ssd", "offload", "models", "dist", "decode", "rungs")
 
 __all__ = ["SUITES", "benchmark", "environment", "load_result", "list_results", "plot_rows", "save_result"]

@@ -30,6 +30,8 @@ _EXPORTS = {
     "structured_masked_attention": "semiseparable",
     # ssd_chunked.py — the four-step chunked algorithm in readable torch
     "ssd_chunked": "ssd_chunked",
+    # ssd_minimal.py — a ~25-line forward-only Triton kernel: one chunk's four steps
+    "ssd_minimal": "ssd_minimal",
     # ssd_triton.py — Triton forward and backward
     "ssd_triton": "ssd_triton",
     # mamba_api.py — drop-in for mamba_ssm's function of the same name
