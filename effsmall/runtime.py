@@ -25,6 +25,14 @@ def next_power_of_2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
+def compute_dtype(*xs: torch.Tensor | torch.dtype) -> torch.dtype:
+    """The dtype host-side reference code accumulates in: float64 if any input is float64, else
+    float32 — half inputs (fp16, bf16) are computed in float32, as the GPU kernels do. Also the
+    dtype of row statistics (softmax max, sum, log-sum-exp)."""
+    dtypes = [x.dtype if isinstance(x, torch.Tensor) else x for x in xs]
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effsmall.attention.naive import compute_dtype, naive_attention
+from effsmall.attention.naive import naive_attention
+from effsmall.runtime import compute_dtype
 
 
 class RMSNorm(nn.Module):
