@@ -133,3 +133,18 @@ def test_layer_costs_mlp_gating():
     assert gated["MLP"] == costs.mlp_layer(1024, 256).flops
     assert plain["MLP"] == costs.mlp_layer(1024, 256, gated=False).flops < gated["MLP"]
     assert gated["attention (fused)"] == plain["attention (fused)"]
+
+
+def test_lower_layers_never_import_the_bench():
+    """hardware and runtime sit below the benchmark suites: they measure with effsmall.measure."""
+    import ast
+    from pathlib import Path
+
+    import effsmall
+
+    root = Path(effsmall.__file__).parent
+    for name in ("hardware.py", "runtime.py", "measure.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("effsmall.bench")], name

@@ -81,8 +81,3 @@ def segment_ids(seq_idx: torch.Tensor) -> torch.Tensor:
     change = torch.zeros_like(seq_idx, dtype=torch.int64)  # (b, l)
     change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).to(torch.int64)
     return change.cumsum(dim=1)  # (b, l)
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half inputs accumulate in fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
