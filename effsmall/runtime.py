@@ -52,6 +52,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+#: The constexpr that tells a kernel it is interpreted. **Why kernels need it** — loops over a
+#: run-time bound: compiled, ``for i in tl.range(lo, hi, step)`` is the loop to write (Triton
+#: software-pipelines it, prefetching the next block's loads with ``num_stages``); interpreted
+#: (numpy 2), ``range`` cannot take a bound that is a 0-d array, so the same loop must be written
+#: ``i = lo; while i < hi: ...; i += step``. A kernel takes ``INTERP: tl.constexpr`` and keeps
+#: both forms under ``if INTERP:``; the untaken branch is never compiled. Launch with
+#: ``**interp_flag()``.
+INTERP_FLAG = "INTERP"
+
+
+def interp_flag() -> dict:
+    """``{INTERP_FLAG: interpreting()}``, the keyword that picks a kernel's loop form (see above)."""
+    return {INTERP_FLAG: interpreting()}
+
+
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.contract import check_heads, check_kernel_tensors, check_scale, window_bounds
-from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
+from effsmall.runtime import cdiv, interp_flag, interpreting, next_power_of_2, require_triton_tensor
 
 __all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits",
            "gather_pages", "decode_cost"]
@@ -473,7 +473,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             scale * LOG2E, window if window is not None else 0, S,
             NQ=Nq, G=G, D=D, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
             PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
-            INTERP=interpreting(), num_warps=warps, num_stages=stages)
+            num_warps=warps, num_stages=stages, **interp_flag())
 
     if B and Hq:
         key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,

@@ -43,8 +43,8 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.contract import check_attention, check_kernel_tensors, window_bounds
-from effsmall.runtime import (cdiv, interpreting, next_power_of_2, require_triton_device, tensor_cores_in_triton,
-                              warn_once)
+from effsmall.runtime import (cdiv, interp_flag, interpreting, next_power_of_2, require_triton_device,
+                              tensor_cores_in_triton, warn_once)
 
 __all__ = ["flash_attention", "flash_attention_forward", "flash_attention_backward", "check_flash_inputs",
            "block_schedule", "backend"]
@@ -625,7 +625,7 @@ def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k):
         cu_q = cu_k = q  # unused placeholders (VARLEN=False)
     Hq, Hk = q.shape[1], k.shape[1]  # the head axis of both layouts
     block_d, prec, bucket = next_power_of_2(q.shape[-1], 16), _dot_precision(q), _n_bucket(max(Nq, Nk))
-    consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
+    consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, PREC=prec, **interp_flag())
     tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
     return (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key
 
