@@ -10,6 +10,9 @@ return the *module* or the *function* depending on import order. :func:`install`
 package's exported **function always win**: the package attribute is never rebound to the
 submodule. Reach a module itself with ``from effsmall.ssm.ssd_chunked import ...`` or
 ``importlib.import_module("effsmall.ssm.ssd_chunked")``.
+
+Without the optional ``triton`` package the Triton-backed names raise ``AttributeError`` (saying
+so), which ``help()`` and ``inspect.getmembers`` skip: the rest of a subpackage stays usable.
 """
 from __future__ import annotations
 
@@ -34,7 +37,13 @@ def install(package: str, table: dict[str, str]) -> None:
 
     def __getattr__(name: str):
         if name in table:
-            module = importlib.import_module(f"{package}.{table[name]}")
+            try:
+                module = importlib.import_module(f"{package}.{table[name]}")
+            except ImportError as e:  # the optional Triton missing: the torch-only rungs still work
+                if (e.name or "").split(".")[0] != "triton":
+                    raise
+                raise AttributeError(f"{package}.{name} needs the optional package triton, which is "
+                                     f"not installed ({e})") from e
             value = getattr(module, name)
             mod.__dict__[name] = value  # cache (bypasses the submodule guard on purpose)
             return value
