@@ -117,7 +117,7 @@ def test_modelcards_param_counts():
 def test_one_count_for_the_ssd_layer_and_the_chunked_algorithm():
     # chapter 1's costs.ssd_layer and chapter 11's ssd_chunked_cost count the same scan FLOPs
     # (causal half of each Q×Q diagonal block, chunk states, state to output)
-    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
     n, d, P, N, Q = 4096, 256, 64, 128, 256
     heads = 2 * d // P
     proj = costs.matmul(n, 2 * 2 * d + 2 * N + heads, d) + costs.matmul(n, d, 2 * d)

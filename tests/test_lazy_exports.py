@@ -24,10 +24,28 @@ def test_every_export_resolves_to_its_object(pkg):
 
 
 def test_submodule_import_first_does_not_shadow_function():
-    code = ("import effsmall.ssm.ssd_chunked, effsmall.attention.online_softmax\n"
+    code = ("import effsmall.ssm.ssd_chunkwise, effsmall.attention.softmax\n"
             "from effsmall.ssm import ssd_chunked\nfrom effsmall.attention import online_softmax\n"
             "import inspect\nassert inspect.isfunction(ssd_chunked) and inspect.isfunction(online_softmax)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_no_module_shares_an_exported_name_and_import_as_gives_the_module(pkg):
+    mod = PACKAGES[pkg]
+    for name, module in mod._EXPORTS.items():
+        assert name != module, f"{pkg}.{module} is named like the {name} it exports"
+    for module in set(mod._EXPORTS.values()):
+        try:
+            sub = importlib.import_module(f"{pkg}.{module}")
+        except ImportError:  # pragma: no cover - an optional dependency
+            continue
+        assert inspect.ismodule(sub)
+
+
+def test_import_as_gives_the_module():
+    import effsmall.ssm.ssd_chunkwise as m
+    assert inspect.ismodule(m) and inspect.isfunction(m.ssd_chunked)
 
 
 def test_unknown_name_is_attribute_error():

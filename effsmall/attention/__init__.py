@@ -11,10 +11,10 @@ _EXPORTS = {
     # naive.py — materializes S and P
     "naive_attention": "naive",
     "attention_mask": "naive",
-    # online_softmax.py — softmax three ways
-    "naive_softmax": "online_softmax",
-    "safe_softmax": "online_softmax",
-    "online_softmax": "online_softmax",
+    # softmax.py — softmax three ways
+    "naive_softmax": "softmax",
+    "safe_softmax": "softmax",
+    "online_softmax": "softmax",
     # tiled.py — pure-torch tiling, both loop orders
     "tiled_attention": "tiled",
     # backward.py — recomputation-based backward

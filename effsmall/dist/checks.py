@@ -1,7 +1,7 @@
 """Workers that compare each parallel layer with its single-device reference.
 
 Each ``check_*(rank, world_size, ...)`` runs on every rank (start it with
-:func:`effsmall.dist.launch`): every rank builds the same model and inputs from one seed,
+:func:`effsmall.dist.launcher`): every rank builds the same model and inputs from one seed,
 computes the single-device reference on the whole problem, then the parallel version on its
 shard, and returns plain numbers — the largest differences in the output and in every
 gradient (relative to the reference's largest entry when that exceeds 1), and the collectives counted in forward and backward. Chapter 15 and the tests
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from effsmall.dist.comm import all_gather_into, reduce_scatter_into
 from effsmall.dist.counting import count_collectives
-from effsmall.dist.launch import current_device
+from effsmall.dist.launcher import current_device
 from effsmall.runtime import compute_dtype
 
 __all__ = ["check_tp_mamba2", "check_tp_transformer", "check_cp_ssd", "check_cp_mamba2", "check_ring",
@@ -165,11 +165,11 @@ def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float
                  with_initial_states: bool = False, ssd: str = "auto") -> dict:
     """``ssd``: the rung each rank runs — ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"``
     (on CPU: the Triton interpreter) or ``"torch"``."""
-    from effsmall.dist.context_parallel_ssd import context_parallel_ssd
-    from effsmall.ssm.ssd_chunked import ssd_chunked
+    from effsmall.dist.context_parallel import context_parallel_ssd
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
     ssd_fn = None
     if ssd == "triton":
-        from effsmall.ssm.ssd_triton import ssd_triton as ssd_fn
+        from effsmall.ssm.ssd_kernels import ssd_triton as ssd_fn
     elif ssd == "torch":
         ssd_fn = ssd_chunked
     dev, torch_dtype = current_device(), _DTYPES[dtype]
@@ -208,7 +208,7 @@ def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float
 
 def check_cp_mamba2(rank: int, world: int, method: str = "allgather", dtype: str = "float64",
                     b: int = 2, l_loc: int = 6, d_model: int = 16, seed: int = 0) -> dict:
-    from effsmall.dist.context_parallel_ssd import context_parallel_mamba2
+    from effsmall.dist.context_parallel import context_parallel_mamba2
     from effsmall.ssm.mamba2_block import Mamba2Block
     dev, torch_dtype = current_device(), _DTYPES[dtype]
     torch.manual_seed(seed)
@@ -240,7 +240,7 @@ def _attn_problem(world, dtype, dev, seed, B=1, Hq=4, Hk=2, n=8, D=16):
 def check_ring(rank: int, world: int, layout: str = "zigzag", causal: bool = True, dtype: str = "float64",
                kernel: str = "torch", Hq: int = 4, Hk: int = 2, n: int = 8, D: int = 16, seed: int = 0) -> dict:
     from effsmall.attention.naive import naive_attention
-    from effsmall.dist.ring_attention import contiguous_shard, ring_attention, zigzag_shard
+    from effsmall.dist.ring import contiguous_shard, ring_attention, zigzag_shard
     dev, torch_dtype = current_device(), _DTYPES[dtype]
     q, k, v = _attn_problem(world, torch_dtype, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
     ref = naive_attention(q.double(), k.double(), v.double(), causal=causal)   # (B, Hq, p·n, D)
@@ -260,7 +260,7 @@ def check_ring(rank: int, world: int, layout: str = "zigzag", causal: bool = Tru
 def check_ulysses(rank: int, world: int, dtype: str = "float64", Hq: int = 4, Hk: int = 4, n: int = 8,
                   D: int = 16, seed: int = 0) -> dict:
     from effsmall.attention.naive import naive_attention
-    from effsmall.dist.ring_attention import contiguous_shard
+    from effsmall.dist.ring import contiguous_shard
     from effsmall.dist.ulysses import ulysses_attention
     dev, torch_dtype = current_device(), _DTYPES[dtype]
     q, k, v = _attn_problem(world, torch_dtype, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
@@ -280,7 +280,7 @@ def check_ulysses(rank: int, world: int, dtype: str = "float64", Hq: int = 4, Hk
 def check_bad_inputs(rank: int, world: int) -> dict:
     """The messages raised for shapes the world size does not divide, and for unequal shards."""
     from effsmall.attention.block import TransformerBlock
-    from effsmall.dist.ring_attention import ring_attention
+    from effsmall.dist.ring import ring_attention
     from effsmall.dist.tensor_parallel import shard_mamba2_block, shard_transformer_block
     from effsmall.dist.ulysses import ulysses_attention
     from effsmall.ssm.mamba2_block import Mamba2Block

@@ -25,7 +25,7 @@ import torch
 
 from effsmall.ssm._ssd_checks import check_ssd_inputs
 from effsmall.runtime import compute_dtype
-from effsmall.ssm.ssd_recurrent import segsum
+from effsmall.ssm.ssd_recurrence import segsum
 
 __all__ = ["ssm_matrix", "ssd_quadratic", "is_semiseparable", "offdiagonal_ranks",
            "linear_attention", "structured_masked_attention"]

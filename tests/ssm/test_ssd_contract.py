@@ -11,9 +11,9 @@ import torch
 
 from effsmall.ssm._ssd_testing import ssd_inputs
 from effsmall.ssm.mamba_api import mamba_chunk_scan_combined
-from effsmall.ssm.ssd_chunked import ssd_chunked
-from effsmall.ssm.ssd_recurrent import ssd_recurrent
-from effsmall.ssm.ssd_triton import ssd_triton
+from effsmall.ssm.ssd_chunkwise import ssd_chunked
+from effsmall.ssm.ssd_recurrence import ssd_recurrent
+from effsmall.ssm.ssd_kernels import ssd_triton
 from effsmall.runtime import interpreting
 from effsmall.testing import on_device
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from effsmall.ssm.ssd_recurrent import segsum, ssd_recurrent
+from effsmall.ssm.ssd_recurrence import segsum, ssd_recurrent
 from effsmall.ssm._ssd_testing import ssd_inputs
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from effsmall.runtime import cdiv
 from effsmall.ssm._ssd_checks import check_ssd_inputs, segment_ids
 from effsmall.runtime import compute_dtype
-from effsmall.ssm.ssd_recurrent import segsum
+from effsmall.ssm.ssd_recurrence import segsum
 
 
 def _pad_to_chunks(t: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:

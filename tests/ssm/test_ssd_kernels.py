@@ -1,18 +1,14 @@
 """ssd_triton (Triton interpreter on CPU, fp32/fp16) against ssd_chunked in fp64."""
-import importlib
-
 import pytest
 import torch
 
+import effsmall.ssm.ssd_kernels as st  # the module itself, for its TUNING knobs
 from effsmall.ssm._ssd_testing import ssd_inputs
-from effsmall.ssm.ssd_chunked import ssd_chunked
-from effsmall.ssm.ssd_triton import ssd_triton
+from effsmall.ssm.ssd_chunkwise import ssd_chunked
+from effsmall.ssm.ssd_kernels import ssd_triton
 from effsmall.testing import on_device
 
 ssd_triton = on_device(ssd_triton)   # compiled on a GPU, interpreted on a CPU; inputs stay on the CPU
-
-# the module itself (its TUNING knobs): `from effsmall.ssm import ssd_triton` may give the function
-st = importlib.import_module("effsmall.ssm.ssd_triton")
 
 
 @pytest.fixture(autouse=True)

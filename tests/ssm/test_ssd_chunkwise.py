@@ -3,8 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from effsmall.ssm.ssd_chunked import ssd_chunked, ssd_chunked_cost
-from effsmall.ssm.ssd_recurrent import ssd_recurrent
+from effsmall.ssm.ssd_chunkwise import ssd_chunked, ssd_chunked_cost
+from effsmall.ssm.ssd_recurrence import ssd_recurrent
 from effsmall.ssm._ssd_testing import ssd_inputs
 
 
