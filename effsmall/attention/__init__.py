@@ -3,7 +3,8 @@ attention (FlashAttention loop orders) → recomputation backward → FlashAtten
 
 Shapes: q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0`` (GQA/MQA);
 ``scale`` defaults to ``D**-0.5``; ``causal`` is aligned bottom-right when ``Nq != Nk``; a
-query row that sees no key returns zeros.
+query row that sees no key returns zeros (and a log-sum-exp of ``-inf``). Every rung checks its
+arguments with :mod:`effsmall.attention.contract`, which states these rules once.
 """
 from effsmall._lazy import install
 
