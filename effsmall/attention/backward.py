@@ -21,8 +21,8 @@ import torch
 
 from effsmall.attention.contract import Window, check_attention
 from effsmall.attention.naive import repeat_kv
-from effsmall.runtime import compute_dtype
 from effsmall.attention.tiled import _check_blocks, _tile_scores, kv_block_range
+from effsmall.runtime import compute_dtype
 
 
 def _check_same(name, t, like_shape, ref):

@@ -36,8 +36,6 @@ two inside the kernels with masked loads.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
