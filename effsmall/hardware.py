@@ -252,7 +252,7 @@ def measure_ceilings(device: str | None = None, *, quick: bool = False) -> dict:
     Returns a dict with ``copy_bandwidth_Bps``, ``matmul_flops`` (dtype -> FLOP/s) and
     ``peak_flops`` (the best of them), plus the sizes used.
     """
-    from effsmall.bench.timing import benchmark
+    from effsmall.measure import benchmark
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -25,6 +25,14 @@ def next_power_of_2(n: int, lo: int = 1) -> int:
     return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
+def compute_dtype(*xs: torch.Tensor | torch.dtype) -> torch.dtype:
+    """The dtype host-side reference code accumulates in: float64 if any input is float64, else
+    float32 — half inputs (fp16, bf16) are computed in float32, as the GPU kernels do. Also the
+    dtype of row statistics (softmax max, sum, log-sum-exp)."""
+    dtypes = [x.dtype if isinstance(x, torch.Tensor) else x for x in xs]
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
@@ -42,6 +50,21 @@ def configure_triton_interpreter() -> bool:
 def interpreting() -> bool:
     """True when ``@triton.jit`` kernels run in the interpreter (on CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+#: The constexpr that tells a kernel it is interpreted. **Why kernels need it** — loops over a
+#: run-time bound: compiled, ``for i in tl.range(lo, hi, step)`` is the loop to write (Triton
+#: software-pipelines it, prefetching the next block's loads with ``num_stages``); interpreted
+#: (numpy 2), ``range`` cannot take a bound that is a 0-d array, so the same loop must be written
+#: ``i = lo; while i < hi: ...; i += step``. A kernel takes ``INTERP: tl.constexpr`` and keeps
+#: both forms under ``if INTERP:``; the untaken branch is never compiled. Launch with
+#: ``**interp_flag()``.
+INTERP_FLAG = "INTERP"
+
+
+def interp_flag() -> dict:
+    """``{INTERP_FLAG: interpreting()}``, the keyword that picks a kernel's loop form (see above)."""
+    return {INTERP_FLAG: interpreting()}
 
 
 @functools.lru_cache(maxsize=None)

@@ -117,7 +117,7 @@ def test_modelcards_param_counts():
 def test_one_count_for_the_ssd_layer_and_the_chunked_algorithm():
     # chapter 1's costs.ssd_layer and chapter 11's ssd_chunked_cost count the same scan FLOPs
     # (causal half of each Q×Q diagonal block, chunk states, state to output)
-    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
     n, d, P, N, Q = 4096, 256, 64, 128, 256
     heads = 2 * d // P
     proj = costs.matmul(n, 2 * 2 * d + 2 * N + heads, d) + costs.matmul(n, d, 2 * d)
@@ -133,3 +133,18 @@ def test_layer_costs_mlp_gating():
     assert gated["MLP"] == costs.mlp_layer(1024, 256).flops
     assert plain["MLP"] == costs.mlp_layer(1024, 256, gated=False).flops < gated["MLP"]
     assert gated["attention (fused)"] == plain["attention (fused)"]
+
+
+def test_lower_layers_never_import_the_bench():
+    """hardware and runtime sit below the benchmark suites: they measure with effsmall.measure."""
+    import ast
+    from pathlib import Path
+
+    import effsmall
+
+    root = Path(effsmall.__file__).parent
+    for name in ("hardware.py", "runtime.py", "measure.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("effsmall.bench")], name

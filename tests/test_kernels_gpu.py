@@ -80,8 +80,8 @@ def test_flash_attention_fp32_is_exact_on_gpu():
 @pytest.mark.parametrize("n", [64, 128])
 def test_ssd_triton_fwd_bwd(dtype, n):
     from effsmall.ssm._ssd_testing import ssd_inputs
-    from effsmall.ssm.ssd_chunked import ssd_chunked
-    from effsmall.ssm.ssd_triton import ssd_triton
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
+    from effsmall.ssm.ssd_kernels import ssd_triton
 
     X, A, B, C, h0 = ssd_inputs(b=2, l=2048 + 37, h=8, g=1, p=64, n=n, dtype=torch.float32, device=DEV)
     X, A = X * 0.5, A * 0.1
@@ -122,7 +122,7 @@ def test_mamba_chunk_scan_combined_fwd_bwd(dtype):
 
 def test_selective_scan_triton_compiled():
     from effsmall.ssm.selective_scan import selective_scan_sequential
-    from effsmall.ssm.selective_scan_triton import selective_scan_triton
+    from effsmall.ssm.selective_scan_kernel import selective_scan_triton
 
     g = torch.Generator(device=DEV).manual_seed(0)
     b, d, l, n = 2, 256, 1000, 16

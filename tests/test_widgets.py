@@ -12,7 +12,7 @@ import pytest
 from effsmall import hardware
 from effsmall.attention import io_traffic
 from effsmall.attention.viz import explorer
-from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
 from effsmall.widgets import Explorer, roofline_explorer, roofline_spec, ssd_explorer, ssd_spec, tiling_explorer, tiling_spec
 from effsmall.widgets.tiling import io_inputs
 

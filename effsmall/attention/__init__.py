@@ -3,7 +3,8 @@ attention (FlashAttention loop orders) → recomputation backward → FlashAtten
 
 Shapes: q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0`` (GQA/MQA);
 ``scale`` defaults to ``D**-0.5``; ``causal`` is aligned bottom-right when ``Nq != Nk``; a
-query row that sees no key returns zeros.
+query row that sees no key returns zeros (and a log-sum-exp of ``-inf``). Every rung checks its
+arguments with :mod:`effsmall.attention.contract`, which states these rules once.
 """
 from effsmall._lazy import install
 
@@ -11,10 +12,10 @@ _EXPORTS = {
     # naive.py — materializes S and P
     "naive_attention": "naive",
     "attention_mask": "naive",
-    # online_softmax.py — softmax three ways
-    "naive_softmax": "online_softmax",
-    "safe_softmax": "online_softmax",
-    "online_softmax": "online_softmax",
+    # softmax.py — softmax three ways
+    "naive_softmax": "softmax",
+    "safe_softmax": "softmax",
+    "online_softmax": "softmax",
     # tiled.py — pure-torch tiling, both loop orders
     "tiled_attention": "tiled",
     # backward.py — recomputation-based backward

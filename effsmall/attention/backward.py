@@ -19,8 +19,10 @@ import math
 
 import torch
 
-from effsmall.attention.naive import Window, check_attention_inputs, compute_dtype, repeat_kv
+from effsmall.attention.contract import Window, check_attention
+from effsmall.attention.naive import repeat_kv
 from effsmall.attention.tiled import _check_blocks, _tile_scores, kv_block_range
+from effsmall.runtime import compute_dtype
 
 
 def _check_same(name, t, like_shape, ref):
@@ -42,7 +44,7 @@ def tiled_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ``tiled_attention(..., return_lse=True)``. For GQA, dk and dv sum the contributions of all
     query heads of a group. Equal to autograd through ``naive_attention``.
     """
-    scale = check_attention_inputs(q, k, v, scale, window)
+    scale = check_attention(q, k, v, causal=causal, scale=scale, window=window).scale
     _check_blocks(block_m, block_n, "fa2")
     _check_same("o", o, q.shape, q)
     _check_same("do", do, q.shape, q)

@@ -6,6 +6,7 @@ $$ h = x + W_o\\,\\mathrm{Attn}(\\mathrm{RMSNorm}(x)),\\qquad y = h + \\mathrm{M
   stream an identity path, so gradients reach early layers unscaled — the choice of
   Llama, TinyLlama and Phi-3;
 * **RMSNorm**: $x / \\sqrt{\\mathrm{mean}(x^2) + \\epsilon} \\cdot g$ (no mean subtraction, no bias);
+  RMSNorm, RoPE and the SwiGLU gate come from :mod:`effsmall.nn`, shared with the models;
 * **GQA** (Ainslie et al. 2023): ``n_heads`` query heads share ``n_kv_heads`` key/value heads,
   shrinking the KV cache by ``n_heads / n_kv_heads``;
 * **RoPE** (optional): rotate each pair of channels of q and k by an angle proportional to the
@@ -22,36 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effsmall.attention.naive import compute_dtype, naive_attention
+from effsmall.attention.naive import naive_attention
+from effsmall.nn import RMSNorm, rope, swiglu
 
-
-class RMSNorm(nn.Module):
-    """$y = x / \\sqrt{\\mathrm{mean}(x^2) + \\epsilon} \\cdot g$ over the last dimension."""
-
-    def __init__(self, d: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(compute_dtype(x.dtype))  # half inputs are normalized in float32
-        rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
-        return (xf * rms).to(x.dtype) * self.weight
-
-
-def rope_tables(n: int, dim: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of angles $t\\,\\theta_k$, $\\theta_k = \\text{base}^{-2k/\\text{dim}}$, each ``(n, dim/2)``."""
-    theta = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)  # (dim/2,)
-    angles = torch.arange(n, dtype=torch.float32, device=device)[:, None] * theta  # (n, dim/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (first half, second half) of ``x`` ``(B, H, n, dim)`` by the angles."""
-    ct = torch.promote_types(compute_dtype(x.dtype), cos.dtype)
-    x1, x2 = x.to(ct).chunk(2, dim=-1)  # (B, H, n, dim/2) each
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, n, dim)
-    return out.to(x.dtype)
+__all__ = ["TransformerBlock", "RMSNorm"]
 
 
 class TransformerBlock(nn.Module):
@@ -95,16 +70,14 @@ class TransformerBlock(nn.Module):
         q = self.wq(x).view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         k, v = self.wkv(x).view(B, N, 2, Hk, D).permute(2, 0, 3, 1, 4)  # (B, Hk, N, D) each
         if self.rope:
-            cos, sin = rope_tables(N, D, self.rope_base, device=x.device)  # (N, D/2) each
-            cos, sin = cos.to(compute_dtype(x.dtype)), sin.to(compute_dtype(x.dtype))
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = rope(q, N, self.rope_base), rope(k, N, self.rope_base)  # positions 0 … N−1
         o = self.attn_fn(q, k, v, causal=self.causal)  # (B, H, N, D)
         return self.wo(o.transpose(1, 2).reshape(B, N, H * D))  # (B, N, d_model)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.mlp_kind == "swiglu":
             gate, up = self.w_up(x).chunk(2, dim=-1)  # (B, N, d_ff) each
-            return self.w_down(F.silu(gate) * up)  # (B, N, d_model)
+            return self.w_down(swiglu(gate, up))  # (B, N, d_model)
         return self.w_down(F.gelu(self.w_up(x)))  # (B, N, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,10 @@ Shapes and conventions:
   at slot ``j % page_size`` (vLLM's PagedAttention, Kwon et al. 2023);
 * ``Hq % Hk == 0`` (GQA): the G = Hq/Hk query heads of one KV head are packed into one tile, so
   each key tile is read once for all of them and ``tl.dot`` sees a (G·Nq) × D matrix;
-* ``window = w``: query at position p sees keys p − w … p (``naive_attention``'s
-  ``window=(w, 0)``); ``scale`` defaults to D^−½;
-* a query that sees no key (``cache_seqlens[b] = 0``) gets zeros and ``lse = −inf``.
+* ``window=(w, 0)`` (or the shorthand ``window=w``): query at position p sees keys p − w … p;
+  ``window``, ``scale`` and the empty-row convention are the package's
+  (:mod:`effsmall.attention.contract`): decoding is always causal, ``scale`` defaults to D^−½,
+  a query that sees no key (``cache_seqlens[b] = 0``) gets zeros and ``lse = −inf``.
 
 Launch: one program per (split, KV head, row); :func:`choose_num_splits` picks the splits from
 the SM count and the work (two programs per SM, at least 256 keys per split). The visible range
@@ -36,14 +37,14 @@ GPU the tile size and warps are timed once per problem key and remembered (``_pi
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
+from effsmall.attention.contract import check_heads, check_kernel_tensors, check_scale, window_bounds
+from effsmall.runtime import cdiv, interp_flag, interpreting, next_power_of_2, require_triton_tensor
 
 __all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits",
            "gather_pages", "decode_cost"]
@@ -67,7 +68,8 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, valid
     """Validate the decode contract (``validate``: also the values of cache_seqlens and
     block_table, which costs a device synchronization).
 
-    Returns (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale)."""
+    Returns (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale, left): ``left`` is the
+    window's reach back (None: no window)."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -86,18 +88,19 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, valid
     Hk = k_cache.shape[1]
     if k_cache.shape[3] != D:
         raise ValueError(f"head dim of the cache ({k_cache.shape[3]}) must equal q's ({D})")
-    if Hk == 0 or Hq % Hk:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hk})")
-    if cache_seqlens.dtype not in (torch.int32, torch.int64) or cache_seqlens.shape != (B,):
-        raise TypeError(f"cache_seqlens must be an int32/int64 tensor of shape ({B},), "
-                        f"got {cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    check_heads(Hq, Hk, "k_cache")
+    if cache_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cache_seqlens must be an int32/int64 tensor, got {cache_seqlens.dtype}")
+    if cache_seqlens.shape != (B,):
+        raise ValueError(f"cache_seqlens must have shape ({B},), got {tuple(cache_seqlens.shape)}")
     devices = {t.device for t in (q, k_cache, v_cache, cache_seqlens)}
     if block_table is not None:
         if not isinstance(block_table, torch.Tensor):
             raise TypeError(f"block_table must be a torch.Tensor, got {type(block_table).__name__}")
-        if block_table.dtype not in (torch.int32, torch.int64) or block_table.dim() != 2 or block_table.shape[0] != B:
-            raise TypeError(f"block_table must be an int32/int64 tensor of shape ({B}, max_pages), "
-                            f"got {block_table.dtype} {tuple(block_table.shape)}")
+        if block_table.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"block_table must be an int32/int64 tensor, got {block_table.dtype}")
+        if block_table.dim() != 2 or block_table.shape[0] != B:
+            raise ValueError(f"block_table must have shape ({B}, max_pages), got {tuple(block_table.shape)}")
         devices.add(block_table.device)
     if len(devices) != 1:
         raise ValueError(f"q, k_cache, v_cache, cache_seqlens, block_table must be on one device, "
@@ -123,13 +126,10 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, valid
             if int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]:
                 raise ValueError(f"block_table points outside the page pool [0, {k_cache.shape[0]}): "
                                  f"got ids in [{int(ids.min())}, {int(ids.max())}]")
-    if window is not None and (not isinstance(window, numbers.Integral) or window < 0):
-        raise TypeError(f"window must be None or an int >= 0 (keys p - window ... p), got {window!r}")
-    if scale is None:
-        scale = D ** -0.5
-    elif not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float, got {scale!r}")
-    return q4, paged, page_size, capacity, float(scale)
+    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+        window = (int(window), 0)                                         # the shorthand w = (w, 0)
+    left, _ = window_bounds(window, causal=True)
+    return q4, paged, page_size, capacity, check_scale(scale, D), left
 
 
 def _used_pages(block_table, cache_seqlens, page_size):
@@ -157,7 +157,7 @@ def decode_attention_reference(q, k_cache, v_cache, cache_seqlens, *, block_tabl
     p = L_b − Nq + i and sees keys j with ``max(0, p − window) ≤ j ≤ p``. Returns o in q's dtype
     (and lse (B, Hq[, Nq]) in fp32, −inf where no key is visible).
     """
-    q4, paged, _, _, scale = _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale)
+    q4, paged, _, _, scale, window = _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale)
     B, Hq, Nq, D = q4.shape
     G = Hq // k_cache.shape[1]
     out = torch.zeros(B, Hq, Nq, D, dtype=torch.float64, device=q.device)
@@ -434,23 +434,17 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
     that guarantees them (:class:`~effsmall.attention.PagedKVCache`, a CUDA-graph capture) passes
     ``validate=False``; shapes, dtypes and devices are always checked.
     """
-    q4, paged, page_size, capacity, scale = _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale,
-                                                   validate)
+    q4, paged, page_size, capacity, scale, window = _check(q, k_cache, v_cache, cache_seqlens, block_table, window,
+                                                           scale, validate)
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         require_triton_tensor(name, t, "flash_decode")
-        if t.dtype == torch.float64:
-            raise TypeError(f"{name}: flash_decode runs float16, bfloat16 or float32; use "
-                            "decode_attention_reference for float64")
+    if q4.stride(-1) != 1:
+        q4 = q4.contiguous()
+    check_kernel_tensors("flash_decode", 256, hint="; decode_attention_reference runs float64",
+                         q=q4, k_cache=k_cache, v_cache=v_cache)
     B, Hq, Nq, D = q4.shape
     Hk = k_cache.shape[1]
     G = Hq // Hk
-    if D > 256:
-        raise ValueError(f"head dim {D} > 256 is not supported by flash_decode")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last (head) dimension")
-    if q4.stride(-1) != 1:
-        q4 = q4.contiguous()
     configs = _configs(paged, page_size)
     keys = capacity if window is None else min(capacity, window + Nq)
     S = num_splits if num_splits is not None else choose_num_splits(B, Hk, keys, _sm_count(q.device), configs[0][0])
@@ -479,7 +473,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             scale * LOG2E, window if window is not None else 0, S,
             NQ=Nq, G=G, D=D, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
             PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
-            INTERP=interpreting(), num_warps=warps, num_stages=stages)
+            num_warps=warps, num_stages=stages, **interp_flag())
 
     if B and Hq:
         key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,

@@ -16,7 +16,8 @@ Each program splits its key range into blocks that are *fully visible* (no mask 
 all) and *boundary* blocks (diagonal, window edge, last partial block) where the mask is built;
 invisible blocks are never visited (causal block skipping). A query row that sees no key
 returns zeros (``l_i = 0``), and stores ``lse = +inf`` internally so the backward's
-``P = exp(S - lse)`` is 0 for it.
+``P = exp(S - lse)`` is 0 for it; the public functions return the package's ``-inf``
+(:mod:`effsmall.attention.contract`).
 
 Backward (FA2 §3.2): a preprocess kernel computes ``Delta_i = rowsum(dO_i ∘ O_i)``; one
 kernel per key block loops over the query blocks (and over the ``Hq/Hk`` query heads of its
@@ -35,17 +36,16 @@ two inside the kernels with masked loads.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from effsmall.attention.naive import check_attention_inputs as check_contract
-from effsmall.runtime import (cdiv, interpreting, next_power_of_2, require_triton_device, tensor_cores_in_triton,
-                              warn_once)
+from effsmall.attention.contract import check_attention, check_kernel_tensors, window_bounds
+from effsmall.runtime import (cdiv, interp_flag, interpreting, next_power_of_2, require_triton_device,
+                              tensor_cores_in_triton, warn_once)
 
-__all__ = ["flash_attention", "flash_attention_forward", "check_attention_inputs", "block_schedule", "backend"]
+__all__ = ["flash_attention", "flash_attention_forward", "flash_attention_backward", "check_flash_inputs",
+           "block_schedule", "backend"]
 
 LOG2E = 1.4426950408889634
 _BIG = 1 << 30  # "no window edge": far beyond any sequence length, still safe in int32
@@ -587,42 +587,18 @@ def _launch(tuned, kind, tune_key, grid_fn, *args, **kwargs):
 _SUPPORTED_D = (16, 256)
 
 
-def check_attention_inputs(q, k, v, *, rank: int = 4) -> None:
-    """The package contract (:func:`effsmall.attention.naive.check_attention_inputs`) plus what
-    the kernels need: fp16/bf16/fp32, a contiguous head dimension, 16 <= D <= 256.
-    Raises ValueError/TypeError naming the argument."""
-    check_contract(q, k, v, rank=rank)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last (head) dimension")
-    D = q.shape[-1]
-    if not (_SUPPORTED_D[0] <= D <= _SUPPORTED_D[1]):
-        raise ValueError(f"q's head dim D={D} is outside the supported range 16..256")
+def check_flash_inputs(q, k, v, *, causal: bool = False, scale=None, window=None, rank: int = 4):
+    """The package contract (:func:`effsmall.attention.contract.check_attention`) plus what the
+    kernels need (fp16/bf16/fp32, a contiguous head dimension, 16 <= D <= 256). Returns
+    ``(scale, LO, HI)``: the kernels' band ``LO <= j - i - off <= HI`` (``±_BIG`` = unbounded)."""
+    scale, left, right = check_attention(q, k, v, causal=causal, scale=scale, window=window, rank=rank)
+    check_kernel_tensors("flash_attention", _SUPPORTED_D[1], _SUPPORTED_D[0], q=q, k=k, v=v)
+    return (scale, *_kernel_band(left, right))
 
 
-def _window_bounds(causal: bool, window) -> tuple[int, int]:
-    """(LO, HI) of the visible band ``LO <= j - i - off <= HI``."""
-    lo, hi = -_BIG, _BIG
-    if window is not None:
-        if not (isinstance(window, (tuple, list)) and len(window) == 2):
-            raise ValueError(f"window must be a (left, right) pair or None, got {window!r}")
-        left, right = window
-        if left is not None and left >= 0:
-            lo = -int(left)
-        if right is not None and right >= 0:
-            hi = int(right)
-    if causal:
-        hi = min(hi, 0)
-    return lo, hi
-
-
-def _check_scale(q, scale) -> float:
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
-    return scale
+def _kernel_band(left: int | None, right: int | None) -> tuple[int, int]:
+    """(LO, HI) of the visible band ``LO <= j - i - off <= HI`` from the contract's (left, right)."""
+    return (-_BIG if left is None else -left), (_BIG if right is None else right)
 
 
 def _strides3(t: torch.Tensor, varlen: bool):
@@ -647,7 +623,7 @@ def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k):
         cu_q = cu_k = q  # unused placeholders (VARLEN=False)
     Hq, Hk = q.shape[1], k.shape[1]  # the head axis of both layouts
     block_d, prec, bucket = next_power_of_2(q.shape[-1], 16), _dot_precision(q), _n_bucket(max(Nq, Nk))
-    consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, INTERP=interpreting(), PREC=prec)
+    consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, PREC=prec, **interp_flag())
     tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
     return (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key
 
@@ -697,7 +673,7 @@ def block_schedule(Nq: int, Nk: int, block_m: int, block_n: int, *, causal: bool
     """What the forward kernel does with each (query block, key block) tile, as an int tensor
     ``(cdiv(Nq, block_m), cdiv(Nk, block_n))``: 0 skipped, 1 fully visible (no mask math),
     2 boundary (mask built). A host-side mirror of ``_key_ranges`` for pictures and tests."""
-    lo, hi = _window_bounds(causal, window)
+    lo, hi = _kernel_band(*window_bounds(window, causal))
     off = Nk - Nq
     nm, nn = cdiv(Nq, block_m), cdiv(Nk, block_n)
     sched = torch.zeros(nm, nn, dtype=torch.int64)                     # (query blocks, key blocks)
@@ -761,9 +737,7 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     ``window=(left, right)`` keeps keys ``i + off - left <= j <= i + off + right`` (a negative or
     None side is unlimited). Rows that see no key are zeros. Differentiable (Triton backward).
     """
-    check_attention_inputs(q, k, v)
-    lo, hi = _window_bounds(causal, window)
-    scale = _check_scale(q, scale)
+    scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to launch: empty output / rows that see no key
         from effsmall.attention import naive_attention
         return naive_attention(q, k, v, causal=causal, scale=scale, window=window)
@@ -786,12 +760,21 @@ def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | Non
     A row that sees no key has ``O = 0`` and ``lse = -inf``, the package-wide convention that
     :func:`effsmall.attention.merge_attention_states` relies on (the kernel stores ``+inf``
     internally so that its own backward's ``exp(S - lse)`` is 0; it is flipped here)."""
-    check_attention_inputs(q, k, v)
-    lo, hi = _window_bounds(causal, window)
-    scale = _check_scale(q, scale)
+    scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     reason = _fallback_reason(q)
     if reason is not None:
         raise ValueError(f"q: {reason}")
     o, lse = _fwd(q, k, v, lo, hi, scale)
     return o, lse.masked_fill(lse == float("inf"), float("-inf"))
+
+
+def flash_attention_backward(do, q, k, v, o, lse, *, causal: bool = False, scale: float | None = None,
+                             window=None):
+    """Gradients ``(dq, dk, dv)`` from the outputs of :func:`flash_attention_forward`: ``o`` and
+    ``lse`` in the package convention (``-inf`` for a row that sees no key). Inputs need not be
+    contiguous. For callers that keep O and lse themselves (ring attention)."""
+    q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+    scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
+    lse_k = lse.masked_fill(lse == float("-inf"), float("inf")).contiguous()  # the kernels' empty-row value
+    return _bwd(do, q, k, v, o, lse_k, lo, hi, scale)
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from effsmall.attention.naive import Window
+from effsmall.attention.contract import Window
 from effsmall.attention.tiled import kv_block_range
 
 STAT_BYTES = 4  # m, l, lse are float32

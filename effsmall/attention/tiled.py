@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from effsmall.attention.naive import Window, _bound, check_attention_inputs, compute_dtype, repeat_kv
+from effsmall.attention.contract import Window, check_attention, window_bounds
+from effsmall.attention.naive import repeat_kv
+from effsmall.runtime import compute_dtype
 
 
 @dataclass
@@ -82,10 +84,7 @@ def kv_block_range(Nq: int, Nk: int, block_m: int, block_n: int, causal: bool = 
     Tr = math.ceil(Nq / block_m)
     first = torch.arange(Tr, dtype=torch.int64) * block_m + (Nk - Nq)  # (Tr,) first row, key coords
     last = torch.clamp(torch.arange(1, Tr + 1, dtype=torch.int64) * block_m, max=Nq) - 1 + (Nk - Nq)
-    left = _bound(window[0]) if window is not None else None
-    right = _bound(window[1]) if window is not None else None
-    if causal:
-        right = 0 if right is None else min(right, 0)
+    left, right = window_bounds(window, causal)
     lo = torch.zeros(Tr, dtype=torch.int64) if left is None else torch.clamp(first - left, min=0)
     hi = torch.full((Tr,), Nk - 1, dtype=torch.int64) if right is None else torch.clamp(last + right, max=Nk - 1)
     empty = hi < lo
@@ -108,22 +107,14 @@ def _tile_scores(q_i, k_j, scale, r0, c0, Nq, Nk, causal, window):
     if causal or window is not None:
         i = torch.arange(r0, r0 + q_i.shape[2], device=S.device)[:, None] + (Nk - Nq)  # (br, 1) key coords
         j = torch.arange(c0, c0 + k_j.shape[2], device=S.device)[None, :]  # (1, bc)
-        left = _bound(window[0]) if window is not None else None
-        right = _bound(window[1]) if window is not None else None
+        left, right = window_bounds(window, causal)
         hidden = torch.zeros(i.shape[0], j.shape[1], dtype=torch.bool, device=S.device)  # (br, bc)
-        if causal:
-            hidden |= j > i
         if left is not None:
             hidden |= j < i - left
         if right is not None:
             hidden |= j > i + right
         S = S.masked_fill(hidden, float("-inf"))  # (B, H, br, bc)
     return S
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Row statistics (m, l, lse) are float32, or float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _finite_or_zero(m):
@@ -137,10 +128,10 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     """Attention computed tile by tile with the online softmax; equal to ``naive_attention``.
 
     Returns ``o`` ``(B, Hq, Nq, D)`` in q's dtype, or ``(o, lse)`` with ``lse`` float32
-    (float64 for float64 inputs) ``(B, Hq, Nq)`` when ``return_lse`` (``-inf`` and o = 0 for rows that see no key). Pass an
+    (float64 for float64 inputs) ``(B, Hq, Nq)`` when ``return_lse`` (``-inf`` and o = 0 for rows that see no key, the package's convention). Pass an
     :class:`HBMCounter` to record the bytes read and written and the order of the tiles.
     """
-    scale = check_attention_inputs(q, k, v, scale, window)
+    scale = check_attention(q, k, v, causal=causal, scale=scale, window=window).scale
     _check_blocks(block_m, block_n, order)
     B, Hq, Nq, D = q.shape
     Nk = k.shape[2]
@@ -161,7 +152,7 @@ def _fa2(q, k, v, scale, Br, Bc, causal, window, jlo, jhi, Tc, counter):
     Nk = k.shape[2]
     ct = compute_dtype(q.dtype)
     o_hbm = torch.empty_like(q)  # (B, H, Nq, D), written once per row block
-    lse_hbm = torch.empty(B, H, Nq, dtype=stats_dtype(q.dtype), device=q.device)  # (B, H, Nq)
+    lse_hbm = torch.empty(B, H, Nq, dtype=compute_dtype(q.dtype), device=q.device)  # (B, H, Nq)
     for i, r0 in enumerate(range(0, Nq, Br)):
         r1 = min(r0 + Br, Nq)
         acc = torch.zeros(B, H, r1 - r0, D, dtype=ct, device=q.device)  # (B, H, br, D) unnormalized O_i
@@ -202,8 +193,8 @@ def _fa1(q, k, v, scale, Br, Bc, causal, window, jlo, jhi, Tc, counter):
     Nk = k.shape[2]
     ct = compute_dtype(q.dtype)
     o_hbm = torch.zeros_like(q)  # (B, H, Nq, D) line 2: O = 0 in HBM
-    l_hbm = torch.zeros(B, H, Nq, dtype=stats_dtype(q.dtype), device=q.device)  # (B, H, Nq) l = 0
-    m_hbm = torch.full((B, H, Nq), float("-inf"), dtype=stats_dtype(q.dtype), device=q.device)  # m = -inf
+    l_hbm = torch.zeros(B, H, Nq, dtype=compute_dtype(q.dtype), device=q.device)  # (B, H, Nq) l = 0
+    m_hbm = torch.full((B, H, Nq), float("-inf"), dtype=compute_dtype(q.dtype), device=q.device)  # m = -inf
     if counter is not None:
         counter.write("O", o_hbm, 0, Nq)
         counter.write("l", l_hbm, 0, Nq)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from effsmall.attention.flash_triton import (_bwd, _check_scale, _fallback_reason, _fwd, _window_bounds,
-                                             check_attention_inputs)
+from effsmall.attention.flash_triton import _bwd, _fallback_reason, _fwd, check_flash_inputs
 from effsmall.runtime import interpreting, warn_once
 
 __all__ = ["flash_attention_varlen", "check_cu_seqlens"]
@@ -71,15 +70,13 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     ``(batch + 1,)``, start at 0, are non-decreasing and end at ``total``; ``max_seqlen_*`` bound
     the lengths (they size the grid). Returns ``(total_q, Hq, D)``; differentiable.
     """
-    check_attention_inputs(q, k, v, rank=3)
+    scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window, rank=3)
     total_q, total_k = q.shape[0], k.shape[0]
     cq = check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q, int(max_seqlen_q), q.device)
     ck = check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k, int(max_seqlen_k), q.device)
     if len(cq) != len(ck):
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same batch, got "
                          f"{len(cq) - 1} and {len(ck) - 1} sequences")
-    lo, hi = _window_bounds(causal, window)
-    scale = _check_scale(q, scale)
     reason = _fallback_reason(q)
     if reason is not None or (interpreting() and q.dtype == torch.bfloat16):
         # Documented fallback: one flash_attention call per sequence (which itself falls back).

@@ -8,10 +8,10 @@ CUDA (``--device cuda``, two GPUs of one host, NCCL with NVLink multicast off �
   TP = 2 shards, with the collectives counted in one fwd+bwd (calls and bytes) next to the
   theory (Mamba-2: one all-reduce of (B, L, d_model) per forward; attention block: two);
 * ``cp_ssd`` — SSD (H = 32, P = 64, N = 128, chunk 256) of one sequence of 256K–1M tokens:
-  ``ssd_triton`` fwd+bwd on one GPU against :func:`effsmall.dist.context_parallel_ssd` with
+  ``ssd_triton`` fwd+bwd on one GPU against :func:`effsmall.dist.context_parallel` with
   CP = 2, ``p2p`` and ``allgather``;
 * ``ring`` — causal attention, H = 16, D = 128, 32K–256K tokens: our FlashAttention on one GPU,
-  :func:`effsmall.dist.ring_attention` (``zigzag`` and ``contiguous``) on two, against PyTorch's
+  :func:`effsmall.dist.ring` (``zigzag`` and ``contiguous``) on two, against PyTorch's
   SDPA (flash backend) on one GPU and ``torch.distributed.tensor.experimental.context_parallel``
   over it on two, in the same run.
 
@@ -120,7 +120,7 @@ def _tp_rows(rank, world, dev, dtype, quick):
 
 
 def _ssd_rows(rank, world, dev, dtype, quick):
-    from effsmall.dist.context_parallel_ssd import _ssd_fn, context_parallel_ssd
+    from effsmall.dist.context_parallel import _ssd_fn, context_parallel_ssd
     from effsmall.dist.counting import count_collectives
     H, P, N, Q = (4, 16, 16, 32) if quick else (SSD_H, SSD_P, SSD_N, SSD_CHUNK)
     rows = []
@@ -186,7 +186,7 @@ def _torch_cp(q, k, v, world, dev):
 
 
 def _ring_rows(rank, world, dev, dtype, quick):
-    from effsmall.dist.ring_attention import ring_attention, zigzag_shard, contiguous_shard
+    from effsmall.dist.ring import ring_attention, zigzag_shard, contiguous_shard
     H, D = (2, 16) if quick else (ATT_H, ATT_D)
     rows = []
     for L in ((256, 512) if quick else RING_LENGTHS):
@@ -244,7 +244,7 @@ def _ring_rows(rank, world, dev, dtype, quick):
 
 
 def _worker(rank: int, world: int, quick: bool, parts: tuple) -> list | None:
-    from effsmall.dist.launch import current_device
+    from effsmall.dist.launcher import current_device
     dev = current_device()
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows = []
@@ -255,7 +255,7 @@ def _worker(rank: int, world: int, quick: bool, parts: tuple) -> list | None:
 
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
-    from effsmall.dist.launch import launch
+    from effsmall.dist.launcher import launch
     parts = tuple(os.environ.get("EFFSMALL_DIST_PARTS", "tp,ssd,ring").split(","))
     if str(device).startswith("cuda"):
         n = torch.cuda.device_count()

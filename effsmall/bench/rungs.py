@@ -14,7 +14,7 @@ CUDA (``python -m effsmall.bench rungs --device cuda``), bf16:
 * chunked SSD forward, H = 32, P = 64, N = 128, B·L = 16K tokens, L ∈ {2K, 8K, 16K}, Q = 64:
   ``ssd_minimal`` (:func:`effsmall.ssm.ssd_minimal`, chapter 11's ~25-line kernel, one program
   per (batch, head)) against ``ssd_triton`` (production: P-blocks, time segments, pipelining);
-  ``vs_minimal`` on the ``ssd_triton`` row. FLOPs from :func:`effsmall.ssm.ssd_chunked.ssd_chunked_cost`.
+  ``vs_minimal`` on the ``ssd_triton`` row. FLOPs from :func:`effsmall.ssm.ssd_chunkwise.ssd_chunked_cost`.
 * ``kind="check"`` rows: every kernel against ``naive_attention`` / fp64 matmul / fp64
   ``ssd_chunked`` on the device first.
 
@@ -196,7 +196,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     ceiling = max((r.get("graph_tflops") or r.get("tflops") or 0) for r in rows
                   if r.get("kind") == "matmul" and r["impl"] == "torch")
 
-    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
 
     ssd_shapes = ([(TOKENS // L, L) for L in (SSD_LENGTHS[:1] if quick else SSD_LENGTHS)] if cuda else [(1, 32)])
     h_, p_, n_, Q = (SSD_H, SSD_P, SSD_N, SSD_Q) if cuda else (2, 16, 16, 16)

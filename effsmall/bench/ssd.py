@@ -75,8 +75,8 @@ def _import_baselines():
 def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> None:
     """ssd_triton in every dtype vs ssd_chunked in fp64: outputs, final states, gradients."""
     from effsmall.ssm._ssd_testing import ssd_inputs
-    from effsmall.ssm.ssd_chunked import ssd_chunked
-    from effsmall.ssm.ssd_triton import ssd_triton
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
+    from effsmall.ssm.ssd_kernels import ssd_triton
 
     for n in STATES:
         X, A, B, C, h0 = ssd_inputs(b=2, l=1000, h=8, p=64, g=2, n=n, device=device)
@@ -134,7 +134,7 @@ def _crossover_rows(rows: list, attn, attn_name: str, ours, L: int, Bsz: int) ->
 
 def _cuda_rows(rows: list, quick: bool) -> None:
     from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
-    from effsmall.ssm.ssd_chunked import ssd_chunked, ssd_chunked_cost
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked, ssd_chunked_cost
 
     dev = "cuda"
     mamba_fn, fla_fn, attn, attn_name = _import_baselines()
@@ -199,8 +199,8 @@ def _cuda_rows(rows: list, quick: bool) -> None:
 
 def _cpu_rows(rows: list, quick: bool) -> None:
     from effsmall.ssm._ssd_testing import ssd_inputs
-    from effsmall.ssm.ssd_chunked import ssd_chunked
-    from effsmall.ssm.ssd_recurrent import ssd_recurrent
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
+    from effsmall.ssm.ssd_recurrence import ssd_recurrent
 
     l = 1024 if quick else 4096
     X, A, B, C, _ = ssd_inputs(b=1, l=l, h=4, p=16, g=1, n=16, dtype=torch.float32)

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from effsmall.runtime import compute_dtype
+
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
                       temperature: float = 2.0, alpha: float = 0.5, ignore_index: int = -100) -> torch.Tensor:
@@ -31,9 +33,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
-    dt = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    zs = student_logits.flatten(0, -2).to(dt)                        # (n, vocab)
-    zt = teacher_logits.flatten(0, -2).to(dt).detach()               # (n, vocab)
+    ct = compute_dtype(student_logits)
+    zs = student_logits.flatten(0, -2).to(ct)                        # (n, vocab)
+    zt = teacher_logits.flatten(0, -2).to(ct).detach()               # (n, vocab)
     y = targets.flatten()                                            # (n,)
     keep = y != ignore_index                                         # (n,)
     log_ps = F.log_softmax(zs[keep] / temperature, -1)

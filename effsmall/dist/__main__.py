@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     if not name:
         p.error(f"target must be module:function, got {args.target!r}")
     fn = getattr(importlib.import_module(module), name)
-    from effsmall.dist.launch import run_from_env
+    from effsmall.dist.launcher import run_from_env
     result = run_from_env(fn, backend=args.backend, timeout=args.timeout)
     rank = int(os.environ["RANK"])
     line = json.dumps({"rank": rank, "result": result}, default=float)

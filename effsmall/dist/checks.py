@@ -1,7 +1,7 @@
 """Workers that compare each parallel layer with its single-device reference.
 
 Each ``check_*(rank, world_size, ...)`` runs on every rank (start it with
-:func:`effsmall.dist.launch`): every rank builds the same model and inputs from one seed,
+:func:`effsmall.dist.launcher`): every rank builds the same model and inputs from one seed,
 computes the single-device reference on the whole problem, then the parallel version on its
 shard, and returns plain numbers — the largest differences in the output and in every
 gradient (relative to the reference's largest entry when that exceeds 1), and the collectives counted in forward and backward. Chapter 15 and the tests
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from effsmall.dist.comm import all_gather_into, reduce_scatter_into
 from effsmall.dist.counting import count_collectives
-from effsmall.dist.launch import current_device
+from effsmall.dist.launcher import current_device
+from effsmall.runtime import compute_dtype
 
 __all__ = ["check_tp_mamba2", "check_tp_transformer", "check_cp_ssd", "check_cp_mamba2", "check_ring",
            "check_ulysses", "check_bad_inputs", "check_all", "check_gpu",
@@ -73,12 +74,12 @@ def check_tp_mamba2(rank: int, world: int, dtype: str = "float64", sequence_para
                     d_state: int = 8) -> dict:
     from effsmall.dist.tensor_parallel import _mamba2_shard, shard_mamba2_block
     from effsmall.ssm.mamba2_block import Mamba2Block
-    dev, dt = current_device(), _DTYPES[dtype]
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
     torch.manual_seed(seed)
     block = Mamba2Block(d_model, d_state=d_state, d_conv=4, expand=2, headdim=headdim, ngroups=world,
-                        chunk_size=8 if dev.type == "cpu" else 64, norm_groups=world, dtype=dt, device=dev)
-    u = torch.randn(b, l, d_model, dtype=dt, device=dev, requires_grad=True)  # (b, l, d_model)
-    gout = torch.randn(b, l, d_model, dtype=dt, device=dev)
+                        chunk_size=8 if dev.type == "cpu" else 64, norm_groups=world, dtype=torch_dtype, device=dev)
+    u = torch.randn(b, l, d_model, dtype=torch_dtype, device=dev, requires_grad=True)  # (b, l, d_model)
+    gout = torch.randn(b, l, d_model, dtype=torch_dtype, device=dev)
     (block(u) * gout).sum().backward()
     ref_out = block(u).detach()
     tp = shard_mamba2_block(block, sequence_parallel=sequence_parallel)
@@ -95,7 +96,7 @@ def check_tp_mamba2(rank: int, world: int, dtype: str = "float64", sequence_para
     ref_g = _mamba2_shard(_grads_as_params(block), world, rank)
     gerr = max(_err(p.grad, q) for (_, p), (_, q) in zip(tp.shard.named_parameters(), ref_g.named_parameters()))
     return {"out": _err(out, want), "grad_u": _err(u_loc.grad, want_du), "grad_params": gerr,
-            "fwd": cf.as_dict(), "bwd": cb.as_dict(), "shape": dict(b=b, l=l, d_model=d_model, elt=dt.itemsize)}
+            "fwd": cf.as_dict(), "bwd": cb.as_dict(), "shape": dict(b=b, l=l, d_model=d_model, elt=torch_dtype.itemsize)}
 
 
 def check_tp_transformer(rank: int, world: int, dtype: str = "float64", sequence_parallel: bool = False,
@@ -103,14 +104,14 @@ def check_tp_transformer(rank: int, world: int, dtype: str = "float64", sequence
                          seed: int = 0) -> dict:
     from effsmall.attention.block import TransformerBlock
     from effsmall.dist.tensor_parallel import _kv_plan, _transformer_shard, shard_transformer_block
-    dev, dt = current_device(), _DTYPES[dtype]
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
     torch.manual_seed(seed)
-    block = TransformerBlock(d_model, n_heads, n_kv_heads, d_ff=64).to(dev, dt)
+    block = TransformerBlock(d_model, n_heads, n_kv_heads, d_ff=64).to(dev, torch_dtype)
     with torch.no_grad():  # non-trivial norm weights
         block.attn_norm.weight.uniform_(0.5, 1.5)
         block.mlp_norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(b, l, d_model, dtype=dt, device=dev, requires_grad=True)
-    gout = torch.randn(b, l, d_model, dtype=dt, device=dev)
+    x = torch.randn(b, l, d_model, dtype=torch_dtype, device=dev, requires_grad=True)
+    gout = torch.randn(b, l, d_model, dtype=torch_dtype, device=dev)
     ref_out = block(x)
     (ref_out * gout).sum().backward()
     tp = shard_transformer_block(block, sequence_parallel=sequence_parallel)
@@ -134,7 +135,7 @@ def check_tp_transformer(rank: int, world: int, dtype: str = "float64", sequence
             g = _sum_over_replicas(g, world, rank, world // n_kv_heads)
         errs[name] = _err(g, q)
     return {"out": _err(out, want), "grad_x": _err(x_loc.grad, want_dx), "grad_params": max(errs.values()),
-            "fwd": cf.as_dict(), "bwd": cb.as_dict(), "shape": dict(b=b, l=l, d_model=d_model, elt=dt.itemsize)}
+            "fwd": cf.as_dict(), "bwd": cb.as_dict(), "shape": dict(b=b, l=l, d_model=d_model, elt=torch_dtype.itemsize)}
 
 
 def _sum_over_replicas(g: torch.Tensor, world: int, rank: int, replicas: int) -> torch.Tensor:
@@ -164,18 +165,18 @@ def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float
                  with_initial_states: bool = False, ssd: str = "auto") -> dict:
     """``ssd``: the rung each rank runs — ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"``
     (on CPU: the Triton interpreter) or ``"torch"``."""
-    from effsmall.dist.context_parallel_ssd import context_parallel_ssd
-    from effsmall.ssm.ssd_chunked import ssd_chunked
+    from effsmall.dist.context_parallel import context_parallel_ssd
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
     ssd_fn = None
     if ssd == "triton":
-        from effsmall.ssm.ssd_triton import ssd_triton as ssd_fn
+        from effsmall.ssm.ssd_kernels import ssd_triton as ssd_fn
     elif ssd == "torch":
         ssd_fn = ssd_chunked
-    dev, dt = current_device(), _DTYPES[dtype]
-    x, dtv, A, B, C, D = _ssd_problem(world, dt, dev, seed, b, l_loc, h, P, g, N)
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
+    x, dtv, A, B, C, D = _ssd_problem(world, torch_dtype, dev, seed, b, l_loc, h, P, g, N)
     h0 = None
     if with_initial_states:
-        h0 = torch.randn(b, h, P, N, dtype=torch.float64 if dt == torch.float64 else torch.float32, device=dev)
+        h0 = torch.randn(b, h, P, N, dtype=compute_dtype(torch_dtype), device=dev)
         h0.requires_grad_(True)
     Y, final = ssd_chunked(x * dtv[..., None], dtv * A, B, C, chunk_size, initial_states=h0)  # the reference
     Y = Y + x * D[:, None]
@@ -207,12 +208,12 @@ def check_cp_ssd(rank: int, world: int, method: str = "p2p", dtype: str = "float
 
 def check_cp_mamba2(rank: int, world: int, method: str = "allgather", dtype: str = "float64",
                     b: int = 2, l_loc: int = 6, d_model: int = 16, seed: int = 0) -> dict:
-    from effsmall.dist.context_parallel_ssd import context_parallel_mamba2
+    from effsmall.dist.context_parallel import context_parallel_mamba2
     from effsmall.ssm.mamba2_block import Mamba2Block
-    dev, dt = current_device(), _DTYPES[dtype]
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
     torch.manual_seed(seed)
-    block = Mamba2Block(d_model, d_state=8, d_conv=4, headdim=8, ngroups=2, chunk_size=4, dtype=dt, device=dev)
-    u = torch.randn(b, world * l_loc, d_model, dtype=dt, device=dev, requires_grad=True)
+    block = Mamba2Block(d_model, d_state=8, d_conv=4, headdim=8, ngroups=2, chunk_size=4, dtype=torch_dtype, device=dev)
+    u = torch.randn(b, world * l_loc, d_model, dtype=torch_dtype, device=dev, requires_grad=True)
     gout = torch.randn_like(u)
     out_ref = block(u)
     (out_ref * gout).sum().backward()
@@ -239,9 +240,9 @@ def _attn_problem(world, dtype, dev, seed, B=1, Hq=4, Hk=2, n=8, D=16):
 def check_ring(rank: int, world: int, layout: str = "zigzag", causal: bool = True, dtype: str = "float64",
                kernel: str = "torch", Hq: int = 4, Hk: int = 2, n: int = 8, D: int = 16, seed: int = 0) -> dict:
     from effsmall.attention.naive import naive_attention
-    from effsmall.dist.ring_attention import contiguous_shard, ring_attention, zigzag_shard
-    dev, dt = current_device(), _DTYPES[dtype]
-    q, k, v = _attn_problem(world, dt, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
+    from effsmall.dist.ring import contiguous_shard, ring_attention, zigzag_shard
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
+    q, k, v = _attn_problem(world, torch_dtype, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
     ref = naive_attention(q.double(), k.double(), v.double(), causal=causal)   # (B, Hq, p·n, D)
     go = torch.randn_like(ref)
     (ref * go).sum().backward()
@@ -259,10 +260,10 @@ def check_ring(rank: int, world: int, layout: str = "zigzag", causal: bool = Tru
 def check_ulysses(rank: int, world: int, dtype: str = "float64", Hq: int = 4, Hk: int = 4, n: int = 8,
                   D: int = 16, seed: int = 0) -> dict:
     from effsmall.attention.naive import naive_attention
-    from effsmall.dist.ring_attention import contiguous_shard
+    from effsmall.dist.ring import contiguous_shard
     from effsmall.dist.ulysses import ulysses_attention
-    dev, dt = current_device(), _DTYPES[dtype]
-    q, k, v = _attn_problem(world, dt, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
+    dev, torch_dtype = current_device(), _DTYPES[dtype]
+    q, k, v = _attn_problem(world, torch_dtype, dev, seed, Hq=Hq, Hk=Hk, n=n, D=D)
     ref = naive_attention(q, k, v, causal=True)
     go = torch.randn_like(ref)
     (ref * go).sum().backward()
@@ -279,7 +280,7 @@ def check_ulysses(rank: int, world: int, dtype: str = "float64", Hq: int = 4, Hk
 def check_bad_inputs(rank: int, world: int) -> dict:
     """The messages raised for shapes the world size does not divide, and for unequal shards."""
     from effsmall.attention.block import TransformerBlock
-    from effsmall.dist.ring_attention import ring_attention
+    from effsmall.dist.ring import ring_attention
     from effsmall.dist.tensor_parallel import shard_mamba2_block, shard_transformer_block
     from effsmall.dist.ulysses import ulysses_attention
     from effsmall.ssm.mamba2_block import Mamba2Block

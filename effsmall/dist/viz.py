@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from effsmall.dist.ring_attention import block_tasks
+from effsmall.dist.ring import block_tasks
 
 RANK_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52")
 

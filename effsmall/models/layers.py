@@ -1,5 +1,6 @@
-"""The pieces of a small LM: RMSNorm, SwiGLU MLP, rotary positions, and causal self-attention
-with a KV cache and the fastest exact attention kernel for the device.
+"""The pieces of a small LM: causal self-attention with a KV cache and the fastest exact attention
+kernel for the device. RMSNorm, the SwiGLU MLP and rotary positions come from :mod:`effsmall.nn`
+(shared with the attention block of chapter 3).
 
 Attention backend (``attention_backend(device)``):
 
@@ -17,39 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from effsmall.attention.block import RMSNorm  # noqa: F401  (one RMSNorm for the book)
 from effsmall.attention.paged_cache import PagedKVCache
+from effsmall.nn import RMSNorm, SwiGLU, rope  # noqa: F401  (one source, shared with the attention block)
 from effsmall.runtime import tensor_cores_in_triton, warn_once
-
-
-class SwiGLU(nn.Module):
-    """MLP(x) = W_down (SiLU(W_gate x) ⊙ W_up x), the gated MLP of Llama/Phi-3 (Shazeer 2020)."""
-
-    def __init__(self, d_model: int, d_ff: int):
-        super().__init__()
-        self.gate = nn.Linear(d_model, d_ff, bias=False)
-        self.up = nn.Linear(d_model, d_ff, bias=False)
-        self.down = nn.Linear(d_ff, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021): rotate each pair (x_i, x_{i+D/2}) of a head by
-    the angle pos·base^(−2i/D). x ``(b, h, l, D)``, pos ``(l,)`` absolute positions.
-
-    q·k after rotation depends only on the *difference* of positions, so a KV cache stores
-    rotated keys once and stays valid as decoding proceeds.
-    """
-    D = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float64) / D)  # (D/2,)
-    ang = pos.to(torch.float64)[:, None] * inv_freq[None, :]                              # (l, D/2)
-    dt = x.dtype if x.dtype == torch.float64 else torch.float32
-    cos, sin = ang.cos().to(dt), ang.sin().to(dt)                                          # (l, D/2)
-    x1, x2 = x.to(dt).chunk(2, dim=-1)                                                     # (b,h,l,D/2) ×2
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)                    # (b, h, l, D)
-    return out.to(x.dtype)
 
 
 def attention_backend(device: torch.device | str) -> str:

@@ -56,7 +56,7 @@ class Layer(nn.Module):
             return self.mixer(u), None
         step = self.mixer.step
         if kernels:                                         # the fused Triton step (decode kernels)
-            from effsmall.ssm.mamba2_step import mamba2_block_step
+            from effsmall.ssm.mamba2_step_kernel import mamba2_block_step
             step = functools.partial(mamba2_block_step, self.mixer)
         outs = []
         for t in range(u.shape[1]):                         # recurrent path, one token at a time

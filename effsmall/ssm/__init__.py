@@ -16,11 +16,11 @@ _EXPORTS = {
     # selective_scan.py — Mamba-1 selective scan in torch
     "selective_scan_sequential": "selective_scan",
     "selective_scan_parallel": "selective_scan",
-    # selective_scan_triton.py
-    "selective_scan_triton": "selective_scan_triton",
-    # ssd_recurrent.py — the SSD recurrence and stable segment sums
-    "segsum": "ssd_recurrent",
-    "ssd_recurrent": "ssd_recurrent",
+    # selective_scan_kernel.py
+    "selective_scan_triton": "selective_scan_kernel",
+    # ssd_recurrence.py — the SSD recurrence and stable segment sums
+    "segsum": "ssd_recurrence",
+    "ssd_recurrent": "ssd_recurrence",
     # semiseparable.py — SSMs as matrices, the attention-like dual
     "ssm_matrix": "semiseparable",
     "ssd_quadratic": "semiseparable",
@@ -28,19 +28,19 @@ _EXPORTS = {
     "offdiagonal_ranks": "semiseparable",
     "linear_attention": "semiseparable",
     "structured_masked_attention": "semiseparable",
-    # ssd_chunked.py — the four-step chunked algorithm in readable torch
-    "ssd_chunked": "ssd_chunked",
-    # ssd_minimal.py — a ~25-line forward-only Triton kernel: one chunk's four steps
-    "ssd_minimal": "ssd_minimal",
-    # ssd_triton.py — Triton forward and backward
-    "ssd_triton": "ssd_triton",
+    # ssd_chunkwise.py — the four-step chunked algorithm in readable torch
+    "ssd_chunked": "ssd_chunkwise",
+    # ssd_minimal_kernel.py — a ~25-line forward-only Triton kernel: one chunk's four steps
+    "ssd_minimal": "ssd_minimal_kernel",
+    # ssd_kernels.py — Triton forward and backward
+    "ssd_triton": "ssd_kernels",
     # mamba_api.py — drop-in for mamba_ssm's function of the same name
     "mamba_chunk_scan_combined": "mamba_api",
     # mamba2_block.py — the Mamba-2 layer with recurrent step
     "Mamba2Block": "mamba2_block",
-    # mamba2_step.py — one decoding step of a Mamba-2 layer as one Triton kernel
-    "mamba2_step": "mamba2_step",
-    "mamba2_block_step": "mamba2_step",
+    # mamba2_step_kernel.py — one decoding step of a Mamba-2 layer as one Triton kernel
+    "mamba2_step": "mamba2_step_kernel",
+    "mamba2_block_step": "mamba2_step_kernel",
 }
 install(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

@@ -25,8 +25,10 @@ def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=N
                      check_values: bool = True) -> tuple[int, int, int, int, int, int]:
     """Validate SSD arguments; return ``(b, l, h, p, g, n)``.
 
-    Raises TypeError for non-tensors, non-floating dtypes and integer-typed seq_idx violations,
-    ValueError for shapes, devices, ``h % g != 0`` and (when ``check_values``) positive log decays.
+    One exception type per kind of mistake, on every SSD rung: TypeError for a wrong type
+    (non-tensors, non-floating dtypes, a non-integer seq_idx, a chunk_size that is not an int),
+    ValueError for a wrong value (shapes, devices, ``h % g != 0``, ``chunk_size < 1`` and, when
+    ``check_values``, positive log decays). Messages name the argument.
     """
     for name, t in (("X", X), ("A", A), ("B", B), ("C", C)):
         _is_tensor(name, t)
@@ -62,7 +64,9 @@ def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=N
             raise ValueError(f"seq_idx must have shape (b, l) = {(b, l)}, got {tuple(seq_idx.shape)}")
     check_same_device("X", X, initial_states=initial_states, seq_idx=seq_idx)
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+            raise TypeError(f"chunk_size must be a positive int, got {type(chunk_size).__name__} {chunk_size!r}")
+        if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if check_values and A.numel() and bool((A > 0).any()):
         raise ValueError("A holds log decays a_t = Δ_t·A, which must be <= 0 (found a positive value)")
@@ -77,8 +81,3 @@ def segment_ids(seq_idx: torch.Tensor) -> torch.Tensor:
     change = torch.zeros_like(seq_idx, dtype=torch.int64)  # (b, l)
     change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).to(torch.int64)
     return change.cumsum(dim=1)  # (b, l)
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half inputs accumulate in fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

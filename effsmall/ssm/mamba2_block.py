@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from effsmall.ssm.ssd_chunked import ssd_chunked
+from effsmall.ssm.ssd_chunkwise import ssd_chunked
 
 __all__ = ["Mamba2Block", "Mamba2Cache", "GatedRMSNorm"]
 
@@ -64,7 +64,7 @@ def _ssd_fn(device: torch.device, dtype: torch.dtype = torch.float32):
     """The fastest exact SSD forward here: Triton on CUDA (fp32/bf16/fp16) if present, else torch."""
     if device.type == "cuda" and dtype in (torch.float32, torch.bfloat16, torch.float16):
         try:
-            from effsmall.ssm.ssd_triton import ssd_triton
+            from effsmall.ssm.ssd_kernels import ssd_triton
             return ssd_triton
         except ImportError:
             pass

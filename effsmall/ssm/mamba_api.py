@@ -21,13 +21,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from effsmall.runtime import interpreting, triton_device_ok
+from effsmall.runtime import compute_dtype, interpreting, triton_device_ok
 from effsmall.ssm._ssd_checks import _is_tensor, check_same_device
 
 
 def _prepare_dt(dt: torch.Tensor, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
     """Δ as mamba_ssm computes it, in fp32 (fp64 for fp64 dt) ``(b, l, h)``."""
-    ct = torch.float64 if dt.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(dt)
     d = dt.to(ct)
     if dt_bias is not None:
         d = d + dt_bias.to(ct)
@@ -74,19 +74,19 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     a = delta * A.to(delta.dtype)  # (b, l, h) log decays
     if x.is_cuda and x.dtype != torch.float64 and triton_device_ok(x) and not interpreting():
         from effsmall.ssm._ssd_checks import check_ssd_inputs
-        from effsmall.ssm.ssd_triton import _SSDTriton
+        from effsmall.ssm.ssd_kernels import _SSDTriton
 
         check_ssd_inputs(x, a, B, C, initial_states, seq_idx, chunk_size, check_values=False)
         if not (x.dtype == B.dtype == C.dtype):
             B, C = B.to(x.dtype), C.to(x.dtype)
         y, final = _SSDTriton.apply(x, a, B, C, chunk_size, initial_states, seq_idx, delta)
     else:
-        from effsmall.ssm.ssd_chunked import ssd_chunked
+        from effsmall.ssm.ssd_chunkwise import ssd_chunked
 
         xd = (x.to(delta.dtype) * delta[..., None]).to(x.dtype)  # (b, l, h, p) the SSD input x·Δ
         y, final = ssd_chunked(xd, a, B, C, chunk_size, initial_states=initial_states, seq_idx=seq_idx)
     if D is not None or z is not None:
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ct = compute_dtype(x)
         y = y.to(ct)
         if D is not None:
             Dv = D.to(ct) if D.dim() == 2 else D.to(ct)[:, None]  # (h, p) or (h, 1)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from effsmall.ssm._ssd_checks import check_ssd_inputs, compute_dtype
-from effsmall.ssm.ssd_recurrent import segsum
+from effsmall.ssm._ssd_checks import check_ssd_inputs
+from effsmall.runtime import compute_dtype
+from effsmall.ssm.ssd_recurrence import segsum
 
 __all__ = ["ssm_matrix", "ssd_quadratic", "is_semiseparable", "offdiagonal_ranks",
            "linear_attention", "structured_masked_attention"]
@@ -42,9 +43,9 @@ def ssm_matrix(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tenso
     b, l, h = A.shape
     X_stub = A.new_empty(b, l, h, 1)                                   # shapes only
     _, _, _, _, g, n = check_ssd_inputs(X_stub, A, B, C)
-    dt = compute_dtype(A, B, C)
-    Lmask = torch.exp(segsum(A.to(dt).transpose(1, 2)))               # (b, h, l, l)
-    CB = torch.einsum("bign,bjgn->bgij", C.to(dt), B.to(dt))          # (b, g, l, l)
+    ct = compute_dtype(A, B, C)
+    Lmask = torch.exp(segsum(A.to(ct).transpose(1, 2)))               # (b, h, l, l)
+    CB = torch.einsum("bign,bjgn->bgij", C.to(ct), B.to(ct))          # (b, g, l, l)
     CB = CB.repeat_interleave(h // g, dim=1)                          # (b, h, l, l)
     return Lmask * CB                                                 # (b, h, l, l)
 

@@ -1,7 +1,7 @@
 // SSD chunk explorer (chapter 11): the (L × L) semiseparable matrix of a selective SSM cut into
 // Q × Q chunks. Diagonal blocks are small masked attention (quadratic in Q); off-diagonal blocks
 // have rank ≤ N and are computed through the chunk states (Mamba-2, §6). Costs follow
-// effsmall.ssm.ssd_chunked.ssd_chunked_cost; `spec` comes from effsmall/widgets/ssd.py.
+// effsmall.ssm.ssd_chunkwise.ssd_chunked_cost; `spec` comes from effsmall/widgets/ssd.py.
 
 // FLOPs (multiply-add = 2) and HBM bytes of the four chunked steps, as ssd_chunked_cost.
 function ssdChunkedCost(b, l, h, p, n, Q, g, bpe) {

@@ -3,7 +3,7 @@
 The script (``ssd.js``) draws the (L × L) matrix of a selective state space model cut into
 Q × Q chunks (diagonal blocks: small masked attention, quadratic in Q; off-diagonal blocks:
 rank ≤ N, computed through the states) and counts FLOPs and bytes with the formula of
-:func:`effsmall.ssm.ssd_chunked.ssd_chunked_cost`; the spec carries that function's answers for
+:func:`effsmall.ssm.ssd_chunkwise.ssd_chunked_cost`; the spec carries that function's answers for
 a few inputs, which the script re-computes and compares on load.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ _CHECKS = [dict(L=4096, Q=64, N=128, P=64, H=32), dict(L=1000, Q=48, N=16, P=32,
 
 def ssd_cost(L: int, Q: int, N: int, P: int, H: int) -> dict:
     """The explorer's inputs as a call of ``ssd_chunked_cost`` (batch 1, one group, 16-bit)."""
-    from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
 
     return ssd_chunked_cost(1, L, H, P, N, Q, g=1, bytes_per_element=2)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from effsmall.attention import TransformerBlock, naive_attention, tiled_attention
-from effsmall.attention.block import RMSNorm, apply_rope, rope_tables
+from effsmall.nn import RMSNorm, apply_rope, rope_tables
 
 
 @pytest.mark.parametrize("n_kv_heads,mlp,rope", [(4, "swiglu", True), (2, "gelu", True), (1, "swiglu", False)])

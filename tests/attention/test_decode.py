@@ -186,12 +186,9 @@ def test_paged_kv_cache_append_free_and_bytes():
     (dict(cache_seqlens=torch.tensor([5, 21], dtype=torch.int32)), ValueError, "capacity"),
     (dict(cache_seqlens=torch.tensor([5, 2])), None, None),
     (dict(cache_seqlens=torch.tensor([5.0, 2.0])), TypeError, "cache_seqlens"),
-    (dict(q=torch.randn(2, 3, 16)), ValueError, "multiple"),
     (dict(q=torch.randn(2, 4, 8)), ValueError, "head dim"),
-    (dict(q=torch.randn(2, 4, 16).half()), TypeError, "dtype"),
     (dict(q=torch.randn(2, 4, 16).double(), k_cache=torch.randn(2, 2, 20, 16).double(),
           v_cache=torch.randn(2, 2, 20, 16).double()), TypeError, "float64"),
-    (dict(window=-1), TypeError, "window"),
     (dict(num_splits=0), ValueError, "num_splits"),
     (dict(q=torch.randn(4, 16)), ValueError, "q must be"),
 ])

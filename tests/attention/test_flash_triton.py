@@ -76,27 +76,6 @@ def test_gradients_match_naive_autograd(B, Hq, Hk, Nq, Nk, D, causal, window):
         assert err < 2e-5, name
 
 
-def test_fully_masked_rows_are_zero_with_zero_grad():
-    q, k, v = _qkv(1, 2, 2, 20, 6, 16)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    o = flash_attention(q, k, v, causal=True)  # rows 0..13 see no key (bottom-right)
-    assert torch.equal(o[:, :, :14], torch.zeros_like(o[:, :, :14]))
-    o.sum().backward()
-    assert torch.isfinite(q.grad).all() and torch.equal(q.grad[:, :, :14], torch.zeros_like(q.grad[:, :, :14]))
-
-
-def test_huge_logits_are_stable():
-    # Integer q, k: every score (~1e4) is exact in fp32, so only the softmax is tested.
-    g = torch.Generator().manual_seed(3)
-    q = torch.randint(-30, 31, (1, 2, 33, 16), generator=g).float()
-    k = torch.randint(-30, 31, (1, 2, 33, 16), generator=g).float()
-    v = torch.randn(1, 2, 33, 16, generator=g)
-    o = flash_attention(q, k, v, causal=True, scale=1.0)
-    ref = _ref64(q, k, v, causal=True, scale=1.0)
-    assert torch.isfinite(o).all()
-    assert (o.double() - ref).abs().max().item() < 1e-5
-
-
 @pytest.mark.parametrize("D", [128, 192, 256])
 def test_large_head_dims(D):
     q, k, v = _qkv(1, 2, 1, 7, 8, D)
@@ -136,13 +115,6 @@ def test_lse_is_returned_by_the_forward():
     assert (lse.double() - torch.logsumexp(s, -1)).abs().max().item() < 1e-5
 
 
-def test_lse_of_a_row_that_sees_no_key_is_minus_inf():
-    q, k, v = _qkv(1, 1, 1, 6, 3, 16)          # causal, bottom-right: rows 0..2 see no key
-    o, lse = flash_attention_forward(q, k, v, causal=True)
-    assert torch.equal(lse[0, 0, :3], torch.full((3,), float("-inf")))
-    assert torch.isfinite(lse[0, 0, 3:]).all() and o[0, 0, :3].abs().max().item() == 0
-
-
 @given(Nq=st.integers(1, 40), Nk=st.integers(1, 40), group=st.sampled_from([1, 2]),
        D=st.sampled_from([16, 32]), causal=st.booleans())
 def test_random_shapes_property(Nq, Nk, group, D, causal):
@@ -162,13 +134,10 @@ def test_fallback_on_old_gpus_warns_and_is_correct(monkeypatch):
     assert (o.double() - _ref64(q, k, v, causal=True)).abs().max().item() < 1e-5
 
 
+# the contract's mistakes are tested over every rung in test_contract.py; these are the kernels' own
 @pytest.mark.parametrize("make,exc,word", [
-    (lambda q, k, v: (q[0], k, v), ValueError, "q"),                                  # rank
-    (lambda q, k, v: (q, k[:, :, :, :8], v[:, :, :, :8]), ValueError, "head dim"),    # D mismatch
     (lambda q, k, v: (q[:, :, :, :8], k[:, :, :, :8], v[:, :, :, :8]), ValueError, "D=8"),
-    (lambda q, k, v: (torch.cat([q, q[:, :1]], 1), k, v), ValueError, "heads"),    # 3 % 2
-    (lambda q, k, v: (q, k.half(), v.half()), TypeError, "dtype"),
-    (lambda q, k, v: (q.long(), k.long(), v.long()), TypeError, "q"),
+    (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "float64"),
     (lambda q, k, v: (q, k, v[:, :, :3]), ValueError, "shape"),
     (lambda q, k, v: (q.transpose(-1, -2), k, v), ValueError, "q"),                   # non-contiguous D
 ])
@@ -176,14 +145,6 @@ def test_bad_inputs_name_the_argument(make, exc, word):
     q, k, v = _qkv(1, 2, 2, 16, 16, 16)
     with pytest.raises(exc, match=word):
         flash_attention(*make(q, k, v))
-
-
-def test_bad_scale_and_window():
-    q, k, v = _qkv(1, 1, 1, 4, 4, 16)
-    with pytest.raises(ValueError, match="scale"):
-        flash_attention(q, k, v, scale=-1.0)
-    with pytest.raises(ValueError, match="window"):
-        flash_attention(q, k, v, window=3)
 
 
 @pytest.mark.parametrize("Nq,Nk,bm,bn,causal,window", [

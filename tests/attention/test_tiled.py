@@ -41,15 +41,6 @@ def test_equals_naive(Hk, rep, Nq, Nk, D, causal, order, block_m, block_n, windo
 
 
 @pytest.mark.parametrize("order", ["fa1", "fa2"])
-def test_fully_masked_rows(order):
-    q, k, v = _rand(1, 2, 2, 9, 4, 8)  # causal with Nq > Nk: the first 5 queries see nothing
-    o, lse = tiled_attention(q, k, v, causal=True, order=order, block_m=4, block_n=2, return_lse=True)
-    assert torch.equal(o[:, :, :5], torch.zeros_like(o[:, :, :5]))
-    assert torch.isneginf(lse[:, :, :5]).all() and torch.isfinite(lse[:, :, 5:]).all()
-    torch.testing.assert_close(o, naive_attention(q, k, v, causal=True))
-
-
-@pytest.mark.parametrize("order", ["fa1", "fa2"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 1e-2)])
 def test_dtypes_and_large_logits(order, dtype, tol):
     q, k, v = _rand(2, 4, 1, 37, 53, 16, dtype=torch.float64, scale=12.0)  # logits up to ~1e3..1e4
@@ -61,15 +52,6 @@ def test_dtypes_and_large_logits(order, dtype, tol):
     torch.testing.assert_close(o.double(), ref_lowp.double(), rtol=tol, atol=tol)
     if dtype == torch.float32:
         torch.testing.assert_close(o.double(), ref, rtol=1e-4, atol=1e-4)
-
-
-def test_logits_1e4_float64():
-    q, k, v = _rand(1, 1, 1, 20, 20, 8, scale=60.0)
-    S = (q @ k.transpose(-1, -2)).abs().max()
-    assert S > 1e4 * 8 ** 0.5 / 10
-    for order in ("fa1", "fa2"):
-        torch.testing.assert_close(tiled_attention(q, k, v, order=order, block_m=8, block_n=8),
-                                   naive_attention(q, k, v))
 
 
 def test_causal_block_skipping_counted():
@@ -102,7 +84,3 @@ def test_bad_input():
         tiled_attention(q, k, v, block_m=0)
     with pytest.raises(ValueError, match="block_n"):
         tiled_attention(q, k, v, block_n=2.5)
-    with pytest.raises(ValueError, match="heads"):
-        tiled_attention(q, torch.zeros(1, 3, 4, 8, dtype=q.dtype), torch.zeros(1, 3, 4, 8, dtype=q.dtype))
-    with pytest.raises(TypeError, match="dtype"):
-        tiled_attention(q, k.float(), v)

@@ -13,7 +13,7 @@ from effsmall.attention import io_traffic
 from effsmall.attention.tiled import kv_block_range
 from effsmall.attention.viz import tile_trace
 from effsmall.widgets.tiling import io_inputs
-from effsmall.ssm.ssd_chunked import ssd_chunked_cost
+from effsmall.ssm.ssd_chunkwise import ssd_chunked_cost
 
 SHOTS = Path(__file__).resolve().parents[2] / "_build" / "widget-screenshots"
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from effsmall.dist import checks, launch
-from effsmall.dist.ring_attention import (_bwd_torch, _fwd_torch, block_tasks, contiguous_shard, zigzag_shard,
+from effsmall.dist.ring import (_bwd_torch, _fwd_torch, block_tasks, contiguous_shard, zigzag_shard,
                                           zigzag_unshard)
 
 WORLDS = (2, 4)
@@ -230,7 +230,7 @@ def test_block_backward_with_global_lse(n, m, causal, rep):
 def test_triton_block_kernels_match_torch():
     """The FlashAttention kernels as ring blocks (here in the Triton interpreter): the kernel's
     +inf convention for empty rows is mapped, and the global O/LSE drive the backward."""
-    from effsmall.dist.ring_attention import _bwd_triton, _fwd_triton
+    from effsmall.dist.ring import _bwd_triton, _fwd_triton
     torch.manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     q, k, v = (torch.randn(1, 2, 16, 16, device=dev) for _ in range(3))

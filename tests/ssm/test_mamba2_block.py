@@ -78,7 +78,7 @@ def test_bad_inputs():
 
 def test_triton_ssd_path_matches(monkeypatch):
     """The CUDA path (Triton SSD) gives the CPU path's outputs (here under the interpreter)."""
-    triton_mod = pytest.importorskip("effsmall.ssm.ssd_triton")
+    triton_mod = pytest.importorskip("effsmall.ssm.ssd_kernels")
     import effsmall.ssm.mamba2_block as mb
 
     m = block(dtype=torch.float32)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.ssm.mamba_api import mamba_chunk_scan_combined
-from effsmall.ssm.ssd_recurrent import ssd_recurrent
+from effsmall.ssm.ssd_recurrence import ssd_recurrent
 
 
 def _inputs(b=2, l=11, h=4, p=3, g=2, n=5, seed=0):

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 # shadows the package-level export once it has been imported.
 from effsmall.ssm.semiseparable import (is_semiseparable, linear_attention, offdiagonal_ranks,
                                         ssd_quadratic, ssm_matrix, structured_masked_attention)
-from effsmall.ssm.ssd_recurrent import segsum, ssd_recurrent
+from effsmall.ssm.ssd_recurrence import segsum, ssd_recurrent
 from effsmall.ssm._ssd_testing import ssd_inputs
 
 f64 = torch.float64

@@ -4,7 +4,7 @@ import torch
 
 from effsmall.runtime import default_device, interpreting
 from effsmall.ssm.selective_scan import selective_scan_sequential
-from effsmall.ssm.selective_scan_triton import selective_scan_triton
+from effsmall.ssm.selective_scan_kernel import selective_scan_triton
 
 dev = default_device()
 

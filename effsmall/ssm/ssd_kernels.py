@@ -399,7 +399,8 @@ def ssd_triton(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tenso
     any float dtype. Returns ``(Y (b, l, h, p) in X's dtype, final_states (b, h, p, n) fp32)``.
     On CUDA the check that A ≤ 0 is skipped (it would synchronize with the device).
     """
-    check_ssd_inputs(X, A, B, C, initial_states, seq_idx, chunk_size, check_values=not X.is_cuda)
+    on_gpu = isinstance(X, torch.Tensor) and X.is_cuda
+    check_ssd_inputs(X, A, B, C, initial_states, seq_idx, chunk_size, check_values=not on_gpu)
     for name, t in (("X", X), ("B", B), ("C", C)):
         if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"ssd_triton takes {name} in float32, bfloat16 or float16, got {t.dtype}")

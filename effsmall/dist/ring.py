@@ -126,11 +126,8 @@ def _fwd_triton(q, k, v, causal, scale):
 
 
 def _bwd_triton(do, q, k, v, o, lse, causal, scale):
-    from effsmall.attention.flash_triton import _bwd, _window_bounds
-    lo, hi = _window_bounds(causal, None)
-    lse_k = lse.masked_fill(lse == float("-inf"), float("inf")).contiguous()  # the kernel's empty-row convention
-    return _bwd(do.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), o.contiguous(), lse_k,
-                lo, hi, scale)
+    from effsmall.attention.flash_triton import flash_attention_backward
+    return flash_attention_backward(do, q, k, v, o, lse, causal=causal, scale=scale)
 
 
 _KERNELS = {"torch": (_fwd_torch, _bwd_torch), "triton": (_fwd_triton, _bwd_triton)}

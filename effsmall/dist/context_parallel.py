@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.dist.comm import all_to_all, check_same_shape, exchange, gather_sequence, shift_right, world_and_rank
-from effsmall.ssm.ssd_recurrent import segsum
+from effsmall.ssm.ssd_recurrence import segsum
 
 __all__ = ["context_parallel_ssd", "context_parallel_conv1d", "context_parallel_mamba2"]
 
@@ -41,9 +41,9 @@ def _ssd_fn(x: torch.Tensor, ssd_fn):
     if ssd_fn is not None:
         return ssd_fn
     if x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        from effsmall.ssm.ssd_triton import ssd_triton
+        from effsmall.ssm.ssd_kernels import ssd_triton
         return ssd_triton
-    from effsmall.ssm.ssd_chunked import ssd_chunked
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
     return ssd_chunked
 
 

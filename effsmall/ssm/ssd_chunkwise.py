@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.runtime import cdiv
-from effsmall.ssm._ssd_checks import check_ssd_inputs, compute_dtype, segment_ids
-from effsmall.ssm.ssd_recurrent import segsum
+from effsmall.ssm._ssd_checks import check_ssd_inputs, segment_ids
+from effsmall.runtime import compute_dtype
+from effsmall.ssm.ssd_recurrence import segsum
 
 
 def _pad_to_chunks(t: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
@@ -44,14 +45,14 @@ def ssd_chunked(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
     outputs and the final state unchanged. Returns ``(Y (b, l, h, p), final_states (b, h, p, n))``.
     """
     b, l, h, p, g, n = check_ssd_inputs(X, A, B, C, initial_states, seq_idx, chunk_size)
-    dt = compute_dtype(X, A, B, C)
+    ct = compute_dtype(X, A, B, C)
     Q = chunk_size
     nc = cdiv(l, Q)  # number of chunks
     pad = nc * Q - l
-    x = _pad_to_chunks(X.to(dt), pad).reshape(b, nc, Q, h, p)  # (b, c, Q, h, p)
-    a = _pad_to_chunks(A.to(dt), pad).reshape(b, nc, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
-    Bh = _pad_to_chunks(B.to(dt), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
-    Ch = _pad_to_chunks(C.to(dt), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
+    x = _pad_to_chunks(X.to(ct), pad).reshape(b, nc, Q, h, p)  # (b, c, Q, h, p)
+    a = _pad_to_chunks(A.to(ct), pad).reshape(b, nc, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    Bh = _pad_to_chunks(B.to(ct), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
+    Ch = _pad_to_chunks(C.to(ct), pad).repeat_interleave(h // g, dim=2).reshape(b, nc, Q, h, n)  # (b, c, Q, h, n)
     if seq_idx is not None:
         seg = segment_ids(seq_idx)  # (b, l)
         seg = torch.cat([seg, seg[:, -1:].expand(b, pad)], dim=1).reshape(b, nc, Q)  # (b, c, Q)
@@ -78,8 +79,8 @@ def ssd_chunked(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tens
     survives = seg[:, :, -1] == seg_before  # (b, c): no sequence starts inside chunk c
     chunk_log = a.sum(dim=-1).masked_fill(~survives[:, None], float("-inf"))  # (b, h, c): log decay across chunk c
     chunk_decay = torch.exp(segsum(F.pad(chunk_log, (1, 0))))  # (b, h, c+1, c+1); index 0 is the initial state
-    h0 = (torch.zeros(b, 1, h, p, n, dtype=dt, device=X.device) if initial_states is None
-          else initial_states.to(dt)[:, None])  # (b, 1, h, p, n)
+    h0 = (torch.zeros(b, 1, h, p, n, dtype=ct, device=X.device) if initial_states is None
+          else initial_states.to(ct)[:, None])  # (b, 1, h, p, n)
     h_all = torch.einsum("bhij,bjhpn->bihpn", chunk_decay, torch.cat([h0, states], dim=1))  # (b, c+1, h, p, n)
     h_prev, final_states = h_all[:, :-1], h_all[:, -1]  # (b, c, h, p, n) entering each chunk, (b, h, p, n)
 

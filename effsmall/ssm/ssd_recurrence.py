@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from effsmall.ssm._ssd_checks import check_ssd_inputs, compute_dtype
+from effsmall.ssm._ssd_checks import check_ssd_inputs
+from effsmall.runtime import compute_dtype
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
@@ -41,12 +42,12 @@ def ssd_recurrent(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Te
     (b, h, p, n))``; Y has X's dtype, the states the compute dtype (fp32, or fp64 for fp64 input).
     """
     b, l, h, p, g, n = check_ssd_inputs(X, A, B, C, initial_states)
-    dt = compute_dtype(X, A, B, C)
-    Bh = B.to(dt).repeat_interleave(h // g, dim=2)  # (b, l, h, n)
-    Ch = C.to(dt).repeat_interleave(h // g, dim=2)  # (b, l, h, n)
-    Xc, decay = X.to(dt), torch.exp(A.to(dt))  # (b, l, h, p), (b, l, h)
-    state = (torch.zeros(b, h, p, n, dtype=dt, device=X.device) if initial_states is None
-             else initial_states.to(dt).clone())  # (b, h, p, n)
+    ct = compute_dtype(X, A, B, C)
+    Bh = B.to(ct).repeat_interleave(h // g, dim=2)  # (b, l, h, n)
+    Ch = C.to(ct).repeat_interleave(h // g, dim=2)  # (b, l, h, n)
+    Xc, decay = X.to(ct), torch.exp(A.to(ct))  # (b, l, h, p), (b, l, h)
+    state = (torch.zeros(b, h, p, n, dtype=ct, device=X.device) if initial_states is None
+             else initial_states.to(ct).clone())  # (b, h, p, n)
     ys = []
     for t in range(l):
         state = decay[:, t, :, None, None] * state + Xc[:, t, :, :, None] * Bh[:, t, :, None, :]

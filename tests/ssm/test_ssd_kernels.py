@@ -1,18 +1,14 @@
 """ssd_triton (Triton interpreter on CPU, fp32/fp16) against ssd_chunked in fp64."""
-import importlib
-
 import pytest
 import torch
 
+import effsmall.ssm.ssd_kernels as st  # the module itself, for its TUNING knobs
 from effsmall.ssm._ssd_testing import ssd_inputs
-from effsmall.ssm.ssd_chunked import ssd_chunked
-from effsmall.ssm.ssd_triton import ssd_triton
+from effsmall.ssm.ssd_chunkwise import ssd_chunked
+from effsmall.ssm.ssd_kernels import ssd_triton
 from effsmall.testing import on_device
 
 ssd_triton = on_device(ssd_triton)   # compiled on a GPU, interpreted on a CPU; inputs stay on the CPU
-
-# the module itself (its TUNING knobs): `from effsmall.ssm import ssd_triton` may give the function
-st = importlib.import_module("effsmall.ssm.ssd_triton")
 
 
 @pytest.fixture(autouse=True)
@@ -37,15 +33,6 @@ def test_forward_fp32_any_length(l, nseg):
     assert Y.dtype == torch.float32 and s.dtype == torch.float32
     assert torch.allclose(Y.double(), Yr, atol=1e-4, rtol=1e-4)
     assert torch.allclose(s.double(), sr, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("decay", ["strong", "weak"])
-def test_forward_extreme_decay(decay):
-    X, A, B, C, h0 = ssd_inputs(b=1, l=33, h=2, g=1, p=8, n=8, dtype=torch.float32, decay=decay)
-    Y, s = ssd_triton(X, A, B, C, 16, initial_states=h0)
-    Yr, sr = _ref(X, A, B, C, h0)
-    assert torch.isfinite(Y).all()
-    assert torch.allclose(Y.double(), Yr, atol=1e-4, rtol=1e-4) and torch.allclose(s.double(), sr, atol=1e-4)
 
 
 def test_forward_fp16():
@@ -121,14 +108,12 @@ def test_wide_head_dim_falls_back_to_torch_sums():
         assert torch.allclose(g1, g2, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bad", ["float64", "bf16", "mixed", "positive", "groups"])
+@pytest.mark.parametrize("bad", ["float64", "bf16", "mixed"])  # the shared mistakes: test_ssd_contract.py
 def test_bad_inputs(bad):
     from effsmall.runtime import interpreting
 
-    if bad in ("bf16", "positive") and not interpreting():
-        # compiled on a GPU, bf16 is a supported dtype, and the sign of A is not checked there
-        # (it would cost a device-to-host sync per call; see check_ssd_inputs's check_values)
-        pytest.skip("an interpreter-only restriction")
+    if bad == "bf16" and not interpreting():
+        pytest.skip("an interpreter-only restriction: compiled on a GPU, bf16 is a supported dtype")
     X, A, B, C, _ = ssd_inputs(l=5, dtype=torch.float32)
     if bad == "float64":
         X, B, C = X.double(), B.double(), C.double()
@@ -136,11 +121,7 @@ def test_bad_inputs(bad):
         X, B, C = X.bfloat16(), B.bfloat16(), C.bfloat16()
     elif bad == "mixed":
         B = B.half()
-    elif bad == "positive":
-        A = -A
-    elif bad == "groups":
-        B, C = B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(TypeError):
         ssd_triton(X, A, B, C, 16)
 
 

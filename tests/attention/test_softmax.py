@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from effsmall.attention import naive_softmax, online_softmax, safe_softmax
-from effsmall.attention.online_softmax import online_softmax_matmul, online_softmax_stats
+from effsmall.attention.softmax import online_softmax_matmul, online_softmax_stats
 
 
 @given(rows=st.integers(1, 4), n=st.integers(1, 70), block=st.integers(1, 33), scale=st.sampled_from([1.0, 1e2, 1e4]))
@@ -74,7 +74,7 @@ def test_bad_input():
 
 def test_package_name_stays_callable_after_module_import():
     import effsmall.attention as A
-    import effsmall.attention.online_softmax  # noqa: F401  (binds the package attribute to the module)
+    import effsmall.attention.softmax  # noqa: F401  (binds the package attribute to the module)
 
     x = torch.randn(3, 10, dtype=torch.float64)
     torch.testing.assert_close(A.online_softmax(x, block=4), torch.softmax(x, -1))

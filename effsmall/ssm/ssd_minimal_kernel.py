@@ -1,5 +1,5 @@
 """A teaching chunked-SSD forward kernel in Triton (chapter 11): one chunk's four steps, in
-about twenty-five lines, before the production :mod:`effsmall.ssm.ssd_triton` kernel.
+about twenty-five lines, before the production :mod:`effsmall.ssm.ssd_kernels` kernel.
 
 Mamba-2's SSD ({cite}`dao2024mamba2` §6) with the state ``h ∈ R^{P×N}`` of one (batch,
 head) kept in registers while the program walks the chunks of ``Q`` steps in order. Per chunk,
