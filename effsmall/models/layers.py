@@ -40,6 +40,13 @@ def attention_backend(device: torch.device | str) -> str:
     return "sdpa"
 
 
+def _triton_head_dim_ok(D: int) -> bool:
+    """Head dims the FlashAttention kernel takes (16..256); other heads go to SDPA."""
+    from effsmall.attention.flash_triton import _SUPPORTED_D
+
+    return _SUPPORTED_D[0] <= D <= _SUPPORTED_D[1]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
               backend: str | None = None) -> torch.Tensor:
     """softmax(q kᵀ / √D + mask) v with q ``(b, h, nq, D)``, k, v ``(b, hk, nk, D)``, h % hk == 0.
@@ -54,9 +61,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     backend = backend or attention_backend(q.device)
     if backend not in ("flash_triton", "sdpa"):
         raise ValueError(f"backend must be 'flash_triton' or 'sdpa', got {backend!r}")
-    if backend == "flash_triton" and q.dtype != torch.float64:
+    if backend == "flash_triton" and q.dtype != torch.float64 and _triton_head_dim_ok(q.shape[-1]):
         from effsmall.attention import flash_attention
         return flash_attention(q, k, v, causal=causal)
+    # SDPA below: fp64, or a head dim the Triton kernel does not take (a toy model's D = 8, say)
     rep = q.shape[1] // k.shape[1]
     if rep > 1:
         k = k.repeat_interleave(rep, dim=1)                               # (b, h, nk, D)

@@ -156,3 +156,12 @@ def test_rope_is_relative():
     q, k = torch.randn(2, 1, 1, 1, 8, dtype=torch.float64).unbind(0)
     dots = [float((rope(q, torch.tensor([p + 3])) * rope(k, torch.tensor([p]))).sum()) for p in (0, 7, 100)]
     assert max(dots) - min(dots) < 1e-10
+
+
+def test_small_head_dims_take_sdpa_on_the_triton_backend():
+    """A toy model's head dim of 8 is below the FlashAttention kernel's 16: the model must not
+    crash on a GPU, it computes those heads with SDPA."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(3))
+    out = attention(q, k, v, causal=True, backend="flash_triton")
+    torch.testing.assert_close(out, attention(q, k, v, causal=True, backend="sdpa"))
