@@ -86,15 +86,23 @@ def _sdpa(backend):
     return f
 
 
-def _flex_impl():
+def compiled_flex_attention():
+    """``torch.compile(flex_attention)`` as a user would run it in a shape sweep: dynamo's
+    recompile limits raised so that a new shape recompiles instead of silently running eager."""
     import torch._dynamo
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
                  "accumulated_cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 4096)
-    compiled = torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_impl():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    compiled = compiled_flex_attention()
     masks: dict = {}
 
     def causal_mod(b, h, q_idx, kv_idx):

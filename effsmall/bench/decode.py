@@ -109,14 +109,9 @@ def _sdpa(backend):
 
 
 def _flex():
-    import torch._dynamo
-    from torch.nn.attention.flex_attention import flex_attention
+    from effsmall.bench.attention import compiled_flex_attention
 
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 4096)
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = compiled_flex_attention()
     return lambda q, k, v: compiled(q, k, v, enable_gqa=True)
 
 
