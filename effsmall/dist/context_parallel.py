@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from effsmall.dist.comm import all_to_all, check_same_shape, exchange, gather_sequence, shift_right, world_and_rank
+from effsmall.ssm.mamba_api import check_mamba_shapes
 from effsmall.ssm.ssd_recurrence import segsum
 
 __all__ = ["context_parallel_ssd", "context_parallel_conv1d", "context_parallel_mamba2"]
@@ -83,16 +84,7 @@ class _SendState(torch.autograd.Function):
 
 
 def _check(x, dt, A, B, C, chunk_size, method, D):
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be (b, l, h, p), got {tuple(x.shape)}")
-    b, l, h, p = x.shape
-    if dt.shape != (b, l, h):
-        raise ValueError(f"dt must be (b, l, h) = {(b, l, h)}, got {tuple(dt.shape)}")
-    if A.shape != (h,):
-        raise ValueError(f"A must be (h,) = ({h},), got {tuple(A.shape)}")
+    b, l, h, p = check_mamba_shapes(x, dt, A, B, C)          # the same contract as mamba_chunk_scan_combined
     if B.dim() != 4 or B.shape[:2] != (b, l) or C.shape != B.shape:
         raise ValueError(f"B and C must be (b, l, g, n) with b, l = {b}, {l}, got {tuple(B.shape)} and {tuple(C.shape)}")
     if h % B.shape[2]:

@@ -37,9 +37,9 @@ def _prepare_dt(dt: torch.Tensor, dt_bias, dt_softplus: bool, dt_limit) -> torch
     return d.clamp(min=lo, max=hi if math.isfinite(hi) else None)
 
 
-def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
-    """mamba_ssm's argument contract; the SSD part (x·Δ, a, B, C) is checked again by
-    :func:`effsmall.ssm._ssd_checks.check_ssd_inputs` when it is called."""
+def check_mamba_shapes(x, dt, A, B, C) -> tuple[int, int, int, int]:
+    """The shapes of mamba_ssm's x ``(b, l, h, p)``, Δ ``dt (b, l, h)`` and ``A (h,)`` (B and C
+    must be tensors); returns ``(b, l, h, p)``. Shared by every entry point with this interface."""
     for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
         _is_tensor(name, t)
     if x.dim() != 4:
@@ -49,6 +49,13 @@ def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
         raise ValueError(f"dt must have shape (b, l, h) = {(b, l, h)}, got {tuple(dt.shape)}")
     if A.shape != (h,):
         raise ValueError(f"A must have shape (h,) = {(h,)}, got {tuple(A.shape)}")
+    return b, l, h, p
+
+
+def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
+    """mamba_ssm's argument contract; the SSD part (x·Δ, a, B, C) is checked again by
+    :func:`effsmall.ssm._ssd_checks.check_ssd_inputs` when it is called."""
+    b, l, h, p = check_mamba_shapes(x, dt, A, B, C)
     if D is not None and D.shape not in ((h,), (h, p)):
         raise ValueError(f"D must have shape (h,) or (h, p), got {tuple(D.shape)}")
     if z is not None and z.shape != x.shape:
