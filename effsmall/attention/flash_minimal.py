@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.attention.contract import KERNEL_DTYPES, check_scale, check_tensors
 from effsmall.launch import launch_fitting, shrinking
 from effsmall.runtime import interpreting, require_triton_device, tensor_cores_in_triton
 
@@ -107,21 +108,16 @@ def _fa1_kernel(Q, K, V, O, L, M, qk_scale, N: tl.constexpr, D: tl.constexpr,
 
 
 def _check(q, k, v, block_m: int, block_n: int, fn: str):
+    """The attention contract (:func:`effsmall.attention.contract.check_tensors`), then what these
+    minimal kernels leave out: GQA, Nq ≠ Nk, masks (N a multiple of the blocks), odd head dims."""
+    check_tensors(q, k, v)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (B, H, N, D), got {tuple(t.shape)}")
-        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        if t.dtype not in KERNEL_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
         require_triton_device(name, t, fn)
     if not (q.shape == k.shape == v.shape):
         raise ValueError(f"{fn} needs q, k, v of one shape (no GQA, Nq = Nk), got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}; use flash_attention for the general case")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
     N, D = q.shape[2], q.shape[3]
     if D < 16 or D > 256 or D & (D - 1):
         raise ValueError(f"{fn} needs a head dim D that is a power of two in 16..256, got D={D}")
@@ -135,9 +131,7 @@ def _check(q, k, v, block_m: int, block_n: int, fn: str):
 
 def _prepare(q, k, v, scale):
     """Contiguous inputs (fp32 in the interpreter for bfloat16) and ``scale · log2 e``."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    scale = check_scale(scale, q.shape[-1])
     if interpreting() and q.dtype == torch.bfloat16:    # numpy has no bfloat16
         q, k, v = q.float(), k.float(), v.float()
     return q.contiguous(), k.contiguous(), v.contiguous(), scale * LOG2E
