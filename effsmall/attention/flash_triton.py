@@ -584,7 +584,7 @@ def _launch(tuned, kind, tune_key, grid_fn, *args, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # Input checks and host wrappers
 # ---------------------------------------------------------------------------------------------
-_SUPPORTED_D = (16, 256)
+SUPPORTED_HEAD_DIMS = (16, 256)
 
 
 def check_flash_inputs(q, k, v, *, causal: bool = False, scale=None, window=None, rank: int = 4):
@@ -592,7 +592,7 @@ def check_flash_inputs(q, k, v, *, causal: bool = False, scale=None, window=None
     kernels need (fp16/bf16/fp32, a contiguous head dimension, 16 <= D <= 256). Returns
     ``(scale, LO, HI)``: the kernels' band ``LO <= j - i - off <= HI`` (``±_BIG`` = unbounded)."""
     scale, left, right = check_attention(q, k, v, causal=causal, scale=scale, window=window, rank=rank)
-    check_kernel_tensors("flash_attention", _SUPPORTED_D[1], _SUPPORTED_D[0], q=q, k=k, v=v)
+    check_kernel_tensors("flash_attention", SUPPORTED_HEAD_DIMS[1], SUPPORTED_HEAD_DIMS[0], q=q, k=k, v=v)
     return (scale, *_kernel_band(left, right))
 
 

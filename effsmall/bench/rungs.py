@@ -131,7 +131,7 @@ def _ssd_data(b, l, h, p, n, dtype, device, seed=0):
 
 def checks(device: str, dtype: torch.dtype, N: int, D: int, size: int) -> list[dict]:
     """Each kernel against the fp64 reference on ``device``; errors relative to max |reference|."""
-    from effsmall.attention import matmul, naive_attention
+    from effsmall.attention import naive_attention
 
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(2, 2, N, D, device=device, generator=g).to(dtype) for _ in range(3))

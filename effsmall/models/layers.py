@@ -42,9 +42,9 @@ def attention_backend(device: torch.device | str) -> str:
 
 def _triton_head_dim_ok(D: int) -> bool:
     """Head dims the FlashAttention kernel takes (16..256); other heads go to SDPA."""
-    from effsmall.attention.flash_triton import _SUPPORTED_D
+    from effsmall.attention.flash_triton import SUPPORTED_HEAD_DIMS
 
-    return _SUPPORTED_D[0] <= D <= _SUPPORTED_D[1]
+    return SUPPORTED_HEAD_DIMS[0] <= D <= SUPPORTED_HEAD_DIMS[1]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,

@@ -1,6 +1,5 @@
 """naive_attention against torch SDPA (float64), masks, GQA. Rows that see no key, large logits
 and bad input: tests/attention/test_contract.py, over every rung."""
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given

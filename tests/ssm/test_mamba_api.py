@@ -1,7 +1,6 @@
 """mamba_chunk_scan_combined: mamba_ssm's semantics, checked against a direct implementation."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from effsmall.ssm.mamba_api import mamba_chunk_scan_combined
 from effsmall.ssm.ssd_recurrence import ssd_recurrent
