@@ -143,7 +143,10 @@ def _stages(num_stages: int) -> int:
 
 
 def _default_block(N: int, big: int) -> int:
-    return 16 if interpreting() else (big if N % big == 0 else 64)
+    """16 in the interpreter; on a GPU the largest of ``big``, 64, 32, 16 that divides N (no masks)."""
+    if interpreting():
+        return 16
+    return next((b for b in (big, 64, 32) if N % b == 0), 16)
 
 
 def flash_attention_minimal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
@@ -152,8 +155,8 @@ def flash_attention_minimal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     """``softmax(q kᵀ · scale) v`` with FlashAttention-2's loop order (``_fa2_minimal_kernel``).
 
     ``q, k, v``: ``(B, H, N, D)`` of one shape and dtype (fp16, bf16 or fp32); ``N`` a multiple of
-    ``block_m`` and ``block_n`` (defaults 16 in the interpreter; 128 × 64 on a GPU, 64 × 64 when
-    N is not a multiple of 128). Returns ``(B, H, N, D)`` in the inputs' dtype. Forward only.
+    ``block_m`` and ``block_n`` (defaults 16 in the interpreter; 128 × 64 on a GPU, or the largest
+    of 64, 32, 16 that divides N). Returns ``(B, H, N, D)`` in the inputs' dtype. Forward only.
     """
     B, H, N, D = q.shape if isinstance(q, torch.Tensor) and q.dim() == 4 else (0, 0, 0, 0)
     block_m = block_m or _default_block(N, 128)
@@ -179,7 +182,7 @@ def flash_attention_fa1(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     outer, query blocks inner, ``O``, ``ℓ``, ``m`` re-read and re-written in HBM for every tile.
 
     Same contract as :func:`flash_attention_minimal` (blocks default to 16 in the interpreter,
-    64 × 64 on a GPU). Allocates an fp32 ``O`` buffer ``(B, H, N, D)`` and ``ℓ, m`` ``(B, H, N)``.
+    64 × 64 on a GPU, or the largest of 32, 16 that divides N). Allocates an fp32 ``O`` buffer ``(B, H, N, D)`` and ``ℓ, m`` ``(B, H, N)``.
     """
     B, H, N, D = q.shape if isinstance(q, torch.Tensor) and q.dim() == 4 else (0, 0, 0, 0)
     block_m = block_m or _default_block(N, 64)

@@ -52,7 +52,7 @@ def test_matmul_rejects_bad_input():
     with pytest.raises(ValueError, match="columns"):
         on_device(matmul)(torch.randn(3, 4), torch.randn(5, 6))
     with pytest.raises(TypeError, match="b must be float16"):
-        matmul(torch.randn(3, 4), torch.ones(4, 5, dtype=torch.int64))
+        on_device(matmul)(torch.randn(3, 4), torch.ones(4, 5, dtype=torch.int64))
     with pytest.raises(ValueError, match="block_k"):
         on_device(matmul)(torch.randn(3, 4), torch.randn(4, 5), block_k=24)
 
