@@ -38,15 +38,16 @@ GPU the tile size and warps are timed once per problem key and remembered (``_pi
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from effsmall.attention.contract import check_heads, check_kernel_tensors, check_scale, window_bounds
-from effsmall.runtime import cdiv, interp_flag, interpreting, next_power_of_2, require_triton_tensor
+from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
 
-__all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits",
+__all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits", "split_candidates",
            "gather_pages", "decode_cost"]
 
 LOG2E = 1.4426950408889634
@@ -390,7 +391,8 @@ def _dot_precision(q: torch.Tensor) -> str:
 # A paged tile's page-id load takes a pipeline stage of its own: 5 stages keep 3 K/V tiles in flight.
 CONFIGS = ((64, 4, 3), (64, 4, 5), (128, 4, 2), (128, 4, 3), (128, 8, 3), (32, 4, 4), (16, 4, 4))
 AUTOTUNE = True          # False: the first config that fits (quick correctness runs)
-_BEST: dict = {}
+_BEST: dict = {}         # problem key -> (num_splits, config), the fastest measured
+_PLANS: dict = {}        # call signature -> _Plan, once the signature's contract has been checked
 
 
 def _configs(paged: bool, page_size: int):
@@ -401,88 +403,173 @@ def _configs(paged: bool, page_size: int):
     return fits + [(min(32, page_size) if paged else 32, 4, 1)]   # no pipelining: fits small GPUs (T4)
 
 
-def _pick(key, configs, launch):
-    """Launch with the remembered best config for ``key``; the first time, time each config that
-    compiles (``triton.testing.do_bench``) and remember the fastest. Warm a shape up before
+def split_candidates(batch: int, kv_heads: int, keys: int, sms: int, block_n: int = 64) -> tuple:
+    """The split counts a GPU times once per problem: :func:`choose_num_splits`'s S and its
+    neighbours S/2 and 2S (one or four programs per SM instead of two), within the same limits.
+    The rule's guess is good at long contexts; at short ones the launch's ramp-up and the merge
+    decide, and only a measurement knows them."""
+    s0 = choose_num_splits(batch, kv_heads, keys, sms, block_n)
+    most = max(1, min(cdiv(keys, block_n), MAX_SPLITS))
+    return (s0,) + tuple(sorted({max(1, s0 // 2), min(2 * s0, most)} - {s0}))
+
+
+def _gpu_time(fn) -> float:
+    """Milliseconds of GPU time per call of ``fn``: replayed from a CUDA graph (a decode step's
+    launches cost the host more than the GPU, so eager timing would measure only the host);
+    plain ``do_bench`` if the graph cannot be captured."""
+    import triton.testing as tt
+
+    try:
+        return tt.do_bench_cudagraph(fn, rep=10)
+    except Exception:  # noqa: BLE001 - e.g. called while another capture is running
+        return tt.do_bench(fn, warmup=3, rep=15)
+
+
+def _pick(key, candidates, run):
+    """Run with the remembered fastest ``(num_splits, config)`` for ``key``; the first time, time
+    every candidate that compiles (GPU time) and remember the fastest. Warm a shape up before
     capturing it in a CUDA graph: the timing synchronizes."""
     best = _BEST.get(key)
-    if best is None and AUTOTUNE and len(configs) > 1:
-        import triton.testing as tt
-
+    if best is None and AUTOTUNE and len(candidates) > 1:
         times = {}
-        for cfg in configs:
+        for cand in candidates:
             try:
-                launch(cfg)
-                times[cfg] = tt.do_bench(lambda cfg=cfg: launch(cfg), warmup=3, rep=15)
+                run(*cand)
+                times[cand] = _gpu_time(lambda cand=cand: run(*cand))
             except Exception:  # noqa: BLE001 - a config may not fit (shared memory, registers)
                 continue
-        best = min(times, key=times.get) if times else configs[-1]
+        best = min(times, key=times.get) if times else candidates[-1]
         _BEST[key] = best
-    launch(best or configs[0])
+    return run(*(best or candidates[0]))
+
+
+class _Plan(NamedTuple):
+    """What one call signature needs beyond its tensors (found once, then reused)."""
+    B: int
+    Hq: int
+    Hk: int
+    Nq: int
+    D: int
+    paged: bool
+    page_size: int
+    scale: float
+    window: int | None
+    block_h: int
+    block_d: int
+    precision: str
+    interp: bool
+    candidates: tuple          # ((num_splits, (BLOCK_N, warps, stages)), ...) in trial order
+    key: tuple                 # the problem key under which the fastest candidate is remembered
+
+
+def _signature(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, num_splits) -> tuple:
+    """Everything the contract checks and the plan depends on, except the tensors' values."""
+    table = None if block_table is None else (block_table.shape, block_table.dtype, block_table.device,
+                                              block_table.stride())
+    return (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.device,
+            v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.device, cache_seqlens.shape,
+            cache_seqlens.dtype, cache_seqlens.device, table, window, scale, num_splits,
+            torch.get_float32_matmul_precision())
+
+
+def _make_plan(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, num_splits, validate) -> _Plan:
+    q4, paged, page_size, capacity, scale, window = _check(q, k_cache, v_cache, cache_seqlens, block_table, window,
+                                                           scale, validate)
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_triton_tensor(name, t, "flash_decode")
+    check_kernel_tensors("flash_decode", 256, hint="; decode_attention_reference runs float64",
+                         q=q4, k_cache=k_cache, v_cache=v_cache)
+    if num_splits is not None and (not isinstance(num_splits, numbers.Integral) or num_splits < 1):
+        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
+    B, Hq, Nq, D = q4.shape
+    Hk = k_cache.shape[1]
+    configs = _configs(paged, page_size)
+    keys = capacity if window is None else min(capacity, window + Nq)
+    if num_splits is not None:
+        splits = (int(num_splits),)
+    elif interpreting():
+        splits = (choose_num_splits(B, Hk, keys, _sm_count(q.device), configs[0][0]),)
+    else:
+        splits = split_candidates(B, Hk, keys, _sm_count(q.device), configs[0][0])
+    block_h = next_power_of_2((Hq // Hk) * Nq, 16)
+    key = (q.device, q.dtype, D, block_h, paged, page_size, window is not None, num_splits,
+           next_power_of_2(keys), next_power_of_2(B * Hk))
+    return _Plan(B, Hq, Hk, Nq, D, paged, page_size, scale, window, block_h, next_power_of_2(D, 16),
+                 _dot_precision(q), interpreting(), tuple((S, c) for S in splits for c in configs), key)
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_splits=None, window=None,
                  scale=None, return_lse=False, validate=True):
     """Split-KV attention of q's tokens over a (paged) KV cache; see the module docstring.
 
-    ``num_splits=None`` uses :func:`choose_num_splits`. Returns o with q's shape and dtype (and
-    lse (B, Hq[, Nq]) fp32 with ``return_lse=True``). Exact in fp32; fp16/bf16 inputs multiply
-    on tensor cores and accumulate in fp32.
+    ``num_splits=None`` starts from :func:`choose_num_splits` and, on a GPU, times it against its
+    neighbours once per problem (:func:`split_candidates`). Returns o with q's shape and dtype (and
+    lse (B, Hq[, Nq]) fp32 with ``return_lse=True``). Exact in fp32; fp16/bf16 inputs multiply on
+    tensor cores and accumulate in fp32.
 
     ``validate=True`` checks that every length fits the cache and every page id used lies in the
     pool (ValueError otherwise); that reads device values, a synchronization per call. A caller
     that guarantees them (:class:`~effsmall.attention.PagedKVCache`, a CUDA-graph capture) passes
-    ``validate=False``; shapes, dtypes and devices are always checked.
+    ``validate=False``; then shapes, dtypes and devices are checked once per call signature and
+    the plan is remembered, so a decode loop pays only for its launches.
     """
-    q4, paged, page_size, capacity, scale, window = _check(q, k_cache, v_cache, cache_seqlens, block_table, window,
-                                                           scale, validate)
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        require_triton_tensor(name, t, "flash_decode")
+    sig = None
+    plan = None
+    if not validate and isinstance(q, torch.Tensor) and all(
+            isinstance(t, torch.Tensor) for t in (k_cache, v_cache, cache_seqlens)) and (
+            block_table is None or isinstance(block_table, torch.Tensor)):
+        sig = _signature(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, num_splits)
+        plan = _PLANS.get(sig)
+    if plan is None:
+        plan = _make_plan(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, num_splits, validate)
+        if sig is not None:
+            if len(_PLANS) > 4096:     # a caller whose shapes change every call: keep the memory bounded
+                _PLANS.clear()
+            _PLANS[sig] = plan
+    out, lse = _launch(plan, q, k_cache, v_cache, cache_seqlens, block_table)
+    if q.dim() == 3:
+        out, lse = out[:, :, 0], lse[:, :, 0]
+    return (out, lse) if return_lse else out
+
+
+def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table):
+    """Allocate the partial results, run the split kernel (and the merge when S > 1)."""
+    B, Hq, Nq, D = plan.B, plan.Hq, plan.Nq, plan.D
+    q4 = q[:, :, None] if q.dim() == 3 else q                                   # (B, Hq, Nq, D)
     if q4.stride(-1) != 1:
         q4 = q4.contiguous()
-    check_kernel_tensors("flash_decode", 256, hint="; decode_attention_reference runs float64",
-                         q=q4, k_cache=k_cache, v_cache=v_cache)
-    B, Hq, Nq, D = q4.shape
-    Hk = k_cache.shape[1]
-    G = Hq // Hk
-    configs = _configs(paged, page_size)
-    keys = capacity if window is None else min(capacity, window + Nq)
-    S = num_splits if num_splits is not None else choose_num_splits(B, Hk, keys, _sm_count(q.device), configs[0][0])
-    if not isinstance(S, numbers.Integral) or S < 1:
-        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
-    block_h = next_power_of_2(G * Nq, 16)
-    block_d = next_power_of_2(D, 16)
-    out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=q.device)
-    if S == 1:   # the splits' output is the answer: write it directly, no merge
-        o_part, lse_part = out[:, :, :, None], torch.empty(B, Hq, Nq, 1, dtype=torch.float32, device=q.device)
-    else:
-        o_part = torch.empty(B, Hq, Nq, S, D, dtype=torch.float32, device=q.device)   # (B, Hq, Nq, S, D)
-        lse_part = torch.empty(B, Hq, Nq, S, dtype=torch.float32, device=q.device)    # (B, Hq, Nq, S)
-    table = block_table if paged else cache_seqlens   # a placeholder pointer when contiguous
+    dev = q.device
+    table = block_table if plan.paged else cache_seqlens   # a placeholder pointer when contiguous
 
-    def launch(cfg):
+    def run(S, cfg):
         block_n, warps, stages = cfg
-        _split_kernel[(S, Hk, B)](
+        out = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev)
+        if S == 1:   # the split's output is the answer: written directly, no merge
+            o_part, lse_part = out[:, :, :, None], torch.empty(B, Hq, Nq, 1, dtype=torch.float32, device=dev)
+        else:
+            o_part = torch.empty(B, Hq, Nq, S, D, dtype=torch.float32, device=dev)   # (B, Hq, Nq, S, D)
+            lse_part = torch.empty(B, Hq, Nq, S, dtype=torch.float32, device=dev)    # (B, Hq, Nq, S)
+        _split_kernel[(S, plan.Hk, B)](
             q4, k_cache, v_cache, cache_seqlens, table, o_part, lse_part,
             q4.stride(0), q4.stride(1), q4.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-            table.stride(0) if paged else 0,
+            table.stride(0) if plan.paged else 0,
             o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             lse_part.stride(0), lse_part.stride(1), lse_part.stride(2),
-            scale * LOG2E, window if window is not None else 0, S,
-            NQ=Nq, G=G, D=D, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
-            PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
-            num_warps=warps, num_stages=stages, **interp_flag())
+            plan.scale * LOG2E, plan.window if plan.window is not None else 0, S,
+            NQ=Nq, G=Hq // plan.Hk, D=D, BLOCK_H=plan.block_h, BLOCK_N=block_n, BLOCK_D=plan.block_d,
+            PAGE=max(plan.page_size, 1), PAGED=plan.paged, HAS_WINDOW=plan.window is not None,
+            PREC=plan.precision, num_warps=warps, num_stages=stages, INTERP=plan.interp)
+        if S == 1:
+            return out, lse_part[..., 0]
+        lse = torch.empty(B, Hq, Nq, dtype=torch.float32, device=dev)
+        rows = B * Hq * Nq                       # o_part, lse_part, out, lse are contiguous: one row each
+        _merge_kernel[(rows,)](o_part, lse_part, out, lse, D, S, S * D, D, S, D,
+                               BLOCK_S=next_power_of_2(S), BLOCK_D=plan.block_d)
+        return out, lse
 
-    if B and Hq:
-        key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,
-               next_power_of_2(cdiv(keys, S)), next_power_of_2(B * Hk))
-        _pick(key, configs, launch)
-    if S == 1:
-        lse = lse_part[..., 0]
-    else:
-        out, lse = merge_splits(o_part, lse_part, out_dtype=q.dtype)
-    if q.dim() == 3:
-        out, lse = out[:, :, 0], lse[:, :, 0]
-    return (out, lse) if return_lse else out
+    if B == 0 or Hq == 0:
+        return (torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev),
+                torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=dev))
+    return _pick(plan.key, plan.candidates, run)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from effsmall.attention import (PagedKVCache, decode_attention_reference, flash_decode, merge_attention_states_many,
                                 naive_attention)
-from effsmall.attention.decode import choose_num_splits, merge_splits
+from effsmall.attention.decode import choose_num_splits, merge_splits, split_candidates
 from effsmall.runtime import device_policy
 from effsmall.testing import on_device
 
@@ -159,6 +159,28 @@ def test_num_splits_rule():
     assert choose_num_splits(1, 8, 300, sms=132) == 2               # short cache: >= 256 keys per split
     assert choose_num_splits(1, 8, 1 << 20, sms=132) == 33          # long cache: 2 programs per SM
     assert choose_num_splits(1, 1, 1 << 20, sms=132) == 64          # capped
+
+
+def test_split_candidates_start_from_the_rule_and_stay_in_its_limits():
+    for B, Hk, keys in [(1, 8, 16384), (16, 8, 100_000), (1, 1, 1 << 20), (1, 8, 100), (64, 8, 4096)]:
+        c = split_candidates(B, Hk, keys, sms=132)
+        assert c[0] == choose_num_splits(B, Hk, keys, sms=132)
+        assert len(set(c)) == len(c) and all(1 <= s <= 64 and s <= -(-keys // 64) or s == 1 for s in c)
+    assert split_candidates(1, 8, 16384, sms=132) == (33, 16, 64)
+
+
+def test_remembered_plan_still_checks_every_signature():
+    """validate=False remembers a plan per call signature; a call that differs in dtype, device or
+    shape is checked again, so a cached plan never hides a mistake."""
+    q, k, v = _contiguous(2, 4, 2, 40, 16)
+    lens = torch.tensor([40, 7], dtype=torch.int32)
+    ref = decode_attention_reference(q, k, v, lens)
+    for _ in range(2):                                  # the second call takes the remembered plan
+        assert (flash_decode(q, k, v, lens, validate=False) - ref).abs().max().item() < TOL[torch.float32]
+    with pytest.raises(TypeError, match="share a dtype"):
+        flash_decode(q, k.half(), v, lens, validate=False)
+    with pytest.raises(ValueError, match="head dim"):
+        flash_decode(q[..., :8], k, v, lens, validate=False)
 
 
 def test_paged_kv_cache_append_free_and_bytes():
