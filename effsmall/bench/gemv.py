@@ -5,13 +5,13 @@ CUDA (``python -m effsmall.bench gemv --device cuda``), fp16 activations, for LL
 rows of x (decode with a batch of M sequences):
 
 * ``fp16`` — ``F.linear(x, W)`` with W in fp16 (cuBLAS), what users run;
-* ``int8`` — :func:`effsmall.compress.quant_gemv` on ``quantize_int8(W)`` (per-channel scales);
+* ``int8`` — :func:`effsmall.compress.dequant_gemv` on ``quantize_int8(W)`` (per-channel scales);
 * ``int4`` — the same kernel on ``quantize_int4(W, 64)`` (groups of 64, fp16 scales);
 * ``int4_dequant`` — the naive rung: dequantize W to fp16 with torch, then ``F.linear``.
 
 Every row has its eager time (``ms``, fastest of interleaved rounds of ``do_bench`` medians) and
 CUDA-graph time (``graph_ms``, the GPU alone), the bytes a call must move (packed weights +
-scales + x + y, :func:`effsmall.compress.quant_gemv.gemv_bytes`), the achieved bandwidth as a
+scales + x + y, :func:`effsmall.compress.dequant_gemv.gemv_bytes`), the achieved bandwidth as a
 fraction of the device-to-device copy rate measured at the start of the same run
 (``pct_of_copy``, from the graph time), the speed-up over ``fp16`` (``vs_fp16``,
 ``vs_fp16_graph``) and the accuracy cost: ``rel_err`` = ‖y − x·Wᵀ‖ / ‖x·Wᵀ‖ against the fp64
@@ -78,7 +78,7 @@ class Layer:
 
     def calls(self, x: torch.Tensor, configs: dict) -> dict:
         from effsmall.compress.quant import dequantize
-        from effsmall.compress.quant_gemv import quant_gemv
+        from effsmall.compress.dequant_gemv import quant_gemv
 
         q8, q4 = self.q8, self.q4
         return {"fp16": lambda: F.linear(x, self.w16),
@@ -87,7 +87,7 @@ class Layer:
                 "int4_dequant": lambda: F.linear(x, dequantize(q4, x.dtype))}
 
     def nbytes(self, impl: str, M: int) -> int:
-        from effsmall.compress.quant_gemv import gemv_bytes
+        from effsmall.compress.dequant_gemv import gemv_bytes
 
         bits = BITS[impl]
         groups = 1 if bits == 8 else self.K // GROUP
@@ -126,7 +126,7 @@ def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 def tune(layer: Layer, x: torch.Tensor, device: str, add) -> dict:
     """Time every configuration of :data:`CONFIGS` on ``layer`` (CUDA graph); return {bits: fastest}."""
-    from effsmall.compress.quant_gemv import quant_gemv
+    from effsmall.compress.dequant_gemv import quant_gemv
 
     best = {}
     for bits, q in ((8, layer.q8), (4, layer.q4)):
@@ -189,7 +189,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             exact = x.double() @ layer.w.double().T                                     # (M, N) unquantized
             calls = layer.calls(x, configs)
             for impl, bits, q in (("int8", 8, layer.q8), ("int4", 4, layer.q4)):        # kernel vs its naive rung
-                from effsmall.compress.quant_gemv import dequant_matmul_reference
+                from effsmall.compress.dequant_gemv import dequant_matmul_reference
 
                 ref = dequant_matmul_reference(x, q.data, q.scale, bits, torch.float64)
                 err = ((calls[impl]().double() - ref).abs().max() / ref.abs().max()).item()

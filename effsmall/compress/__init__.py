@@ -24,10 +24,10 @@ _EXPORTS = {
     "QuantLinear": "quant",
     "quantize_model": "quant",
     "model_bytes": "quant",
-    # quant_gemv.py
-    "quant_gemv": "quant_gemv",
-    "quant_linear": "quant_gemv",
-    "dequant_matmul_reference": "quant_gemv",
+    # dequant_gemv.py
+    "quant_gemv": "dequant_gemv",
+    "quant_linear": "dequant_gemv",
+    "dequant_matmul_reference": "dequant_gemv",
     # sharing.py
     "tie_embeddings": "sharing",
     "share_layers": "sharing",

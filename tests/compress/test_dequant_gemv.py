@@ -1,4 +1,4 @@
-"""effsmall.compress.quant_gemv: the dequantize-in-registers GEMV against the naive rung
+"""effsmall.compress.dequant_gemv: the dequantize-in-registers GEMV against the naive rung
 (dequantize with torch, matmul in fp64), on the policy device (the Triton interpreter on CPU),
 for int8 and packed int4 as ``quantize_int8``/``quantize_int4`` store them."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from effsmall.compress import quantize_int4, quantize_int8
-from effsmall.compress.quant_gemv import dequant_matmul_reference, gemv_bytes, quant_gemv, quant_linear
+from effsmall.compress.dequant_gemv import dequant_matmul_reference, gemv_bytes, quant_gemv, quant_linear
 from effsmall.testing import DEVICE, on_device
 
 gemv = on_device(quant_gemv)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from effsmall.compress import quantize_int4, quantize_int8
-from effsmall.compress.quant_gemv import GPU_CONFIG, dequant_matmul_reference, quant_gemv
+from effsmall.compress.dequant_gemv import GPU_CONFIG, dequant_matmul_reference, quant_gemv
 
 pytestmark = pytest.mark.gpu
 DEV = torch.device("cuda")
