@@ -5,7 +5,7 @@ CUDA (``python -m effsmall.bench gemv --device cuda``), fp16 activations, for LL
 rows of x (decode with a batch of M sequences):
 
 * ``fp16`` — ``F.linear(x, W)`` with W in fp16 (cuBLAS), what users run;
-* ``int8`` — :func:`effsmall.compress.dequant_gemv` on ``quantize_int8(W)`` (per-channel scales);
+* ``int8`` — :func:`effsmall.compress.quant_gemv` on ``quantize_int8(W)`` (per-channel scales);
 * ``int4`` — the same kernel on ``quantize_int4(W, 64)`` (groups of 64, fp16 scales);
 * ``int4_dequant`` — the naive rung: dequantize W to fp16 with torch, then ``F.linear``.
 

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from effsmall.launch import launch_fitting
 from effsmall.runtime import cdiv, interp_flag, interpreting, require_triton_device
 
 __all__ = ["quant_gemv", "quant_linear", "dequant_matmul_reference", "gemv_bytes", "GemvConfig"]
@@ -45,40 +46,54 @@ _SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _int_block(Q, rn, k, N, K, stride_qn, INT4: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The integers q[rn, k : k + BLOCK_K] as int32 ``(BLOCK_N, BLOCK_K)``, zero past the edges."""
+def _int_block(Q, rn, k, N, K, stride_qn, INT4: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The integers q[rn, k : k + BLOCK_K] as int32 ``(BLOCK_N, BLOCK_K)``, zero past the edges.
+    ``EVEN_K``: BLOCK_K divides K, so a block is wholly inside or outside K and the mask along K is
+    one scalar — which lets the compiler load 16 contiguous bytes at a time."""
     if INT4:
         rb = k // 2 + tl.arange(0, BLOCK_K // 2)                       # (BK/2,) byte columns
-        mask = (rn[:, None] < N) & (rb[None, :] < K // 2)
+        if EVEN_K:
+            mask = (rn[:, None] < N) & (k < K)
+        else:
+            mask = (rn[:, None] < N) & (rb[None, :] < K // 2)
         b = tl.load(Q + rn[:, None] * stride_qn + rb[None, :], mask=mask, other=0).to(tl.int32)  # (BN, BK/2)
         lo = ((b & 0xF) ^ 8) - 8                                       # low nibble, sign-extended: q[2j]
         hi = ((b >> 4) ^ 8) - 8                                        # high nibble: q[2j+1]
-        return tl.interleave(lo, hi)                                   # (BN, BK) back in K order
-    rk = k + tl.arange(0, BLOCK_K)                                     # (BK,)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    return tl.load(Q + rn[:, None] * stride_qn + rk[None, :], mask=mask, other=0).to(tl.int32)  # (BN, BK)
+        q = tl.interleave(lo, hi)                                      # (BN, BK) back in K order
+    else:
+        rk = k + tl.arange(0, BLOCK_K)                                 # (BK,)
+        if EVEN_K:
+            mask = (rn[:, None] < N) & (k < K)
+        else:
+            mask = (rn[:, None] < N) & (rk[None, :] < K)
+        q = tl.load(Q + rn[:, None] * stride_qn + rk[None, :], mask=mask, other=0).to(tl.int32)  # (BN, BK)
+    return q
 
 
 @triton.jit
 def _group_block(acc, X, Q, S, rm, rn, k, M, N, K, stride_xm, stride_qn, stride_sn,
-                 INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+                 INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 PREC: tl.constexpr):
     """acc + s[:, group of k] · (x[:, k:k+BK] @ q[:, k:k+BK]ᵀ): one block of K inside one group."""
     rk = k + tl.arange(0, BLOCK_K)                                     # (BK,)
-    x = tl.load(X + rm[:, None] * stride_xm + rk[None, :],
-                mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)  # (BM, BK)
-    q = _int_block(Q, rn, k, N, K, stride_qn, INT4, BLOCK_K)           # (BN, BK) integers
+    if EVEN_K:
+        xmask = (rm[:, None] < M) & (k < K)
+    else:
+        xmask = (rm[:, None] < M) & (rk[None, :] < K)
+    x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=xmask, other=0.0)  # (BM, BK)
+    q = _int_block(Q, rn, k, N, K, stride_qn, INT4, BLOCK_K, EVEN_K)   # (BN, BK) integers
     part = tl.dot(x, tl.trans(q.to(x.dtype)), input_precision=PREC)    # (BM, BN) fp32, q exact
-    if GROUP == 0:                                                     # one scale per row: applied at the end
-        return acc + part
-    s = tl.load(S + rn * stride_sn + k // GROUP, mask=(rn < N) & (k < K), other=0.0).to(tl.float32)  # (BN,)
-    return acc + part * s[None, :]
+    if GROUP != 0:                                                     # GROUP = 0: one scale per row, at the end
+        s = tl.load(S + rn * stride_sn + k // GROUP, mask=(rn < N) & (k < K), other=0.0).to(tl.float32)  # (BN,)
+        part = part * s[None, :]
+    return acc + part
 
 
 @triton.jit
 def _quant_gemv_kernel(X, Q, S, Y, M, N, K, stride_xm, stride_qn, stride_sn, stride_ym,
                        INT4: tl.constexpr, GROUP: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       SUBS: tl.constexpr, INTERP: tl.constexpr):
+                       EVEN_K: tl.constexpr, SUBS: tl.constexpr, INTERP: tl.constexpr):
     pid_n, pid_m = tl.program_id(0), tl.program_id(1)                  # this program owns y[rm, rn]
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                       # (BM,) rows of x and y
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                       # (BN,) rows of W = columns of y
@@ -88,13 +103,13 @@ def _quant_gemv_kernel(X, Q, S, Y, M, N, K, stride_xm, stride_qn, stride_sn, str
         while k0 < K:
             for j in tl.static_range(SUBS):
                 acc = _group_block(acc, X, Q, S, rm, rn, k0 + j * BLOCK_K, M, N, K, stride_xm, stride_qn,
-                                   stride_sn, INT4, GROUP, BLOCK_K, PREC)
+                                   stride_sn, INT4, GROUP, BLOCK_K, EVEN_K, PREC)
             k0 += BLOCK_K * SUBS
     else:
         for k0 in tl.range(0, K, BLOCK_K * SUBS):                      # SUBS blocks a step, pipelined
             for j in tl.static_range(SUBS):
                 acc = _group_block(acc, X, Q, S, rm, rn, k0 + j * BLOCK_K, M, N, K, stride_xm, stride_qn,
-                                   stride_sn, INT4, GROUP, BLOCK_K, PREC)
+                                   stride_sn, INT4, GROUP, BLOCK_K, EVEN_K, PREC)
     if GROUP == 0:                                                     # per-channel: y[:, n] · s[n]
         acc = acc * tl.load(S + rn * stride_sn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + rm[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty),
@@ -214,10 +229,20 @@ def quant_gemv(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: 
     block_m = 16 if M <= 16 else 32
     grid = (cdiv(N, cfg["block_n"]), cdiv(M, block_m))
     prec = "ieee" if x.dtype == torch.float32 else "tf32"   # fp32 exact; for fp16/bf16 the flag is unused
-    _quant_gemv_kernel[grid](x, qdata, scale, y, M, N, K, x.stride(0), qdata.stride(0), scale.stride(0),
-                             y.stride(0), INT4=bits == 4, GROUP=0 if groups == 1 else G, PREC=prec,
-                             BLOCK_M=block_m, BLOCK_N=cfg["block_n"], BLOCK_K=block_k, SUBS=cfg["subs"],
-                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **interp_flag())
+
+    def launch(subs, num_stages):
+        _quant_gemv_kernel[grid](x, qdata, scale, y, M, N, K, x.stride(0), qdata.stride(0), scale.stride(0),
+                                 y.stride(0), INT4=bits == 4, GROUP=0 if groups == 1 else G, PREC=prec,
+                                 BLOCK_M=block_m, BLOCK_N=cfg["block_n"], BLOCK_K=block_k, EVEN_K=K % block_k == 0,
+                                 SUBS=subs, num_warps=cfg["num_warps"], num_stages=num_stages, **interp_flag())
+    # a GPU with less shared memory (a T4 has 64 KB) gets fewer pipeline stages, then fewer blocks per step
+    tries, subs, stages = [], cfg["subs"], cfg["num_stages"]
+    for st in sorted({stages, min(stages, 2), 1}, reverse=True):
+        tries.append(dict(subs=subs, num_stages=st))
+    while subs > 1:
+        subs //= 2
+        tries.append(dict(subs=subs, num_stages=1))
+    launch_fitting(launch, tries, f"quant_gemv (M={M}, K={K}, N={N}, {x.dtype})")
     return y.to(out_dtype)
 
 
