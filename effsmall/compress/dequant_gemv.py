@@ -207,8 +207,12 @@ def quant_gemv(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: 
     (``qdata``, ``scale``, ``bits``; see the module docstring). One program per 16 rows of x
     (decode: one) and ``block_n`` outputs; fp32 accumulation, the group scales applied to each
     group's partial sum. ``config`` overrides the launch parameters (:class:`GemvConfig` keys).
-    Runs compiled on CUDA tensors, interpreted on CPU tensors under ``TRITON_INTERPRET=1``."""
+    Runs compiled on CUDA tensors, interpreted on CPU tensors under ``TRITON_INTERPRET=1``.
+    Forward only: an ``x`` that requires grad is refused (outside ``torch.no_grad()``)."""
     M, K, N, G = _check(x, qdata, scale, bits)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("quant_gemv is forward-only (decoding): x requires grad, but no gradient would flow "
+                         "through the kernel; call it under torch.no_grad() or pass x.detach()")
     groups = scale.shape[1]
     cfg = dict(CPU_CONFIG if interpreting() else GPU_CONFIG[bits])
     cfg.update(config or {})

@@ -84,14 +84,17 @@ def test_int4_every_nibble():
     assert torch.equal(y.double(), ref)
 
 
-def test_half_input_half_output():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_half_output(dtype):
+    """fp16/bf16 in, the same dtype out (the interpreter computes bf16 in fp32: numpy has no bf16)."""
     g = torch.Generator().manual_seed(3)
-    w, x = torch.randn(40, 64, generator=g), torch.randn(4, 64, generator=g)
-    qt = quantize_int4(w, 32, scale_dtype=torch.float16)
-    y = gemv(x.half(), qt.data, qt.scale, 4)
-    assert y.dtype == torch.float16
-    ref = dequant_matmul_reference(x.half(), qt.data, qt.scale, 4, torch.float64)
-    assert rel(y, ref) < 1e-2
+    w, x = torch.randn(40, 64, generator=g), torch.randn(4, 64, generator=g).to(dtype)
+    for bits in (4, 8):
+        qt = quantize_int4(w, 32, scale_dtype=torch.float16) if bits == 4 else quantize_int8(w, torch.bfloat16)
+        y = gemv(x, qt.data, qt.scale, bits)
+        assert y.dtype == dtype
+        ref = dequant_matmul_reference(x, qt.data, qt.scale, bits, torch.float64)
+        assert rel(y, ref) < 1e-2
 
 
 def test_quant_linear_keeps_leading_dims():
@@ -157,3 +160,7 @@ def test_wrong_device_and_config():
         quant_gemv(x, d, s, 4, config=dict(blockn=32))
     with pytest.raises(TypeError, match="QuantizedTensor"):
         quant_linear(x, (d, s))
+    with pytest.raises(ValueError, match="forward-only"):
+        quant_gemv(x.requires_grad_(), d, s, 4)
+    with torch.no_grad():
+        assert quant_gemv(x, d, s, 4).shape == (2, 8)
