@@ -23,7 +23,7 @@ every shape. The run keeps to ``EFFSMALL_BENCH_BUDGET_S`` (default 100 s on CUDA
 CPU (``--device cpu``, ``--quick``): the kernels in the Triton interpreter at toy sizes — the
 rows check the plumbing and correctness; their times say nothing about a GPU.
 
-``python -m effsmall.bench.gemv FILE.json`` prints the table of a saved result.
+``python -m effsmall.bench.gemv FILE.json [--table]`` prints a short summary (and the table) of a saved result.
 """
 from __future__ import annotations
 
@@ -279,9 +279,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m effsmall.bench.gemv RESULT.json
+def brief(result: dict) -> str:
+    """A few lines: device, checks, copy rate, and per implementation and M the speed-ups and error."""
+    s = result.get("summary") or summarize(result["rows"])
+    num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+    lines = [f"{result['env']['device_name']} {result['env']['date'][:10]}: checks_passed={s.get('checks_passed')} "
+             f"(worst {num(s.get('checks_worst_rel_err'), '.1e')}), copy {num(s.get('copy_GBps'), ',.0f')} GB/s, "
+             f"configs {s.get('configs')}, skipped shapes {s.get('skipped_shapes')}"]
+    for key, r in s.get("per_impl", {}).items():
+        lines.append(f"  {key:18s} vs fp16 graph {num(r['vs_fp16_graph_geomean'], '5.2f')}x  eager "
+                     f"{num(r['vs_fp16_geomean'], '5.2f')}x  {num(r['pct_of_copy_mean'], '5.1f')}% of copy  "
+                     f"rel_err <= {num(r['rel_err_max'], '.2e')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m effsmall.bench.gemv RESULT.json [--table]
     with open(sys.argv[1]) as f:
         res = json.load(f)
-    print(table(res["rows"]))
-    print(json.dumps({k: v for k, v in res.get("summary", summarize(res["rows"])).items() if k != "per_impl"},
-                     indent=1))
+    if "--table" in sys.argv:
+        print(table(res["rows"]))
+    print(brief(res))
