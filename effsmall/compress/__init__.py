@@ -3,6 +3,8 @@
 - ``distillation_loss``/``distill``: knowledge distillation {cite}`hinton2015distilling`.
 - ``quantize_int8``/``quantize_int4``/``dequantize``, ``pack_int4``/``unpack_int4``,
   ``QuantLinear``/``quantize_model``: weight-only quantization.
+- ``quant_gemv``/``quant_linear``: the Triton GEMV that reads int8/int4 weights and dequantizes
+  them in registers (``dequant_matmul_reference`` is its naive rung).
 - ``tie_embeddings``/``share_layers``: parameter sharing (ALBERT {cite}`lan2019albert`).
 - ``memory_table``/``fits``: what a real model needs in fp16/int8/int4 vs a device's memory.
 """
@@ -22,6 +24,10 @@ _EXPORTS = {
     "QuantLinear": "quant",
     "quantize_model": "quant",
     "model_bytes": "quant",
+    # dequant_gemv.py
+    "quant_gemv": "dequant_gemv",
+    "quant_linear": "dequant_gemv",
+    "dequant_matmul_reference": "dequant_gemv",
     # sharing.py
     "tie_embeddings": "sharing",
     "share_layers": "sharing",

@@ -81,7 +81,7 @@ def train(model: nn.Module, data: Iterable, steps: int, *, lr: float = 3e-3, wei
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         hist["loss"].append(float(loss.detach()))
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}", refresh=False)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             _eval(step + 1)
     _eval(steps)

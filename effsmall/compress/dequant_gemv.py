@@ -1,0 +1,271 @@
+"""Quantized GEMV: ``y = x @ Ŵᵀ`` with W stored int8 or packed int4, dequantized in registers.
+
+Decoding one token multiplies a few activation rows ``x (M, K)`` (M = batch, 1–16) by every
+weight matrix ``W (N, K)`` of the model. Each weight is used M times per read — far below the
+hundreds of FLOPs per byte a GPU needs to be compute-bound — so the time is the time to *read
+W*: bytes, not FLOPs. Storing W in 8 or 4 bits instead of 16 cuts those bytes 2× or 4×, and a
+kernel that reads the packed bytes and expands them in registers turns the saving into speed.
+(Dequantizing W to fp16 in memory first, as :class:`~effsmall.compress.QuantLinear` does,
+reads and writes the full fp16 matrix: slower than not quantizing at all.)
+
+The weights come exactly as :mod:`effsmall.compress.quant` stores them — no repacking:
+
+* int8: ``qdata`` int8 ``(N, K)``, ``scale`` ``(N, 1)`` (per output channel) or ``(N, K/G)``;
+* int4: ``qdata`` uint8 ``(N, K/2)``, byte ``j`` of a row holding ``q[2j]`` in its low nibble
+  and ``q[2j+1]`` in its high nibble (two's complement), ``scale`` ``(N, K/G)`` for groups of
+  G consecutive inputs (or ``(N, 1)``: one group per row).
+
+With Ŵ[n, k] = q[n, k] · s[n, k // G], the product splits over groups:
+
+    y[m, n] = Σ_g s[n, g] · Σ_{k ∈ group g} x[m, k] · q[n, k]
+
+The inner sums multiply x by *integers* — exactly representable in fp16/bf16 (|q| ≤ 127) — on
+tensor cores with fp32 accumulation; each group's partial sum is scaled once, in fp32. So the
+kernel walks K in blocks that lie inside one group, loads the packed bytes, splits each byte
+into its two nibbles, sign-extends them and interleaves them back into K order, all in
+registers. Per weight that is a shift, a mask, an xor, a subtract and a conversion; the scale
+costs one multiply per group and output, not per weight.
+
+:func:`dequant_matmul_reference` is the naive ladder rung (dequantize with torch, then matmul);
+:func:`quant_gemv` is the Triton kernel. Both take the tensors of a
+:class:`~effsmall.compress.QuantizedTensor` (:func:`quant_linear` takes the object itself).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from effsmall.launch import launch_fitting
+from effsmall.runtime import cdiv, interp_flag, interpreting, require_triton_device
+
+__all__ = ["quant_gemv", "quant_linear", "dequant_matmul_reference", "gemv_bytes", "GemvConfig"]
+
+_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _int_block(Q, rn, k, N, K, stride_qn, INT4: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The integers q[rn, k : k + BLOCK_K] as int32 ``(BLOCK_N, BLOCK_K)``, zero past the edges.
+    ``EVEN_K``: BLOCK_K divides K, so a block is wholly inside or outside K and the mask along K is
+    one scalar — which lets the compiler load 16 contiguous bytes at a time."""
+    if INT4:
+        rb = k // 2 + tl.arange(0, BLOCK_K // 2)                       # (BK/2,) byte columns
+        if EVEN_K:
+            mask = (rn[:, None] < N) & (k < K)
+        else:
+            mask = (rn[:, None] < N) & (rb[None, :] < K // 2)
+        b = tl.load(Q + rn[:, None] * stride_qn + rb[None, :], mask=mask, other=0).to(tl.int32)  # (BN, BK/2)
+        lo = ((b & 0xF) ^ 8) - 8                                       # low nibble, sign-extended: q[2j]
+        hi = ((b >> 4) ^ 8) - 8                                        # high nibble: q[2j+1]
+        q = tl.interleave(lo, hi)                                      # (BN, BK) back in K order
+    else:
+        rk = k + tl.arange(0, BLOCK_K)                                 # (BK,)
+        if EVEN_K:
+            mask = (rn[:, None] < N) & (k < K)
+        else:
+            mask = (rn[:, None] < N) & (rk[None, :] < K)
+        q = tl.load(Q + rn[:, None] * stride_qn + rk[None, :], mask=mask, other=0).to(tl.int32)  # (BN, BK)
+    return q
+
+
+@triton.jit
+def _group_block(acc, X, Q, S, rm, rn, k, M, N, K, stride_xm, stride_qn, stride_sn,
+                 INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 PREC: tl.constexpr):
+    """acc + s[:, group of k] · (x[:, k:k+BK] @ q[:, k:k+BK]ᵀ): one block of K inside one group."""
+    rk = k + tl.arange(0, BLOCK_K)                                     # (BK,)
+    if EVEN_K:
+        xmask = (rm[:, None] < M) & (k < K)
+    else:
+        xmask = (rm[:, None] < M) & (rk[None, :] < K)
+    x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=xmask, other=0.0)  # (BM, BK)
+    q = _int_block(Q, rn, k, N, K, stride_qn, INT4, BLOCK_K, EVEN_K)   # (BN, BK) integers
+    part = tl.dot(x, tl.trans(q.to(x.dtype)), input_precision=PREC)    # (BM, BN) fp32, q exact
+    if GROUP != 0:                                                     # GROUP = 0: one scale per row, at the end
+        s = tl.load(S + rn * stride_sn + k // GROUP, mask=(rn < N) & (k < K), other=0.0).to(tl.float32)  # (BN,)
+        part = part * s[None, :]
+    return acc + part
+
+
+@triton.jit
+def _quant_gemv_kernel(X, Q, S, Y, M, N, K, stride_xm, stride_qn, stride_sn, stride_ym,
+                       INT4: tl.constexpr, GROUP: tl.constexpr, PREC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       EVEN_K: tl.constexpr, SUBS: tl.constexpr, INTERP: tl.constexpr):
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)                  # this program owns y[rm, rn]
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                       # (BM,) rows of x and y
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                       # (BN,) rows of W = columns of y
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if INTERP:
+        k0 = 0
+        while k0 < K:
+            for j in tl.static_range(SUBS):
+                acc = _group_block(acc, X, Q, S, rm, rn, k0 + j * BLOCK_K, M, N, K, stride_xm, stride_qn,
+                                   stride_sn, INT4, GROUP, BLOCK_K, EVEN_K, PREC)
+            k0 += BLOCK_K * SUBS
+    else:
+        for k0 in tl.range(0, K, BLOCK_K * SUBS):                      # SUBS blocks a step, pipelined
+            for j in tl.static_range(SUBS):
+                acc = _group_block(acc, X, Q, S, rm, rn, k0 + j * BLOCK_K, M, N, K, stride_xm, stride_qn,
+                                   stride_sn, INT4, GROUP, BLOCK_K, EVEN_K, PREC)
+    if GROUP == 0:                                                     # per-channel: y[:, n] · s[n]
+        acc = acc * tl.load(S + rn * stride_sn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rm[:, None] * stride_ym + rn[None, :], acc.to(Y.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+# ------------------------------------------------------------------------------------------------
+# host side: checks, the naive reference, launch
+# ------------------------------------------------------------------------------------------------
+def _check(x, qdata, scale, bits, kernel: bool = True) -> tuple[int, int, int, int]:
+    """Validate the arguments (and, for the ``kernel``, the device); return (M, K, N, group size G)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    for name, t in (("x", x), ("qdata", qdata), ("scale", scale)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    if x.dtype not in _X_DTYPES + (() if kernel else (torch.float64,)):
+        raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    want = torch.int8 if bits == 8 else torch.uint8
+    if qdata.dtype != want:
+        raise TypeError(f"qdata must be {want} for bits={bits} (as quantize_int{bits} stores it), got {qdata.dtype}")
+    if scale.dtype not in _SCALE_DTYPES:
+        raise TypeError(f"scale must be float16, bfloat16 or float32, got {scale.dtype}")
+    M, K = x.shape
+    N = qdata.shape[0]
+    if K == 0 or N == 0:
+        raise ValueError(f"x and qdata must be non-empty, got x {tuple(x.shape)} and qdata {tuple(qdata.shape)}")
+    k_stored = qdata.shape[1] * (2 if bits == 4 else 1)
+    if k_stored != K:
+        raise ValueError(f"qdata {tuple(qdata.shape)} holds {k_stored} inputs per row "
+                         f"({'two per byte' if bits == 4 else 'one per byte'}), but x has K={K} columns")
+    if scale.shape[0] != N or scale.shape[1] == 0 or K % scale.shape[1]:
+        raise ValueError(f"scale must be (N, groups) = ({N}, g) with g dividing K={K}, got {tuple(scale.shape)}")
+    groups = scale.shape[1]
+    G = K // groups
+    if kernel and groups > 1 and G % 16:
+        raise ValueError(f"the group size K / scale.shape[1] = {G} must be a multiple of 16 (a tensor-core "
+                         f"block of K lies inside one group); formats use 32, 64 or 128")
+    if bits == 4 and G % 2:
+        raise ValueError(f"int4 groups must have an even size (two values per byte), got {G}")
+    for name, t in (("x", x), ("qdata", qdata), ("scale", scale)):
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: put all on one device")
+        if kernel:
+            require_triton_device(name, t, "quant_gemv")
+    return M, K, N, G
+
+
+def dequant_matmul_reference(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int,
+                             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The naive rung: Ŵ = q · s as a dense matrix in fp32 (fp64 if ``dtype`` is float64), then
+    ``x @ Ŵᵀ``. Returns ``dtype`` (default ``x.dtype``)."""
+    from effsmall.compress.quant import unpack_int4
+
+    M, K, N, G = _check(x, qdata, scale, bits, kernel=False)
+    ct = torch.float64 if dtype == torch.float64 or x.dtype == torch.float64 else torch.float32
+    q = (qdata if bits == 8 else unpack_int4(qdata)).to(ct)                 # (N, K)
+    w = (q.view(N, K // G, G) * scale.to(ct)[..., None]).view(N, K)        # (N, K) Ŵ
+    return (x.to(ct) @ w.T).to(dtype or x.dtype)                            # (M, N)
+
+
+class GemvConfig(dict):
+    """Launch parameters of :func:`quant_gemv`: ``block_n`` (outputs per program), ``block_k``
+    (largest K block inside one group), ``subs`` (blocks per loop step), ``num_warps``,
+    ``num_stages``. A dict, so it is saved in benchmark JSON as it is."""
+
+
+#: GPU defaults: 32 outputs per program; K walked 256 int8 inputs per step, or 8 blocks of up to
+#: 128 int4 inputs (512 with groups of 64). ``python -m effsmall.bench gemv`` times a few others.
+GPU_CONFIG = {8: GemvConfig(block_n=32, block_k=128, subs=2, num_warps=4, num_stages=3),
+              4: GemvConfig(block_n=32, block_k=128, subs=8, num_warps=4, num_stages=3)}
+#: Interpreter defaults: small blocks, two per step, so both loops run at toy sizes.
+CPU_CONFIG = GemvConfig(block_n=16, block_k=16, subs=2, num_warps=1, num_stages=1)
+
+
+def _block_k(G: int, groups: int, K: int, cap: int) -> int:
+    """The largest power of two ≤ ``cap`` (and ≥ 16) that keeps every K block inside one group."""
+    if groups == 1:                      # one group per row: any block does; do not exceed K much
+        b = 16
+        while b * 2 <= min(cap, max(16, K)):
+            b *= 2
+        return b
+    b = 16
+    while b * 2 <= cap and G % (b * 2) == 0:
+        b *= 2
+    return b
+
+
+def quant_gemv(x: torch.Tensor, qdata: torch.Tensor, scale: torch.Tensor, bits: int, *,
+               config: dict | None = None) -> torch.Tensor:
+    """``y = x @ Ŵᵀ`` ``(M, N)`` in ``x.dtype`` for ``x (M, K)`` and a weight stored as
+    :func:`~effsmall.compress.quantize_int8` / :func:`~effsmall.compress.quantize_int4` store it
+    (``qdata``, ``scale``, ``bits``; see the module docstring). One program per 16 rows of x
+    (decode: one) and ``block_n`` outputs; fp32 accumulation, the group scales applied to each
+    group's partial sum. ``config`` overrides the launch parameters (:class:`GemvConfig` keys).
+    Runs compiled on CUDA tensors, interpreted on CPU tensors under ``TRITON_INTERPRET=1``.
+    Forward only: an ``x`` that requires grad is refused (outside ``torch.no_grad()``)."""
+    M, K, N, G = _check(x, qdata, scale, bits)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("quant_gemv is forward-only (decoding): x requires grad, but no gradient would flow "
+                         "through the kernel; call it under torch.no_grad() or pass x.detach()")
+    groups = scale.shape[1]
+    cfg = dict(CPU_CONFIG if interpreting() else GPU_CONFIG[bits])
+    cfg.update(config or {})
+    unknown = set(cfg) - set(GPU_CONFIG[8])
+    if unknown:
+        raise ValueError(f"config has unknown keys {sorted(unknown)}; known: {sorted(GPU_CONFIG[8])}")
+    for key in ("block_n", "block_k"):
+        v = cfg[key]
+        if not isinstance(v, int) or v < 16 or v & (v - 1):
+            raise ValueError(f"config[{key!r}] must be a power of two >= 16, got {v!r}")
+    block_k = _block_k(G, groups, K, cfg["block_k"])
+    out_dtype = x.dtype
+    if interpreting() and x.dtype == torch.bfloat16:     # numpy has no bfloat16: compute in fp32
+        x = x.float()
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    qdata, scale = qdata.contiguous(), scale.contiguous()
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    block_m = 16 if M <= 16 else 32
+    grid = (cdiv(N, cfg["block_n"]), cdiv(M, block_m))
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"   # fp32 exact; for fp16/bf16 the flag is unused
+
+    def launch(subs, num_stages):
+        _quant_gemv_kernel[grid](x, qdata, scale, y, M, N, K, x.stride(0), qdata.stride(0), scale.stride(0),
+                                 y.stride(0), INT4=bits == 4, GROUP=0 if groups == 1 else G, PREC=prec,
+                                 BLOCK_M=block_m, BLOCK_N=cfg["block_n"], BLOCK_K=block_k, EVEN_K=K % block_k == 0,
+                                 SUBS=subs, num_warps=cfg["num_warps"], num_stages=num_stages, **interp_flag())
+    # a GPU with less shared memory (a T4 has 64 KB) gets fewer pipeline stages, then fewer blocks per step
+    tries, subs, stages = [], cfg["subs"], cfg["num_stages"]
+    for st in sorted({stages, min(stages, 2), 1}, reverse=True):
+        tries.append(dict(subs=subs, num_stages=st))
+    while subs > 1:
+        subs //= 2
+        tries.append(dict(subs=subs, num_stages=1))
+    launch_fitting(launch, tries, f"quant_gemv (M={M}, K={K}, N={N}, {x.dtype})")
+    return y.to(out_dtype)
+
+
+def quant_linear(x: torch.Tensor, qt, *, config: dict | None = None) -> torch.Tensor:
+    """:func:`quant_gemv` on a :class:`~effsmall.compress.QuantizedTensor`; ``x (..., K)`` → ``(..., N)``."""
+    from effsmall.compress.quant import QuantizedTensor
+
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor (from quantize_int8/quantize_int4), got {type(qt).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    lead = x.shape[:-1]
+    y = quant_gemv(x.reshape(-1, x.shape[-1]), qt.data, qt.scale, qt.bits, config=config)   # (M, N)
+    return y.view(*lead, y.shape[-1])
+
+
+def gemv_bytes(M: int, K: int, N: int, bits: int | None, groups: int = 1, x_bytes: int = 2,
+               scale_bytes: int = 2) -> int:
+    """Bytes one call must move at least: the weights (``bits`` per weight; None: unquantized, in
+    x's dtype), their scales, x read and y written. The bandwidth a kernel achieves is this over its time."""
+    w = K * N * x_bytes if bits is None else K * N * bits // 8 + N * groups * scale_bytes
+    return w + M * K * x_bytes + M * N * x_bytes
