@@ -8,8 +8,10 @@ import re
 import sys
 import time
 
-from effsmall.bench import SUITES
+from effsmall.bench import SUITES as _SUITES
 from effsmall.bench.results import environment, save_result
+
+SUITES = tuple(dict.fromkeys((*_SUITES, "generate")))   # generate: the LMs' decoding at the memory floor
 
 
 def main(argv=None) -> int:

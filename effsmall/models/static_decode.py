@@ -27,6 +27,7 @@ graphed tokens are the same kernels on the same data, so they agree bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -138,17 +139,22 @@ class DecodeState:
 # ---------------------------------------------------------------------------------------------
 # One step, in place: the work a CUDA graph captures
 # ---------------------------------------------------------------------------------------------
-def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, state: DecodeState, lens: torch.Tensor,
-                    kernels: bool) -> torch.Tensor:
+class _Position(NamedTuple):
+    """Where this step writes, computed once per step for every attention layer."""
+    pos: torch.Tensor       # (B,) int64 position of the new token
+    lens: torch.Tensor      # (B,) int32 tokens stored after the step
+    cos: torch.Tensor       # (B, 1, 1, D/2) RoPE tables at pos
+    sin: torch.Tensor
+
+
+def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position", kernels: bool) -> torch.Tensor:
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
-    key and value at position ``state.seqlens`` and attends over the ``lens`` stored tokens."""
+    key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
     B = u.shape[0]
-    pos = state.seqlens.long()                                                  # (B,)
     q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
     k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
-    cos = state.rope_cos[pos][:, None, None]                                    # (B, 1, 1, D/2)
-    sin = state.rope_sin[pos][:, None, None]
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = apply_rope(q, at.cos, at.sin), apply_rope(k, at.cos, at.sin)
+    pos, lens = at.pos, at.lens
     slot = pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                   # (B, hk, 1, D)
     cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
     cache.v.scatter_(2, slot, v)
@@ -187,17 +193,19 @@ def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     cache and advances ``state.seqlens`` — all on the device, nothing read back to the host, no
     allocation that depends on the context. The same layers as ``SequenceLM.step``."""
     kernels = model._use_decode_kernels()
-    lens = state.seqlens + 1                                          # (B,) tokens after this one
+    pos = state.seqlens.long()                                        # (B,) this token's position
+    at = _Position(pos, state.seqlens + 1,                            # lens (B,): tokens after this one
+                   state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
     x = model.embed(token)                                            # (B, d_model)
     for layer, cache in zip(model.layers, state.caches):
         u = layer.norm1(x)
         if layer.is_attention:
-            x = x + _attention_step(layer.mixer, u, cache, state, lens, kernels)
+            x = x + _attention_step(layer.mixer, u, cache, at, kernels)
         else:
             x = x + _mamba_step(layer.mixer, u, cache, kernels)
         if layer.mlp is not None:
             x = x + layer.mlp(layer.norm2(x))
-    state.seqlens.copy_(lens)
+    state.seqlens.copy_(at.lens)
     return model.lm_head(model.norm(x))                               # (B, vocab)
 
 
