@@ -38,7 +38,7 @@ from effsmall.runtime import compute_dtype
 from effsmall.ssm.mamba2_block import Mamba2Cache
 
 __all__ = ["StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
-           "bytes_per_token"]
+           "bytes_per_token", "count_ops"]
 
 
 @dataclass
@@ -153,7 +153,8 @@ def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position"
     B = u.shape[0]
     q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
     k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
-    q, k = apply_rope(q, at.cos, at.sin), apply_rope(k, at.cos, at.sin)
+    qk = apply_rope(torch.cat([q, k], dim=1), at.cos, at.sin)                   # (B, h+hk, 1, D): one rotation
+    q, k = qk.split([attn.h, attn.hk], dim=1)                                   # (B, h, 1, D), (B, hk, 1, D)
     pos, lens = at.pos, at.lens
     slot = pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                   # (B, hk, 1, D)
     cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
@@ -345,3 +346,21 @@ def bytes_per_token(model, batch: int, context: int) -> dict:
             state += 2 * batch * (blk.nheads * blk.headdim * blk.d_state * ssm_elem
                                   + blk.conv_dim * blk.d_conv * w.element_size())
     return dict(weights=weights, kv=kv, state=state, total=weights + kv + state)
+
+
+def count_ops(fn) -> int:
+    """How many tensor operations ``fn()`` dispatches, views (which launch nothing) not counted.
+    On a GPU each is at least one kernel launch and several microseconds of host work."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                _Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return _Count.n
