@@ -9,7 +9,9 @@ costs is their number. Here each is one Triton program per row:
   ``RMSNorm(s) = (s / √(mean(s²) + ε)).to(dtype) · g`` — the residual stream and the next
   layer's input in one pass;
 * :func:`gated_rmsnorm`: Mamba-2's ``RMSNorm(y ⊙ SiLU(z)) · w`` over groups of channels
-  (:class:`effsmall.ssm.mamba2_block.GatedRMSNorm`).
+  (:class:`effsmall.ssm.mamba2_block.GatedRMSNorm`);
+* :func:`rope_append`: RoPE of the new token's queries and keys and the write of its key and value
+  into a fixed-capacity cache at each row's position (PyTorch: a dozen kernels).
 
 Each rounds where the PyTorch modules round, so in fp32 they agree to ~1e-6 and in bf16 to
 the last bit but for rare ties (the sum of squares is added in another order). They run in the
@@ -23,7 +25,7 @@ import triton.language as tl
 
 from effsmall.runtime import next_power_of_2, require_triton_tensor
 
-__all__ = ["add_rmsnorm", "gated_rmsnorm"]
+__all__ = ["add_rmsnorm", "gated_rmsnorm", "rope_append"]
 
 
 @triton.jit
@@ -109,3 +111,71 @@ def gated_rmsnorm(norm, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                                                         out.stride(0), gs, float(norm.eps),
                                                         BLOCK=next_power_of_2(gs))
     return out.view(y.shape)
+
+
+@triton.jit
+def _rope_append_kernel(Q, KV, COS, SIN, POS, QO, KC, VC,
+                        stride_qb, stride_kvb, stride_cb, stride_qob, stride_qoh,
+                        stride_kcb, stride_kch, stride_kcn, stride_vcb, stride_vch, stride_vcn,
+                        H: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    j = tl.program_id(1)                      # query heads 0..H-1, then key heads, then value heads
+    offs = tl.arange(0, BLOCK)
+    ok = offs < HALF
+    pos = tl.load(POS + b).to(tl.int64)
+    if j < H + HK:                            # rotate: (x1, x2) → (x1·c − x2·s, x1·s + x2·c)
+        if j < H:
+            src = Q + b * stride_qb + j * 2 * HALF
+        else:
+            src = KV + b * stride_kvb + (j - H) * 2 * HALF
+        x1 = tl.load(src + offs, mask=ok, other=0.0)
+        x2 = tl.load(src + HALF + offs, mask=ok, other=0.0).to(tl.float32)
+        c = tl.load(COS + b * stride_cb + offs, mask=ok, other=0.0)
+        s = tl.load(SIN + b * stride_cb + offs, mask=ok, other=0.0)
+        x1f = x1.to(tl.float32)
+        o1 = (x1f * c - x2 * s).to(x1.dtype)
+        o2 = (x1f * s + x2 * c).to(x1.dtype)
+        if j < H:
+            dst = QO + b * stride_qob + j * stride_qoh
+        else:
+            dst = KC + b * stride_kcb + (j - H) * stride_kch + pos * stride_kcn
+        tl.store(dst + offs, o1, mask=ok)
+        tl.store(dst + HALF + offs, o2, mask=ok)
+    else:                                     # values: copied into the cache as they are
+        src = KV + b * stride_kvb + (j - H) * 2 * HALF
+        dst = VC + b * stride_vcb + (j - H - HK) * stride_vch + pos * stride_vcn
+        tl.store(dst + offs, tl.load(src + offs, mask=ok), mask=ok)
+        tl.store(dst + HALF + offs, tl.load(src + HALF + offs, mask=ok), mask=ok)
+
+
+def rope_append(q: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """One new token per row: returns RoPE(q) ``(B, h, D)`` and writes RoPE(k) and v into
+    ``k_cache, v_cache (B, hk, capacity, D)`` at position ``pos[b]`` of row b.
+
+    q ``(B, h·D)`` and kv ``(B, 2·hk·D)`` are the projections' outputs (kv: the hk keys, then
+    the hk values); cos, sin: the RoPE tables at each row's position, ``(B, …, D/2)`` float32
+    (:func:`effsmall.nn.rope_tables`); pos ``(B,)`` integer. Equal to ``effsmall.nn.apply_rope``
+    on q and k followed by writing the cache slots. Positions are not checked against the
+    capacity on the device (:class:`~effsmall.models.static_decode.DecodeState` checks on the host).
+    """
+    B, hk, cap, D = k_cache.shape
+    if v_cache.shape != k_cache.shape or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError("k_cache and v_cache must have one shape and q's dtype")
+    if D % 2 or q.shape[0] != B or q.shape[-1] % D or kv.shape != (B, 2 * hk * D):
+        raise ValueError(f"q must be (B={B}, h·{D}) and kv (B, 2·{hk}·{D}), got {tuple(q.shape)} and {tuple(kv.shape)}")
+    h = q.shape[-1] // D
+    for name, t in (("q", q), ("kv", kv), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_triton_tensor(name, t, "rope_append")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    cos2, sin2 = cos.reshape(B, D // 2), sin.reshape(B, D // 2)
+    if cos2.dtype != torch.float32 or cos2.stride(-1) != 1 or sin2.stride() != cos2.stride():
+        raise ValueError("cos and sin must be float32 tables (B, D/2) with one layout")
+    out = torch.empty(B, h, D, dtype=q.dtype, device=q.device)
+    _rope_append_kernel[(B, h + 2 * hk)](
+        q, kv, cos2, sin2, pos, out, k_cache, v_cache,
+        q.stride(0), kv.stride(0), cos2.stride(0), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), H=h, HK=hk, HALF=D // 2, BLOCK=next_power_of_2(D // 2))
+    return out

@@ -151,24 +151,27 @@ def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position"
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
     key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
     B = u.shape[0]
+    if kernels:  # RoPE and the cache write in one kernel, then split-KV attention over the buffer
+        from effsmall.attention import flash_decode
+        from effsmall.models.fused import rope_append
+
+        q = rope_append(attn.wq(u), attn.wkv(u), at.cos, at.sin, at.pos, cache.k, cache.v)   # (B, h, D)
+        y = flash_decode(q, cache.k, cache.v, at.lens, validate=False)                       # (B, h, D)
+        return attn.wo(y.reshape(B, attn.h * attn.d))                                        # (B, d_model)
+    # the reference: the same steps in PyTorch
     q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
     k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
     qk = apply_rope(torch.cat([q, k], dim=1), at.cos, at.sin)                   # (B, h+hk, 1, D): one rotation
     q, k = qk.split([attn.h, attn.hk], dim=1)                                   # (B, h, 1, D), (B, hk, 1, D)
-    pos, lens = at.pos, at.lens
-    slot = pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                   # (B, hk, 1, D)
+    slot = at.pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                # (B, hk, 1, D)
     cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
     cache.v.scatter_(2, slot, v)
-    if kernels:
-        from effsmall.attention import flash_decode
-
-        y = flash_decode(q[:, :, 0], cache.k, cache.v, lens, validate=False)    # (B, h, D)
-    else:  # reference: attention over the whole buffer, slots past each row's length masked out
-        rep = attn.h // attn.hk
-        keys = cache.k.repeat_interleave(rep, dim=1)                            # (B, h, capacity, D)
-        vals = cache.v.repeat_interleave(rep, dim=1)
-        seen = torch.arange(keys.shape[2], device=u.device)[None, :] < lens[:, None]   # (B, capacity)
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]
+    # attention over the whole buffer, slots past each row's length masked out
+    rep = attn.h // attn.hk
+    keys = cache.k.repeat_interleave(rep, dim=1)                                # (B, h, capacity, D)
+    vals = cache.v.repeat_interleave(rep, dim=1)
+    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < at.lens[:, None]   # (B, capacity)
+    y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]  # (B, h, D)
     return attn.wo(y.reshape(B, attn.h * attn.d))                               # (B, d_model)
 
 
@@ -363,19 +366,37 @@ def bytes_per_token(model, batch: int, context: int) -> dict:
     return dict(weights=weights, kv=kv, state=state, total=weights + kv + state)
 
 
-def count_ops(fn) -> int:
-    """How many tensor operations ``fn()`` dispatches, views (which launch nothing) not counted.
-    On a GPU each is at least one kernel launch and several microseconds of host work."""
+def count_ops(fn) -> dict:
+    """What ``fn()`` launches: ``{"torch": tensor operations dispatched (views and empty
+    allocations, which launch nothing, not counted), "triton": Triton kernel launches, "total":
+    both}``. On a GPU each is a kernel launch and several microseconds of host work."""
     from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.jit import KernelInterface
+
+    counts = {"torch": 0, "triton": 0}
+    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
 
     class _Count(TorchDispatchMode):
-        n = 0
-
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not func.is_view:
-                _Count.n += 1
+            if not (func.is_view or inside[0] or func.__name__.startswith(("empty", "new_empty"))):
+                counts["torch"] += 1
             return func(*args, **(kwargs or {}))
 
-    with _Count():
-        fn()
-    return _Count.n
+    def launch(kernel, grid):
+        def run(*args, **kwargs):
+            counts["triton"] += 1
+            inside[0] += 1
+            try:
+                return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+            finally:
+                inside[0] -= 1
+        return run
+
+    original = KernelInterface.__getitem__
+    KernelInterface.__getitem__ = launch
+    try:
+        with _Count():
+            fn()
+    finally:
+        KernelInterface.__getitem__ = original
+    return dict(counts, total=counts["torch"] + counts["triton"])

@@ -61,3 +61,32 @@ def test_gated_rmsnorm_equals_module(dim, groups):
     assert (gated_rmsnorm(norm, y, z) - norm(y, z)).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match="one shape"):
         gated_rmsnorm(norm, y, z[:2])
+
+
+@pytest.mark.parametrize("h,hk,D", [(4, 2, 8), (3, 1, 12), (2, 2, 16)])
+def test_rope_append_equals_apply_rope_and_cache_write(h, hk, D):
+    from effsmall.models.fused import rope_append
+    from effsmall.nn import apply_rope, rope_tables
+
+    torch.manual_seed(h * D)
+    B, cap = 3, 10
+    pos = torch.tensor([0, 7, 9], device=DEVICE)
+    cos, sin = rope_tables(cap, D, device=DEVICE)                     # (cap, D/2)
+    q = torch.randn(B, h * D, device=DEVICE)
+    kv = torch.randn(B, 2 * hk * D, device=DEVICE)
+    kc = torch.randn(B, hk, cap, D, device=DEVICE)
+    vc = torch.randn(B, hk, cap, D, device=DEVICE)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    out = rope_append(q, kv, cos[pos], sin[pos], pos, kc, vc)
+    c, s = cos[pos][:, None, None], sin[pos][:, None, None]           # (B, 1, 1, D/2)
+    q_ref = apply_rope(q.view(B, h, 1, D), c, s)[:, :, 0]
+    k, v = kv.view(B, 2, hk, D).unbind(1)
+    k_ref = apply_rope(k[:, :, None], c, s)[:, :, 0]
+    for b in range(B):
+        kc_ref[b, :, pos[b]] = k_ref[b]
+        vc_ref[b, :, pos[b]] = v[b]
+    assert (out - q_ref).abs().max().item() < 1e-5
+    assert (kc - kc_ref).abs().max().item() < 1e-5                    # only the new slots changed
+    assert torch.equal(vc, vc_ref)
+    with pytest.raises(ValueError, match="kv"):
+        rope_append(q, kv[:, :-1], cos[pos], sin[pos], pos, kc, vc)
