@@ -215,9 +215,8 @@ def summarize(rows: list[dict]) -> dict:
     gen = [r for r in rows if r.get("kind") == "generate" and r.get("eager_ms")]
     out: dict = {"skipped": sum(r.get("kind") == "skipped" for r in rows),
                  "errors": sum(1 for r in rows if r.get("error") or r.get("graph_error"))}
-    out["per_shape"] = [{k: r.get(k) for k in ("arch", "batch", "context", "floor_ms", "eager_ms", "graph_ms",
-                                               "eager_over_floor", "graph_over_floor", "graph_tokens_per_s")}
-                        for r in gen]
+    out["graph_over_floor"] = {f"{r['arch']} B={r['batch']} {r['context'] // 1024}K": round(r["graph_over_floor"], 2)
+                               for r in gen if r.get("graph_over_floor")}
     # crossover: the transformer's floor passes Mamba-2's where its KV bytes make up the difference
     t1 = [r for r in gen if r["arch"] == "transformer" and r["batch"] == 1]
     m1 = [r for r in gen if r["arch"] == "mamba2" and r["batch"] == 1]
