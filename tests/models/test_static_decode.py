@@ -26,8 +26,11 @@ def _model(arch, seed=0, **kw):
 @pytest.mark.parametrize("kernels", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_static_steps_equal_eager_steps(arch, kernels):
-    model = _model(arch)
-    idx = torch.randint(0, 61, (2, 11))
+    from effsmall.testing import DEVICE
+
+    device = DEVICE if kernels else "cpu"         # kernels: compiled on a GPU, interpreted on a CPU
+    model = _model(arch).to(device)
+    idx = torch.randint(0, 61, (2, 11)).to(device)
     model.decode_kernels = False
     _, caches = model.prefill(idx[:, :6])
     _, pre = model.hidden(idx[:, :6], want_cache=True)
