@@ -11,7 +11,7 @@ import time
 from effsmall.bench import SUITES as _SUITES
 from effsmall.bench.results import environment, save_result
 
-SUITES = tuple(_SUITES) + tuple(s for s in ("gemv",) if s not in _SUITES)   # chapter 13's quantized GEMV
+SUITES = tuple(dict.fromkeys((*_SUITES, "gemv", "generate")))   # + chapter 13's quantized GEMV, the LMs' decoding
 
 
 def main(argv=None) -> int:

@@ -145,15 +145,22 @@ class SequenceLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, seed: int = 0, use_cache: bool = True) -> torch.Tensor:
+                 top_k: int | None = None, seed: int = 0, use_cache: bool = True,
+                 use_cuda_graph: bool = False) -> torch.Tensor:
         """Continue ``idx (b, l)`` by ``max_new_tokens`` tokens → ``(b, l + max_new_tokens)``.
 
         ``temperature = 0`` is greedy. ``use_cache=False`` recomputes the full forward for every
         new token (O(l²) work for attention) — the reference the cached path must match.
+        ``use_cuda_graph=True`` on CUDA decodes with static caches and replays one token's
+        kernels as a CUDA graph (:func:`effsmall.models.static_decode.generate_static`; the same
+        greedy tokens); elsewhere it is ignored and the loop below runs.
         """
         self._check_tokens(idx)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if use_cuda_graph and use_cache and idx.device.type == "cuda":
+            from effsmall.models.static_decode import generate_static
+            return generate_static(self, idx, max_new_tokens, temperature, top_k, seed)
         g = torch.Generator(device=idx.device).manual_seed(seed)
         out = idx
         logits, caches = self.prefill(idx) if use_cache else (self(idx), None)

@@ -98,14 +98,17 @@ def _step_kernel(XBC, DT, STATE, W, BIAS, DT_BIAS, A_LOG, DSKIP, SSM, Y, NEW_STA
 
 
 def mamba2_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, *,
-                nheads: int, headdim: int, ngroups: int, d_state: int):
+                nheads: int, headdim: int, ngroups: int, d_state: int, inplace_ssm: bool = False):
     """The fused recurrent step (see the module docstring).
 
     xBC ``(b, conv_dim)`` and dt ``(b, h)``: this token's slices of the input projection;
     conv_state ``(b, conv_dim, d_conv)``; ssm_state ``(b, h, P, N)`` (fp32); conv_weight
     ``(conv_dim, 1, d_conv)``; conv_bias ``(conv_dim,)`` or None; dt_bias, A_log, D ``(h,)``.
     Returns ``(y (b, h, P) in xBC's dtype, new conv_state, new ssm_state)`` — new tensors; the
-    inputs are not modified.
+    inputs are not modified. ``inplace_ssm=True`` writes the new state into ``ssm_state`` itself
+    (and returns it): each state element is read and written by the same program, so this is
+    safe, and a decoder with preallocated states saves a copy of h per step. The conv window
+    cannot be updated in place: every head of a group reads its B, C channels.
     """
     for name, t in (("xBC", xBC), ("dt", dt), ("conv_state", conv_state), ("ssm_state", ssm_state)):
         if not isinstance(t, torch.Tensor):
@@ -125,11 +128,16 @@ def mamba2_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias,
         raise ValueError(f"dt must be {(b, nheads)}, got {tuple(dt.shape)}")
     if xBC.dtype == torch.float64 or ssm_state.dtype == torch.float64:
         raise TypeError("mamba2_step runs float32/float16/bfloat16; Mamba2Block.step handles float64")
-    xBC, dt, conv_state = xBC.contiguous(), dt.contiguous(), conv_state.contiguous()
+    # the kernel takes any row stride; only the last dimension must be contiguous (slices of the
+    # input projection along it are taken as they are, without a copy)
+    xBC, dt = (t if t.stride(-1) == 1 else t.contiguous() for t in (xBC, dt))
+    conv_state = conv_state.contiguous()          # the new window is written with the same strides
+    if inplace_ssm and not ssm_state.is_contiguous():
+        raise ValueError("inplace_ssm=True needs a contiguous ssm_state")
     ssm_state = ssm_state.contiguous()
     w = conv_weight.reshape(conv_dim, d_conv).contiguous()
     new_conv = torch.empty_like(conv_state)
-    new_ssm = torch.empty_like(ssm_state)
+    new_ssm = ssm_state if inplace_ssm else torch.empty_like(ssm_state)
     y = torch.empty(b, nheads, headdim, dtype=xBC.dtype, device=xBC.device)
     block_n = next_power_of_2(d_state)
     block_p = min(next_power_of_2(headdim), max(1, 4096 // block_n))

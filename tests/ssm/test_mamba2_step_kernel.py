@@ -56,6 +56,29 @@ def test_from_empty_cache_and_inputs_untouched():
     assert torch.equal(cache.conv_state, before[0]) and torch.equal(cache.ssm_state, before[1])
 
 
+def test_inplace_ssm_state_and_strided_slices():
+    """inplace_ssm writes h into the given state (each element read and written by one program);
+    xBC and dt may be row-strided slices of the input projection."""
+    m = _block()
+    _, cache = m(torch.randn(2, 5, 32, device=DEVICE), return_cache=True)
+    u = torch.randn(2, 32, device=DEVICE)
+    ref, ref_cache = m.step(u, cache)
+    z, xBC, dt = m._split_proj(m.in_proj(u))              # views with row stride > width
+    assert not xBC.is_contiguous() and xBC.stride(-1) == 1
+    state = cache.ssm_state.clone()
+    args = (xBC, dt, cache.conv_state, state, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m.D)
+    kw = dict(nheads=m.nheads, headdim=m.headdim, ngroups=m.ngroups, d_state=m.d_state)
+    y, conv, h = mamba2_step(*args, **kw, inplace_ssm=True)
+    assert h.data_ptr() == state.data_ptr()
+    assert (state - ref_cache.ssm_state).abs().max().item() < 1e-5
+    assert torch.equal(conv, ref_cache.conv_state)
+    out = m.out_proj(m.norm(y.flatten(-2), z))
+    assert (out - ref).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="contiguous"):
+        mamba2_step(xBC, dt, cache.conv_state, state.transpose(2, 3).contiguous().transpose(2, 3),
+                    *args[4:], **kw, inplace_ssm=True)
+
+
 def test_fp16():
     m = _block(dtype=torch.float16)
     worst, _, _ = _run(m, 2, 3, 3, torch.float16)

@@ -1,0 +1,181 @@
+"""Fused element-wise kernels for the decoding step (chapter 16, "the whole model decodes").
+
+In PyTorch an RMSNorm of a half-precision row is eight kernels (cast up, square, mean, add ε,
+rsqrt, scale, cast down, times the weight), and the residual add before it one more. At batch 1
+each kernel moves a few kilobytes, so in a decoding step — even replayed as a CUDA graph — what
+costs is their number. Here each is one Triton program per row:
+
+* :func:`add_rmsnorm`: ``s = x + r`` (rounded to x's dtype, as PyTorch's add) and
+  ``RMSNorm(s) = (s / √(mean(s²) + ε)).to(dtype) · g`` — the residual stream and the next
+  layer's input in one pass;
+* :func:`gated_rmsnorm`: Mamba-2's ``RMSNorm(y ⊙ SiLU(z)) · w`` over groups of channels
+  (:class:`effsmall.ssm.mamba2_block.GatedRMSNorm`);
+* :func:`rope_append`: RoPE of the new token's queries and keys and the write of its key and value
+  into a fixed-capacity cache at each row's position (PyTorch: a dozen kernels).
+
+Each rounds where the PyTorch modules round, so in fp32 they agree to ~1e-6 and in bf16 to
+the last bit but for rare ties (the sum of squares is added in another order). They run in the
+Triton interpreter on CPU (fp32/fp16).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from effsmall.runtime import next_power_of_2, require_triton_tensor
+
+__all__ = ["add_rmsnorm", "gated_rmsnorm", "rope_append"]
+
+
+@triton.jit
+def _add_rmsnorm_kernel(X, R, W, Y, S, stride_x, stride_r, stride_y, stride_s, N, eps,
+                        HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=ok, other=0.0)
+    if HAS_RES:
+        r = tl.load(R + row * stride_r + cols, mask=ok, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)                 # s = x + r, rounded as torch's add
+        tl.store(S + row * stride_s + cols, x, mask=ok)
+    xf = x.to(tl.float32)
+    rms = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
+    w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+    y = (xf * rms).to(x.dtype).to(tl.float32) * w                              # (s·rms).to(dtype) · g
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=ok)
+
+
+def _rows(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape[-1] != n:
+        raise ValueError(f"{name} must end in a dimension of {n}, got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"{name}: the fused norms run float16, bfloat16 or float32, got {t.dtype}")
+    t2 = t.reshape(-1, n)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """``(s, RMSNorm(s))`` with ``s = x + residual`` (``s = x`` when ``residual`` is None), over the
+    last dimension of x ``(..., N)``; equal to ``s = x + residual; norm(s)`` with an
+    :class:`effsmall.nn.RMSNorm` of weight ``weight`` in x's dtype."""
+    n = weight.shape[0]
+    x2 = _rows(x, "x", n)
+    require_triton_tensor("x", x2, "add_rmsnorm")
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}), got "
+                             f"({tuple(residual.shape)}, {residual.dtype})")
+        r2 = _rows(residual, "residual", n)
+        s2 = torch.empty_like(x2)
+    else:
+        r2 = s2 = x2
+    y2 = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    if x2.shape[0]:
+        _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, y2, s2, x2.stride(0), r2.stride(0), y2.stride(0),
+                                            s2.stride(0), n, float(eps), HAS_RES=residual is not None,
+                                            BLOCK=next_power_of_2(n))
+    s = s2.view(x.shape) if residual is not None else x
+    return s, y2.view(*x.shape[:-1], n)
+
+
+@triton.jit
+def _gated_rmsnorm_kernel(Y, Z, W, O, stride_y, stride_z, stride_o, GS, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    grp = tl.program_id(1)
+    cols = grp * GS + tl.arange(0, BLOCK)
+    ok = tl.arange(0, BLOCK) < GS
+    y = tl.load(Y + row * stride_y + cols, mask=ok, other=0.0)
+    z = tl.load(Z + row * stride_z + cols, mask=ok, other=0.0).to(tl.float32)
+    gate = (z / (1.0 + tl.exp(-z))).to(y.dtype)                                   # SiLU(z), rounded
+    g = (y.to(tl.float32) * gate.to(tl.float32)).to(y.dtype).to(tl.float32)      # y ⊙ SiLU(z), rounded
+    rms = 1.0 / tl.sqrt(tl.sum(g * g, 0) / GS + eps)
+    w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(O + row * stride_o + cols, (g * rms * w).to(O.dtype.element_ty), mask=ok)
+
+
+def gated_rmsnorm(norm, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``norm(y, z)`` for a :class:`~effsmall.ssm.mamba2_block.GatedRMSNorm` ``norm``, in one kernel:
+    y, z ``(..., dim)`` → ``(..., dim)`` in y's dtype."""
+    dim = norm.weight.shape[0]
+    y2, z2 = _rows(y, "y", dim), _rows(z, "z", dim)
+    require_triton_tensor("y", y2, "gated_rmsnorm")
+    if y2.shape != z2.shape:
+        raise ValueError(f"y and z must have one shape, got {tuple(y.shape)} and {tuple(z.shape)}")
+    out = torch.empty(y2.shape, dtype=y.dtype, device=y.device)
+    gs = norm.group_size
+    if y2.shape[0]:
+        _gated_rmsnorm_kernel[(y2.shape[0], dim // gs)](y2, z2, norm.weight, out, y2.stride(0), z2.stride(0),
+                                                        out.stride(0), gs, float(norm.eps),
+                                                        BLOCK=next_power_of_2(gs))
+    return out.view(y.shape)
+
+
+@triton.jit
+def _rope_append_kernel(Q, KV, COS, SIN, POS, QO, KC, VC,
+                        stride_qb, stride_kvb, stride_cb, stride_qob, stride_qoh,
+                        stride_kcb, stride_kch, stride_kcn, stride_vcb, stride_vch, stride_vcn,
+                        H: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    j = tl.program_id(1)                      # query heads 0..H-1, then key heads, then value heads
+    offs = tl.arange(0, BLOCK)
+    ok = offs < HALF
+    pos = tl.load(POS + b).to(tl.int64)
+    if j < H + HK:                            # rotate: (x1, x2) → (x1·c − x2·s, x1·s + x2·c)
+        if j < H:
+            src = Q + b * stride_qb + j * 2 * HALF
+        else:
+            src = KV + b * stride_kvb + (j - H) * 2 * HALF
+        x1 = tl.load(src + offs, mask=ok, other=0.0)
+        x2 = tl.load(src + HALF + offs, mask=ok, other=0.0).to(tl.float32)
+        c = tl.load(COS + b * stride_cb + offs, mask=ok, other=0.0)
+        s = tl.load(SIN + b * stride_cb + offs, mask=ok, other=0.0)
+        x1f = x1.to(tl.float32)
+        o1 = (x1f * c - x2 * s).to(x1.dtype)
+        o2 = (x1f * s + x2 * c).to(x1.dtype)
+        if j < H:
+            dst = QO + b * stride_qob + j * stride_qoh
+        else:
+            dst = KC + b * stride_kcb + (j - H) * stride_kch + pos * stride_kcn
+        tl.store(dst + offs, o1, mask=ok)
+        tl.store(dst + HALF + offs, o2, mask=ok)
+    else:                                     # values: copied into the cache as they are
+        src = KV + b * stride_kvb + (j - H) * 2 * HALF
+        dst = VC + b * stride_vcb + (j - H - HK) * stride_vch + pos * stride_vcn
+        tl.store(dst + offs, tl.load(src + offs, mask=ok), mask=ok)
+        tl.store(dst + HALF + offs, tl.load(src + HALF + offs, mask=ok), mask=ok)
+
+
+def rope_append(q: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """One new token per row: returns RoPE(q) ``(B, h, D)`` and writes RoPE(k) and v into
+    ``k_cache, v_cache (B, hk, capacity, D)`` at position ``pos[b]`` of row b.
+
+    q ``(B, h·D)`` and kv ``(B, 2·hk·D)`` are the projections' outputs (kv: the hk keys, then
+    the hk values); cos, sin: the RoPE tables at each row's position, ``(B, …, D/2)`` float32
+    (:func:`effsmall.nn.rope_tables`); pos ``(B,)`` integer. Equal to ``effsmall.nn.apply_rope``
+    on q and k followed by writing the cache slots. Positions are not checked against the
+    capacity on the device (:class:`~effsmall.models.static_decode.DecodeState` checks on the host).
+    """
+    B, hk, cap, D = k_cache.shape
+    if v_cache.shape != k_cache.shape or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError("k_cache and v_cache must have one shape and q's dtype")
+    if D % 2 or q.shape[0] != B or q.shape[-1] % D or kv.shape != (B, 2 * hk * D):
+        raise ValueError(f"q must be (B={B}, h·{D}) and kv (B, 2·{hk}·{D}), got {tuple(q.shape)} and {tuple(kv.shape)}")
+    h = q.shape[-1] // D
+    for name, t in (("q", q), ("kv", kv), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_triton_tensor(name, t, "rope_append")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension")
+    cos2, sin2 = cos.reshape(B, D // 2), sin.reshape(B, D // 2)
+    if cos2.dtype != torch.float32 or cos2.stride(-1) != 1 or sin2.stride() != cos2.stride():
+        raise ValueError("cos and sin must be float32 tables (B, D/2) with one layout")
+    out = torch.empty(B, h, D, dtype=q.dtype, device=q.device)
+    _rope_append_kernel[(B, h + 2 * hk)](
+        q, kv, cos2, sin2, pos, out, k_cache, v_cache,
+        q.stride(0), kv.stride(0), cos2.stride(0), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), H=h, HK=hk, HALF=D // 2, BLOCK=next_power_of_2(D // 2))
+    return out

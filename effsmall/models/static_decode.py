@@ -1,0 +1,408 @@
+"""Decoding that a CUDA graph can capture: static caches, positions on the device, sampling on
+the device (chapter 16, "the whole model decodes").
+
+A decoding step of a small model is a few hundred small kernels — per layer a norm, a few
+matrix-vector products, RoPE, a cache write, attention or the SSM step, the MLP. Each launch
+costs the host several microseconds of Python and driver work; the GPU finishes most of them
+faster than the host issues the next one, so an eager step is host time. A **CUDA graph**
+records the kernels of one step once (``torch.cuda.graph``) and replays the whole list with one
+call: the host's cost per token becomes a single launch. Replay repeats *exactly* the recorded
+kernels on *exactly* the recorded memory, so everything a step touches must stay in place
+between tokens:
+
+* the caches are preallocated (:class:`DecodeState`): keys and values ``(B, Hk, capacity, D)``
+  per attention layer, the conv window and SSM state per Mamba-2 layer, updated in place;
+* the position of the next token is a device tensor (``DecodeState.seqlens``, one per row),
+  read by RoPE and by the cache write and advanced by the step itself — no Python int changes
+  between tokens;
+* the next token is chosen on the device (:func:`sample_tokens`: argmax, or Gumbel-max with
+  noise drawn into a fixed buffer before each replay) and written into the buffer the next
+  replay embeds — no ``.item()``, no host synchronization inside the loop.
+
+:class:`TokenDecoder` runs one token (step + sampling) eagerly — the readable path, also used
+on CPU — or, after :meth:`TokenDecoder.capture`, by replaying its graph: the same kernels on the
+same data. :func:`generate_static` is ``SequenceLM.generate(..., use_cuda_graph=True)`` on CUDA.
+
+On the decode-kernel path (``SequenceLM.decode_kernels``: CUDA sm80+, or forced for tests)
+attention reads the buffer with :func:`~effsmall.attention.flash_decode`, Mamba-2 layers step
+with the fused ``mamba2_step`` (state updated in place), and :mod:`effsmall.models.fused` turns
+each residual add + RMSNorm, RoPE + cache write and gated norm into one kernel: about 180
+launches per token for the 12-layer models instead of about 500. Elsewhere the same step runs
+the PyTorch layers (attention over the buffer with the unused slots masked).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from effsmall.models.layers import KVCache
+from effsmall.nn import apply_rope, rope_tables
+from effsmall.runtime import compute_dtype
+from effsmall.ssm.mamba2_block import Mamba2Cache
+
+__all__ = ["StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
+           "bytes_per_token", "count_ops"]
+
+
+@dataclass
+class StaticKVCache:
+    """Keys and values of one attention layer in a fixed-capacity buffer, ``k, v (B, Hk, capacity,
+    D)``; row b holds ``DecodeState.seqlens[b]`` tokens, the rest is unused."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class DecodeState:
+    """Everything a decoding step reads and writes, allocated once: one cache per layer
+    (:class:`StaticKVCache` or ``Mamba2Cache``), ``seqlens (B,) int32`` — the tokens stored per
+    row, i.e. the position of the next one — and the RoPE tables for every position up to
+    ``capacity``.
+
+    ``length`` is the host's copy of the longest row: :meth:`reserve` checks capacity on the host
+    before a token is decoded (a replayed graph cannot raise)."""
+
+    def __init__(self, model, batch: int, capacity: int):
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        cfg = model.cfg
+        w = model.embed.weight
+        self.batch, self.capacity, self.length = batch, capacity, 0
+        self.caches: list = []
+        for layer in model.layers:
+            if layer.is_attention:
+                shape = (batch, cfg.n_kv_heads, capacity, cfg.d_head)
+                self.caches.append(StaticKVCache(w.new_zeros(shape), w.new_zeros(shape)))
+            else:
+                self.caches.append(layer.mixer.allocate_cache(batch))
+        self.seqlens = torch.zeros(batch, dtype=torch.int32, device=w.device)          # (B,)
+        self.rope_cos, self.rope_sin = rope_tables(capacity, cfg.d_head, cfg.rope_base, device=w.device,
+                                                   dtype=compute_dtype(w.dtype))      # (capacity, D/2) each
+
+    @classmethod
+    def from_prefill(cls, model, caches: list, length: int, capacity: int) -> "DecodeState":
+        """A state holding the caches of a prompt of ``length`` tokens per row (``KVCache`` /
+        ``Mamba2Cache`` per layer, as ``model.hidden(idx, want_cache=True)`` returns them), with
+        room for ``capacity`` tokens in all."""
+        if length > capacity:
+            raise ValueError(f"the prompt has {length} tokens, more than capacity={capacity}")
+        batch = next(c.k.shape[0] if isinstance(c, KVCache) else c.ssm_state.shape[0] for c in caches)
+        state = cls(model, batch, capacity)
+        for dst, src in zip(state.caches, caches):
+            if isinstance(src, KVCache):
+                dst.k[:, :, :length] = src.k                               # (B, Hk, length, D)
+                dst.v[:, :, :length] = src.v
+            else:
+                dst.conv_state.copy_(src.conv_state)
+                dst.ssm_state.copy_(src.ssm_state)
+        state.set_length(length)
+        return state
+
+    def set_length(self, n: int) -> None:
+        """Every row holds n tokens (a prompt's length, or a benchmark's context)."""
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"length must lie in [0, capacity={self.capacity}], got {n}")
+        self.seqlens.fill_(n)
+        self.length = n
+
+    def reserve(self, n: int = 1) -> None:
+        """Raise ValueError unless n more tokens fit (checked on the host, before they are decoded)."""
+        if self.length + n > self.capacity:
+            raise ValueError(f"the static cache is full: {self.length} tokens stored, {n} more asked for, "
+                             f"capacity {self.capacity}")
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of what a step changes besides cache slots past the end: positions and SSM states."""
+        out = [self.seqlens.clone()]
+        for c in self.caches:
+            if isinstance(c, Mamba2Cache):
+                out += [c.conv_state.clone(), c.ssm_state.clone()]
+        return out
+
+    def restore(self, snap: list[torch.Tensor]) -> None:
+        """Undo steps taken since :meth:`snapshot` (keys and values they wrote lie past the restored
+        lengths, where the next steps overwrite them before anything reads them)."""
+        it = iter(snap)
+        self.seqlens.copy_(next(it))
+        for c in self.caches:
+            if isinstance(c, Mamba2Cache):
+                c.conv_state.copy_(next(it))
+                c.ssm_state.copy_(next(it))
+
+    def nbytes(self) -> int:
+        """Bytes the state holds (caches at full capacity)."""
+        total = 0
+        for c in self.caches:
+            ts = (c.k, c.v) if isinstance(c, StaticKVCache) else (c.conv_state, c.ssm_state)
+            total += sum(t.numel() * t.element_size() for t in ts)
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, in place: the work a CUDA graph captures
+# ---------------------------------------------------------------------------------------------
+class _Position(NamedTuple):
+    """Where this step writes, computed once per step for every attention layer."""
+    pos: torch.Tensor       # (B,) int64 position of the new token
+    lens: torch.Tensor      # (B,) int32 tokens stored after the step
+    cos: torch.Tensor       # (B, 1, 1, D/2) RoPE tables at pos
+    sin: torch.Tensor
+
+
+def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position", kernels: bool) -> torch.Tensor:
+    """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
+    key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
+    B = u.shape[0]
+    if kernels:  # RoPE and the cache write in one kernel, then split-KV attention over the buffer
+        from effsmall.attention import flash_decode
+        from effsmall.models.fused import rope_append
+
+        q = rope_append(attn.wq(u), attn.wkv(u), at.cos, at.sin, at.pos, cache.k, cache.v)   # (B, h, D)
+        y = flash_decode(q, cache.k, cache.v, at.lens, validate=False)                       # (B, h, D)
+        return attn.wo(y.reshape(B, attn.h * attn.d))                                        # (B, d_model)
+    # the reference: the same steps in PyTorch
+    q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
+    k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
+    qk = apply_rope(torch.cat([q, k], dim=1), at.cos, at.sin)                   # (B, h+hk, 1, D): one rotation
+    q, k = qk.split([attn.h, attn.hk], dim=1)                                   # (B, h, 1, D), (B, hk, 1, D)
+    slot = at.pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                # (B, hk, 1, D)
+    cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
+    cache.v.scatter_(2, slot, v)
+    # attention over the whole buffer, slots past each row's length masked out
+    rep = attn.h // attn.hk
+    keys = cache.k.repeat_interleave(rep, dim=1)                                # (B, h, capacity, D)
+    vals = cache.v.repeat_interleave(rep, dim=1)
+    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < at.lens[:, None]   # (B, capacity)
+    y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]  # (B, h, D)
+    return attn.wo(y.reshape(B, attn.h * attn.d))                               # (B, d_model)
+
+
+def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, kernels: bool) -> torch.Tensor:
+    """One token of one Mamba-2 layer, states updated in place: u ``(B, d_model)`` → ``(B, d_model)``."""
+    if not kernels:
+        y, new = block.step(u, cache)
+        cache.conv_state.copy_(new.conv_state)
+        cache.ssm_state.copy_(new.ssm_state)
+        return y
+    from effsmall.models.fused import gated_rmsnorm
+    from effsmall.ssm.mamba2_step_kernel import mamba2_step
+
+    z, xBC, dt = block._split_proj(block.in_proj(u))      # (B, d_inner), (B, conv_dim), (B, h): views
+    y, conv, _ = mamba2_step(xBC, dt, cache.conv_state, cache.ssm_state, block.conv1d.weight, block.conv1d.bias,
+                             block.dt_bias, block.A_log, block.D, nheads=block.nheads, headdim=block.headdim,
+                             ngroups=block.ngroups, d_state=block.d_state, inplace_ssm=True)   # y (B, h, P)
+    cache.conv_state.copy_(conv)
+    return block.out_proj(gated_rmsnorm(block.norm, y.flatten(-2), z))   # (B, d_model)
+
+
+def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
+    """The residual add and the next norm: ``(x + y, norm(x + y))`` (``y = None``: nothing to add).
+    One fused kernel on the decode-kernel path instead of nine."""
+    if kernels:
+        from effsmall.models.fused import add_rmsnorm
+
+        return add_rmsnorm(x, norm.weight, norm.eps, residual=y)
+    x = x if y is None else x + y
+    return x, norm(x)
+
+
+def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
+    """Logits ``(B, vocab)`` of the next token after ``token (B,)``; appends it to every layer's
+    cache and advances ``state.seqlens`` — all on the device, nothing read back to the host, no
+    allocation that depends on the context. The same layers as ``SequenceLM.step``, with each
+    residual add carried into the norm after it (``_add_norm``)."""
+    kernels = model._use_decode_kernels()
+    pos = state.seqlens.long()                                        # (B,) this token's position
+    at = _Position(pos, state.seqlens + 1,                            # lens (B,): tokens after this one
+                   state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
+    x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
+    for layer, cache in zip(model.layers, state.caches):
+        x, u = _add_norm(x, y, layer.norm1, kernels)                  # x += y; u = norm1(x)
+        if layer.is_attention:
+            y = _attention_step(layer.mixer, u, cache, at, kernels)
+        else:
+            y = _mamba_step(layer.mixer, u, cache, kernels)
+        if layer.mlp is not None:
+            x, u = _add_norm(x, y, layer.norm2, kernels)
+            y = layer.mlp(u)
+    state.seqlens.copy_(at.lens)
+    _, u = _add_norm(x, y, model.norm, kernels)
+    return model.lm_head(u)                                           # (B, vocab)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The next token per row, on the device: ``argmax`` when ``temperature <= 0``; otherwise a
+    sample of softmax(logits / T) (restricted to the ``top_k`` largest) by the Gumbel-max trick,
+    ``argmax(logits / T + g)`` with ``g = −log(−log U)``, U ~ uniform from ``noise (B, vocab)``
+    (drawn by the caller, so a captured graph reads fresh noise from a fixed buffer)."""
+    if temperature <= 0:
+        return logits.argmax(-1)                                      # (B,)
+    if noise is None or noise.shape != logits.shape:
+        raise ValueError(f"sampling with temperature > 0 needs uniform noise of the logits' shape "
+                         f"{tuple(logits.shape)}, got {None if noise is None else tuple(noise.shape)}")
+    z = logits.float() / temperature                                  # (B, vocab)
+    if top_k is not None:
+        kth = z.topk(min(top_k, z.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        z = z.masked_fill(z < kth, float("-inf"))
+    gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))  # (B, vocab)
+    return (z + gumbel).argmax(-1)                                    # (B,)
+
+
+class TokenDecoder:
+    """Decode one token per call — step, sample, feed back — eagerly or by replaying a CUDA graph.
+
+    ``decoder.token (B,)`` holds the token to decode next; each call runs :func:`decode_step` on
+    it and overwrites it with the sampled next token (returned). ``capture()`` (CUDA only) records
+    one call in a ``torch.cuda.CUDAGraph``; later calls replay it."""
+
+    def __init__(self, model, state: DecodeState, temperature: float = 0.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        w = model.embed.weight
+        self.model, self.state = model, state
+        self.temperature, self.top_k, self.generator = float(temperature), top_k, generator
+        self.token = torch.zeros(state.batch, dtype=torch.long, device=w.device)       # (B,)
+        self.noise = (torch.empty(state.batch, model.cfg.vocab_size, device=w.device)
+                      if self.temperature > 0 else None)                               # (B, vocab) uniform
+        self.graph = None
+
+    def draw_noise(self) -> None:
+        """Fresh uniform noise for the next sample (temperature > 0), into the fixed buffer."""
+        if self.noise is not None:
+            self.noise.uniform_(generator=self.generator)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sample from ``logits (B, vocab)`` into ``self.token`` (e.g. the prompt's last logits)."""
+        self.draw_noise()
+        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
+        return self.token
+
+    def _run(self) -> None:                                          # the captured work of one token
+        logits = decode_step(self.model, self.token, self.state)      # (B, vocab)
+        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
+
+    @torch.no_grad()
+    def capture(self, warmup: int = 1) -> None:
+        """Record one token in a CUDA graph. The first ``warmup`` tokens run eagerly on a side
+        stream (Triton compiles and tunes, cuBLAS picks its kernels: nothing may synchronize
+        during capture), then the state is restored, so capturing changes no result."""
+        if self.token.device.type != "cuda":
+            raise ValueError("CUDA graphs need a model on a CUDA device")
+        self.state.reserve(warmup)
+        snap, token = self.state.snapshot(), self.token.clone()
+        if self.noise is not None:
+            self.noise.fill_(0.5)                 # warm-up noise; the generator's stream is left alone
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.state.restore(snap)
+        self.token.copy_(token)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._run()
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        self.state.reserve(1)
+        self.draw_noise()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+        self.state.length += 1
+        return self.token
+
+
+@torch.no_grad()
+def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                    top_k: int | None = None, seed: int = 0, cuda_graph: bool = True) -> torch.Tensor:
+    """``model.generate`` through a :class:`DecodeState` sized for the prompt plus
+    ``max_new_tokens``: prefill in parallel, then one :class:`TokenDecoder` call per token
+    (a CUDA-graph replay when ``cuda_graph`` and the model is on CUDA). Greedy tokens equal the
+    eager path's; sampled tokens come from the Gumbel-max sampler (same distribution, another
+    random stream than the eager path's ``torch.multinomial``)."""
+    model._check_tokens(idx)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    b, l = idx.shape
+    out = torch.empty(b, l + max_new_tokens, dtype=idx.dtype, device=idx.device)
+    out[:, :l] = idx
+    if max_new_tokens == 0:
+        return out
+    h, caches = model.hidden(idx, want_cache=True)                   # prompt in parallel: KVCache / Mamba2Cache
+    state = DecodeState.from_prefill(model, caches, length=l, capacity=l + max_new_tokens)
+    del caches
+    g = torch.Generator(device=idx.device).manual_seed(seed)
+    dec = TokenDecoder(model, state, temperature, top_k, g)
+    out[:, l] = dec.sample(model.lm_head(h)[:, -1])                  # first new token, from the prompt
+    if max_new_tokens > 1 and cuda_graph and idx.device.type == "cuda":
+        dec.capture()
+    for i in range(1, max_new_tokens):
+        out[:, l + i] = dec()                                        # device to device: no synchronization
+    return out
+
+
+def bytes_per_token(model, batch: int, context: int) -> dict:
+    """Bytes one decoding step must move at least (its memory floor ÷ bandwidth): every weight read
+    once (the tied embedding once, as the output projection), each attention layer's keys and
+    values for ``context`` tokens read, each Mamba-2 layer's SSM state and conv window read and
+    written. ``{"weights", "kv", "state", "total"}``."""
+    cfg = model.cfg
+    w = model.embed.weight
+    params = {id(p): p for p in model.parameters()}.values()
+    weights = sum(p.numel() * p.element_size() for p in params)
+    kv = state = 0
+    for layer in model.layers:
+        if layer.is_attention:
+            kv += 2 * batch * cfg.n_kv_heads * context * cfg.d_head * w.element_size()
+        else:
+            blk = layer.mixer
+            ssm_elem = 8 if w.dtype == torch.float64 else 4
+            state += 2 * batch * (blk.nheads * blk.headdim * blk.d_state * ssm_elem
+                                  + blk.conv_dim * blk.d_conv * w.element_size())
+    return dict(weights=weights, kv=kv, state=state, total=weights + kv + state)
+
+
+def count_ops(fn) -> dict:
+    """What ``fn()`` launches: ``{"torch": tensor operations dispatched (views and empty
+    allocations, which launch nothing, not counted), "triton": Triton kernel launches, "total":
+    both}``. On a GPU each is a kernel launch and several microseconds of host work."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.jit import KernelInterface
+
+    counts = {"torch": 0, "triton": 0}
+    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not (func.is_view or inside[0] or func.__name__.startswith(("empty", "new_empty"))):
+                counts["torch"] += 1
+            return func(*args, **(kwargs or {}))
+
+    def launch(kernel, grid):
+        def run(*args, **kwargs):
+            counts["triton"] += 1
+            inside[0] += 1
+            try:
+                return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+            finally:
+                inside[0] -= 1
+        return run
+
+    original = KernelInterface.__getitem__
+    KernelInterface.__getitem__ = launch
+    try:
+        with _Count():
+            fn()
+    finally:
+        KernelInterface.__getitem__ = original
+    return dict(counts, total=counts["torch"] + counts["triton"])
