@@ -9,7 +9,7 @@ import sys
 import time
 
 from effsmall.bench import SUITES
-from effsmall.bench.results import environment, save_result
+from effsmall.measure import environment, save_result
 
 
 def main(argv=None) -> int:

@@ -178,9 +178,9 @@ def test_triton_intro_kernels():
         softmax_rows(torch.randn(3))
 
 
-def test_tensor_peak_bytes_counts_live_storage():
+def test_peak_memory_counts_live_storage():
     from effsmall.attention import tiled_attention
-    from effsmall.bench.timing import tensor_peak_bytes
+    from effsmall.measure import peak_memory as tensor_peak_bytes
 
     assert tensor_peak_bytes(lambda: torch.zeros(1000)) == 4000
     # two temporaries alive at once, then freed: peak is their sum, not the running total

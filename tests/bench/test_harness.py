@@ -1,4 +1,5 @@
-"""The benchmark harness: CLI writes valid JSON; committed results load; timing works."""
+"""The benchmark harness: CLI writes valid JSON; committed results load; timing and the memory
+meter of :mod:`effsmall.measure` work; the suites' shared table."""
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 from effsmall.bench import benchmark, list_results, load_result, plot_rows
-from effsmall.bench.timing import peak_memory
+from effsmall.measure import peak_memory
 
 
 def test_cli_ceilings_cpu(tmp_path):
@@ -74,6 +75,47 @@ def test_peak_memory_counts_live_results():
     a = torch.randn(256, 256)
     got = peak_memory(lambda: (a @ a) @ a, device="cpu")  # two 256x256 float32 results alive at most
     assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
+
+
+def test_peak_memory_ignores_writes_into_existing_tensors():
+    import torch
+
+    x = torch.zeros(1000)
+    assert peak_memory(lambda: x.add_(1)) == 0                     # in place
+    assert peak_memory(lambda: torch.add(x, 1, out=x)) == 0        # out=
+    assert peak_memory(lambda: x.detach()) == 0                    # shares x's storage
+    assert peak_memory(lambda: x + 1) == 4000
+    assert peak_memory(lambda: torch.empty(1000).fill_(1.0)) == 4000   # new, then filled in place
+
+
+def test_peak_memory_sees_the_backward():
+    import torch
+
+    q = torch.randn(64, 16, requires_grad=True)
+
+    def fwd_bwd():
+        ((q @ q.T).softmax(-1) @ q).sum().backward()
+    assert peak_memory(fwd_bwd) >= 64 * 64 * 4                     # P (64 x 64) is saved for the backward
+
+
+def test_names_the_suites_import_stay_importable():
+    from effsmall import measure
+    from effsmall.bench.results import environment, geomean, load_result, record_partial, save_result  # noqa: F401
+    from effsmall.bench.timing import benchmark, benchmark_rounds, compare, host_time, rounds_default  # noqa: F401
+
+    assert benchmark is measure.benchmark and geomean is measure.geomean and save_result is measure.save_result
+
+
+def test_shared_table_one_line_per_shape():
+    from effsmall.bench.common import table
+
+    rows = [dict(impl=i, N=n, tflops=t) for n in (512, 1024) for i, t in (("a", 1.0 * n), ("b", None))]
+    rows.append(dict(impl="a", N=None, tflops=3.0))                  # a row without the key sorts last
+    text = table(rows, index=("N",), impls=("a", "b", "c"), cell=lambda r: r.get("tflops"), unit="TFLOP/s",
+                 extras=[("a/1k", lambda rs: rs["a"]["tflops"] / 1024 if rs["a"].get("tflops") else None)])
+    lines = text.splitlines()
+    assert len(lines) == 4 and "c" not in lines[0].split() and lines[0].endswith("(TFLOP/s)")
+    assert lines[1].split() == ["512", "512.0", "-", "0.50"] and lines[3].split()[0] == "None"
 
 
 def test_geomean_and_partial_rows(tmp_path, monkeypatch):
