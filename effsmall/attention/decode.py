@@ -44,13 +44,11 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.contract import check_heads, check_kernel_tensors, check_scale, window_bounds
+from effsmall.attention.flash_triton import LOG2E
 from effsmall.runtime import cdiv, interp_flag, interpreting, next_power_of_2, require_triton_tensor
 
 __all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits",
            "gather_pages", "decode_cost"]
-
-LOG2E = 1.4426950408889634
-
 
 def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int = 2):
     """FLOPs and bytes of one decode step's attention (one query token per row, L cached keys):
@@ -273,7 +271,7 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
     acc = tl.zeros((BLOCK_H, BLOCK_D), tl.float32)
     k_head = K + hk * stride_kh
     v_head = V + hk * stride_vh
-    if INTERP:   # the interpreter's range needs Python ints: a while loop over the same tiles
+    if INTERP:   # interpreted: a while loop over the same tiles (effsmall.runtime.INTERP_FLAG)
         t = t0
         while t < t1:
             acc, l_i, m_i = _tile(acc, l_i, m_i, q, pos, t, lo, hi, b, k_head, v_head, TABLE, stride_tb,
@@ -288,7 +286,7 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     o = acc / safe_l[:, None]                                                      # (BLOCK_H, BLOCK_D)
-    lse = tl.where(l_i > 0, (m_i + tl.math.log2(safe_l)) / 1.4426950408889634, float("-inf"))
+    lse = tl.where(l_i > 0, (m_i + tl.math.log2(safe_l)) / LOG2E, float("-inf"))
     o_ptr = O + b * stride_ob + head[:, None] * stride_oh + qi[:, None] * stride_on + split * stride_os
     tl.store(o_ptr + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
     l_ptr = LSE + b * stride_lb + head * stride_lh + qi * stride_ln + split
@@ -389,7 +387,6 @@ def _dot_precision(q: torch.Tensor) -> str:
 # fastest is remembered and launched directly afterwards (no autotuner work on the host per call).
 # A paged tile's page-id load takes a pipeline stage of its own: 5 stages keep 3 K/V tiles in flight.
 CONFIGS = ((64, 4, 3), (64, 4, 5), (128, 4, 2), (128, 4, 3), (128, 8, 3), (32, 4, 4), (16, 4, 4))
-AUTOTUNE = True          # False: the first config that fits (quick correctness runs)
 _BEST: dict = {}
 
 
@@ -401,12 +398,12 @@ def _configs(paged: bool, page_size: int):
     return fits + [(min(32, page_size) if paged else 32, 4, 1)]   # no pipelining: fits small GPUs (T4)
 
 
-def _pick(key, configs, launch):
+def _pick(key, configs, launch, autotune: bool):
     """Launch with the remembered best config for ``key``; the first time, time each config that
-    compiles (``triton.testing.do_bench``) and remember the fastest. Warm a shape up before
-    capturing it in a CUDA graph: the timing synchronizes."""
+    compiles (``triton.testing.do_bench``) and remember the fastest (``autotune=False``: launch
+    the first config). Warm a shape up before capturing it in a CUDA graph: the timing synchronizes."""
     best = _BEST.get(key)
-    if best is None and AUTOTUNE and len(configs) > 1:
+    if best is None and autotune and len(configs) > 1:
         import triton.testing as tt
 
         times = {}
@@ -422,7 +419,7 @@ def _pick(key, configs, launch):
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_splits=None, window=None,
-                 scale=None, return_lse=False, validate=True):
+                 scale=None, return_lse=False, validate=True, autotune=True):
     """Split-KV attention of q's tokens over a (paged) KV cache; see the module docstring.
 
     ``num_splits=None`` uses :func:`choose_num_splits`. Returns o with q's shape and dtype (and
@@ -432,7 +429,8 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
     ``validate=True`` checks that every length fits the cache and every page id used lies in the
     pool (ValueError otherwise); that reads device values, a synchronization per call. A caller
     that guarantees them (:class:`~effsmall.attention.PagedKVCache`, a CUDA-graph capture) passes
-    ``validate=False``; shapes, dtypes and devices are always checked.
+    ``validate=False``; shapes, dtypes and devices are always checked. ``autotune=False``
+    launches the first configuration that fits instead of timing the candidates.
     """
     q4, paged, page_size, capacity, scale, window = _check(q, k_cache, v_cache, cache_seqlens, block_table, window,
                                                            scale, validate)
@@ -470,7 +468,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             table.stride(0) if paged else 0,
             o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             lse_part.stride(0), lse_part.stride(1), lse_part.stride(2),
-            scale * LOG2E, window if window is not None else 0, S,
+            scale * LOG2E.value, window if window is not None else 0, S,
             NQ=Nq, G=G, D=D, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_d,
             PAGE=max(page_size, 1), PAGED=paged, HAS_WINDOW=window is not None, PREC=_dot_precision(q),
             num_warps=warps, num_stages=stages, **interp_flag())
@@ -478,7 +476,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
     if B and Hq:
         key = (q.device, q.dtype, D, block_h, paged, page_size, S, window is not None,
                next_power_of_2(cdiv(keys, S)), next_power_of_2(B * Hk))
-        _pick(key, configs, launch)
+        _pick(key, configs, launch, autotune)
     if S == 1:
         lse = lse_part[..., 0]
     else:

@@ -63,8 +63,8 @@ def _selective_scan_fwd_kernel(
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)                # the carried state
     row = pid_b * s_ub + offs_d[:, None] * s_ud                       # (BLOCK_D, 1)
     bc_row = grp[:, None, None]                                       # (BLOCK_D, 1, 1)
-    # A while loop, not range(): the Triton interpreter under numpy 2 cannot take a runtime
-    # int as a range() bound (int() of a size-1 array), while both modes accept this form.
+    # A while loop in both modes: the form the interpreter accepts (effsmall.runtime.INTERP_FLAG
+    # explains why); compiled, such a loop is not software-pipelined.
     l0 = 0
     while l0 < seqlen:
         offs_l = l0 + tl.arange(0, BLOCK_L)                           # (BLOCK_L,)

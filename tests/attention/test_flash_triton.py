@@ -126,7 +126,7 @@ def test_random_shapes_property(Nq, Nk, group, D, causal):
 
 def test_fallback_on_old_gpus_warns_and_is_correct(monkeypatch):
     # Simulate a GPU without tensor-core tl.dot (T4): the documented fallback is tiled_attention.
-    monkeypatch.setattr(ft, "_fallback_reason", lambda q: "compute capability < 8.0 (simulated)")
+    monkeypatch.setattr(ft, "fallback_reason", lambda q: "compute capability < 8.0 (simulated)")
     monkeypatch.setattr("effsmall.runtime._warned", set())
     q, k, v = _qkv(1, 2, 1, 12, 12, 16)
     with pytest.warns(RuntimeWarning, match="compute capability"):
