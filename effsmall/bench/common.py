@@ -102,14 +102,16 @@ def table(rows: list[dict], *, index: Sequence[str], impls: Sequence[str], cell:
     implementation holding ``cell(row)`` (in ``unit``), then ``extras``: ``(header, f)`` with
     ``f`` given the line's rows by implementation."""
     impls = [i for i in impls if any(r.get("impl") == i for r in rows)]
-    lines = [" ".join(f"{k:>7}" for k in index) + " " + " ".join(f"{i[:width]:>{width}}" for i in impls)
-             + "".join(f" {h:>8}" for h, _ in extras) + f"   ({unit})"]
     keys = {tuple(r.get(k) for k in index) for r in rows}
+    wide = [max(len(str(name)), *(len(str(key[j])) for key in keys)) for j, name in enumerate(index)]
+    lines = [" ".join(f"{k:>{w}}" for k, w in zip(index, wide)) + " "
+             + " ".join(f"{i[:width]:>{width}}" for i in impls) + "".join(f" {h:>8}" for h, _ in extras)
+             + f"   ({unit})"]
     for key in sorted(keys, key=lambda t: tuple((v is None, 0 if v is None else v) for v in t)):
         by_impl = {r["impl"]: r for r in rows if tuple(r.get(k) for k in index) == key}
         vals = [cell(by_impl[i]) if i in by_impl else None for i in impls]
         more = [f(by_impl) for _, f in extras]
-        lines.append(" ".join(f"{str(k):>7}" for k in key) + " "
+        lines.append(" ".join(f"{str(k):>{w}}" for k, w in zip(key, wide)) + " "
                      + " ".join(f"{v:>{width}{fmt}}" if v else f"{'-':>{width}}" for v in vals)
                      + "".join(f" {v:8.2f}" if v else f" {'-':>8}" for v in more))
     return "\n".join(lines)
