@@ -38,6 +38,7 @@ GPU the tile size and warps are timed once per problem key and remembered (``_pi
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 import triton
@@ -62,12 +63,19 @@ def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int =
 # ---------------------------------------------------------------------------------------------
 # Input contract (shared by the reference and the kernel)
 # ---------------------------------------------------------------------------------------------
-def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True):
-    """Validate the decode contract (``validate``: also the values of cache_seqlens and
-    block_table, which costs a device synchronization).
+class DecodeArgs(NamedTuple):
+    """The checked decode inputs: q as ``(B, Hq, Nq, D)``, the cache layout, scale and window."""
+    q4: torch.Tensor
+    paged: bool
+    page_size: int          # 0 for a contiguous cache
+    capacity: int           # the most keys a row's cache can hold
+    scale: float
+    window: int | None      # keys further back than this are invisible (None: no window)
 
-    Returns (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale, left): ``left`` is the
-    window's reach back (None: no window)."""
+
+def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True) -> DecodeArgs:
+    """Validate the decode contract (``validate``: also the values of cache_seqlens and
+    block_table, which costs a device synchronization) and return the :class:`DecodeArgs`."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -127,7 +135,7 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, valid
     if isinstance(window, numbers.Integral) and not isinstance(window, bool):
         window = (int(window), 0)                                         # the shorthand w = (w, 0)
     left, _ = window_bounds(window, causal=True)
-    return q4, paged, page_size, capacity, check_scale(scale, D), left
+    return DecodeArgs(q4, paged, page_size, capacity, check_scale(scale, D), left)
 
 
 def _used_pages(block_table, cache_seqlens, page_size):
