@@ -180,13 +180,13 @@ def test_triton_intro_kernels():
 
 def test_peak_memory_counts_live_storage():
     from effsmall.attention import tiled_attention
-    from effsmall.measure import peak_memory as tensor_peak_bytes
+    from effsmall.measure import peak_memory
 
-    assert tensor_peak_bytes(lambda: torch.zeros(1000)) == 4000
+    assert peak_memory(lambda: torch.zeros(1000)) == 4000
     # two temporaries alive at once, then freed: peak is their sum, not the running total
-    assert tensor_peak_bytes(lambda: [torch.ones(250) + torch.ones(250) for _ in range(3)]) <= 3 * 1000 + 2000
+    assert peak_memory(lambda: [torch.ones(250) + torch.ones(250) for _ in range(3)]) <= 3 * 1000 + 2000
     q, k, v = _qkv(1, 1, 1, 512, 512, 16)
-    naive = tensor_peak_bytes(lambda: naive_attention(q, k, v, causal=True))
-    tiled = tensor_peak_bytes(lambda: tiled_attention(q, k, v, causal=True, block_m=64, block_n=64))
+    naive = peak_memory(lambda: naive_attention(q, k, v, causal=True))
+    tiled = peak_memory(lambda: tiled_attention(q, k, v, causal=True, block_m=64, block_n=64))
     assert naive >= 512 * 512 * 4       # S alone is N² floats
     assert tiled < naive / 4
