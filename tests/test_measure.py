@@ -5,8 +5,6 @@ from effsmall.measure import benchmark, peak_memory, plot_rows
 
 
 def test_benchmark_and_peak_memory_cpu():
-    import torch
-
     t = benchmark(lambda: torch.ones(1000).sum(), device="cpu", min_run_time=0.01)
     assert 0 < t < 0.1
     n = 1 << 20
@@ -24,8 +22,6 @@ def test_plot_rows():
 
 def test_peak_memory_counts_nested_ops_once():
     """A loop of many small matmuls (nested aten ops) must not look like a leak."""
-    import torch
-
     a = torch.randn(64, 64)
     one = peak_memory(lambda: a @ a, device="cpu")
     many = peak_memory(lambda: [a @ a for _ in range(200)], device="cpu")
@@ -36,16 +32,12 @@ def test_peak_memory_counts_nested_ops_once():
 
 
 def test_peak_memory_counts_live_results():
-    import torch
-
     a = torch.randn(256, 256)
     got = peak_memory(lambda: (a @ a) @ a, device="cpu")  # two 256x256 float32 results alive at most
     assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
 
 
 def test_peak_memory_ignores_writes_into_existing_tensors():
-    import torch
-
     x = torch.zeros(1000)
     assert peak_memory(lambda: x.add_(1)) == 0                     # in place
     assert peak_memory(lambda: torch.add(x, 1, out=x)) == 0        # out=
@@ -55,8 +47,6 @@ def test_peak_memory_ignores_writes_into_existing_tensors():
 
 
 def test_peak_memory_sees_the_backward():
-    import torch
-
     q = torch.randn(64, 16, requires_grad=True)
 
     def fwd_bwd():
