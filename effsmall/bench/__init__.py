@@ -21,7 +21,7 @@ Settings, for runs on a machine lent for a limited time (all optional):
   measured, so a run killed at its time limit keeps its numbers.
 * ``EFFSMALL_BENCH_SIZES=512,1024`` — re-measure only these sizes: sequence lengths
   (``attention``, ``ssd``) or contexts (``decode``).
-* ``EFFSMALL_BENCH_PARTS=a,b`` — run only these parts: ``ssd``: ``peers``, ``crossover``;
+* ``EFFSMALL_BENCH_PARTS=a,b`` — run only these parts: ``ssd``: ``checks``, ``peers``, ``crossover``;
   ``dist``: ``tp``, ``ssd``, ``ring``; ``decode``: ``attention``, ``lm``.
 """
 from effsmall.measure import benchmark, environment, list_results, load_result, plot_rows, save_result

@@ -17,10 +17,12 @@ CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 …
   implementations of that shape; ours and mamba_ssm also get ``graph_ms`` (CUDA-graph replay:
   the GPU's time alone) and ``host_ms`` (the host's time per call, back to back:
   :func:`effsmall.measure.host_time`). Ours also records its relative error against mamba_ssm.
+* ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 — the relative errors
+  of outputs, final states and all gradients, with initial states and packed sequences
+  (chapter 11 prints them; ``tests/test_kernels_gpu.py`` asserts their bounds).
 
-A CUDA run has two parts, ``peers`` and ``crossover``; the lengths can be chosen (settings:
-:mod:`effsmall.bench`). The kernel's correctness on a GPU (every dtype, gradients, initial
-states, packed sequences) is tested by ``tests/test_kernels_gpu.py``.
+A CUDA run has three parts, ``checks``, ``peers`` and ``crossover``; the lengths can be chosen
+(settings: :mod:`effsmall.bench`).
 
 CPU rows (``--device cpu``): ssd_chunked vs ssd_recurrent and selective_scan_parallel vs
 sequential at l = 4096.
@@ -71,6 +73,33 @@ def _import_baselines():
     return mamba_fn, fla_fn, attn, attn_name
 
 
+def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> None:
+    """ssd_triton in every dtype vs ssd_chunked in fp64: outputs, final states, gradients (with
+    initial states and packed sequences). Relative errors, measured on the device; chapter 11
+    shows them. (``tests/test_kernels_gpu.py`` asserts their bounds.)"""
+    from effsmall.ssm._ssd_testing import ssd_inputs
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
+    from effsmall.ssm.ssd_kernels import ssd_triton
+
+    for n in STATES:
+        X, A, B, C, h0 = ssd_inputs(b=2, l=1000, h=8, p=64, g=2, n=n, device=device)
+        seq = torch.cat([torch.zeros(2, 300), torch.ones(2, 450), 2 * torch.ones(2, 250)], 1).int().to(device)
+        args64 = [t.clone().requires_grad_() for t in (X, A, B, C, h0)]
+        Y64, s64 = ssd_chunked(*args64[:4], 64, initial_states=args64[4], seq_idx=seq)
+        gY, gs = torch.randn_like(Y64), torch.randn_like(s64)
+        ((Y64 * gY).sum() + (s64 * gs).sum()).backward()
+        for dt in dtypes:
+            args = [X.to(dt), A.float(), B.to(dt), C.to(dt), h0.float()]
+            args = [t.clone().requires_grad_() for t in args]
+            Y, s = ssd_triton(*args[:4], 64, initial_states=args[4], seq_idx=seq)
+            ((Y.double() * gY).sum() + (s.double() * gs).sum()).backward()
+            row = dict(impl="effsmall_ssd_triton", mode="check", dtype=str(dt).split(".")[-1], N=n,
+                       rel_err_y=_rel(Y, Y64), rel_err_final=_rel(s, s64))
+            for name, a, r in zip("X A B C h0".split(), args, args64):
+                row[f"rel_err_d{name}"] = _rel(a.grad, r.grad)
+            _emit(rows, row)
+
+
 def _ssd_args(Bsz: int, L: int, N: int, requires_grad: bool):
     """mamba_ssm-style inputs x (b, l, h, p), dt (b, l, h), A (h,), B, C (b, l, 1, N); seeded by (L, N)."""
     dev = "cuda"
@@ -112,7 +141,9 @@ def _cuda_rows(rows: list, quick: bool) -> None:
 
     dev = "cuda"
     mamba_fn, fla_fn, attn, attn_name = _import_baselines()
-    todo = parts(("peers", "crossover"))
+    todo = parts(("checks", "peers", "crossover"))
+    if "checks" in todo:
+        _check_rows(rows, dev)
     for L in sizes((512, 4096) if quick else LENGTHS):
         Bsz = TOKENS // L
         if "crossover" in todo:
@@ -228,6 +259,10 @@ def summarize(rows: list[dict]) -> dict:
             ours_l = [table[o] for o in table if o[0] == ours and o[2] == k[2] and o[3] == cmode]
             if ours_l:
                 out[f"speedup_vs_attention_{cmode}{clock}_L{k[2]}"] = round(table[k] / max(ours_l), 3)
+    checks = [r for r in rows if r.get("mode") == "check"]
+    if checks:
+        out["check_max_rel_err"] = {r["dtype"] + f"_N{r['N']}": round(max(v for kk, v in r.items()
+                                    if kk.startswith("rel_err")), 5) for r in checks}
     cpu = {r["impl"]: r for r in rows if "speedup_vs_recurrent" in r or "speedup_vs_sequential" in r}
     for name, r in cpu.items():
         out[f"{name}_speedup"] = round(r.get("speedup_vs_recurrent", r.get("speedup_vs_sequential")), 2)
