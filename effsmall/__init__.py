@@ -6,7 +6,8 @@ as faster versions proven equal to it by the tests:
 - ``effsmall.hardware``  devices, memory hierarchies, measured ceilings, rooflines (chapter 2)
 - ``effsmall.costs``     FLOPs and bytes moved by the layers of a sequence model (chapter 1)
 - ``effsmall.modelcards`` real small-model configurations as data (Phi-3, TinyLlama, ...)
-- ``effsmall.bench``     the benchmark harness: ``python -m effsmall.bench <suite>``
+- ``effsmall.measure``   timing (eager, CUDA graph, host), the memory meter, saved results
+- ``effsmall.bench``     the benchmark suites: ``python -m effsmall.bench <suite>``
 - ``effsmall.widgets``   the book's explorers, which run in the reader's browser (chapters 2, 5, 11)
 - ``effsmall.attention``, ``effsmall.ssm``, ``effsmall.offload``, ``effsmall.models``, ... the ladders
 - ``effsmall.dist``      tensor, sequence and context parallelism on ``torch.distributed`` (chapter 15)

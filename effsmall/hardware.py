@@ -269,9 +269,9 @@ def measure_ceilings(device: str | None = None, *, quick: bool = False) -> dict:
         dtypes.update({"tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
     n = (8192 if not quick else 4096) if cuda else (1024 if quick else 2048)
     flops = {}
-    for name, dt in dtypes.items():
-        a = torch.randn(n, n, device=dev, dtype=dt)
-        b = torch.randn(n, n, device=dev, dtype=dt)
+    for name, dtype in dtypes.items():
+        a = torch.randn(n, n, device=dev, dtype=dtype)
+        b = torch.randn(n, n, device=dev, dtype=dtype)
         prev = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
         try:

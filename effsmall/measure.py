@@ -1,24 +1,46 @@
-"""Measuring on any device: run times and peak memory. The small library the chapters, the
-benchmark suites (:mod:`effsmall.bench`) and :func:`effsmall.hardware.measure_ceilings` share.
+"""Measuring on any device: run times, peak memory, and results saved as JSON.
 
-Timing that is fair to each device — GPU: ``triton.testing.do_bench`` (CUDA events, warm-up,
-median of many runs; with ``cuda_graph=True`` it replays a captured CUDA graph, which removes
-launch gaps). CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks of runs).
-Both return **seconds**. :func:`host_time` is the host's share of a call.
+The small library the chapters, the benchmark suites (:mod:`effsmall.bench`) and
+:func:`effsmall.hardware.measure_ceilings` share.
 
-Memory: :func:`peak_memory` (the CUDA allocator's peak, or torch's profiler on CPU) and
-:func:`tensor_peak_bytes` (live tensor storages, exact on any device).
+**Time** (all in seconds):
+
+* :func:`benchmark` — the median run time of a call. GPU: ``triton.testing.do_bench`` (CUDA
+  events, warm-up, median of many runs; with ``cuda_graph=True`` it replays a captured CUDA
+  graph, which removes the host's launch gaps: the GPU's time alone). CPU:
+  ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks of runs).
+* :func:`host_time` — the host's share of a call (Python, dispatch, launches).
+* :func:`benchmark_rounds` and :func:`compare` — several implementations timed fairly against
+  each other on a shared machine.
+
+**Memory**: :func:`peak_memory` — the CUDA allocator's peak on a GPU; on a CPU the exact peak of
+live tensor storage.
+
+**Results**: :func:`environment` (who measured), :func:`save_result`, :func:`load_result` and
+:func:`list_results` (the JSON files committed under ``effsmall/results/``), :func:`plot_rows`
+and :func:`geomean`.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
+import datetime as _dt
+import json
+import math
+import platform
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
 from typing import Callable
 
-__all__ = ["benchmark", "host_time", "peak_memory", "tensor_peak_bytes", "quiet_stderr"]
+__all__ = ["benchmark", "host_time", "benchmark_rounds", "compare", "peak_memory", "environment",
+           "save_result", "load_result", "list_results", "plot_rows", "geomean"]
+
+RESULTS_PACKAGE = "effsmall.results"
 
 
+# ---------------------------------------------------------------------------------------------
+# Time
+# ---------------------------------------------------------------------------------------------
 def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool = False,
               warmup_ms: float = 25, rep_ms: float = 100, min_run_time: float = 0.2) -> float:
     """Median run time of ``fn()`` in seconds."""
@@ -43,9 +65,6 @@ def host_time(fn: Callable[[], object], device: str = "cuda", *, calls: int = 10
     median of ``repeats``. This is the Python, dispatch and launch work a call costs the host.
     When it exceeds the GPU time (``cuda_graph=True`` timing), eager time is host-bound.
     (The latency of one call issued to an idle GPU is larger: thread wake-ups, cold caches.)"""
-    import statistics
-    import time
-
     import torch
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
@@ -61,32 +80,74 @@ def host_time(fn: Callable[[], object], device: str = "cuda", *, calls: int = 10
     return statistics.median(per_call)
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence C-level writes to stderr (fd 2) inside the ``with`` block.
+def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int = 3, **kw) -> dict:
+    """Time every ``fns[name]()`` in ``rounds`` interleaved rounds (a, b, c, a, b, c, ...) and
+    return, per name, the fastest round's median in seconds — or the exception it raised.
 
-    torch's CPU profiler, which :func:`peak_memory` uses, prints start/stop lines with
-    timestamps straight to fd 2, below Python's ``sys.stderr``; in a notebook they would land
-    in a cell's output. ``peak_memory`` wraps itself in this; other noisy C++ calls can too.
+    On a shared machine, host noise (another process, a garbage collection, a frequency dip)
+    only ever adds time; interleaving and keeping each one's fastest round stops it from
+    deciding a ratio depending on which implementation it happened to hit. ``kw`` goes to
+    :func:`benchmark`."""
+    best: dict = {}
+    for _ in range(max(1, rounds)):
+        for name, fn in fns.items():
+            if isinstance(best.get(name), Exception):
+                continue
+            try:
+                t = benchmark(fn, device, **kw)
+            except Exception as e:  # noqa: BLE001 - a baseline may refuse a shape; the caller records it
+                best[name] = e
+                continue
+            best[name] = min(best.get(name, t), t)
+    return best
+
+
+def compare(fns: dict, device: str = "cuda", *, detail=(), **kw) -> dict:
+    """Time competing implementations the same way. Each ``fns[key]()`` is warmed up once
+    (compiles, autotunes; an exception becomes its result), then all are timed in interleaved
+    rounds (:func:`benchmark_rounds`, ``kw`` passed on). Keys in ``detail`` also get, on CUDA,
+    the CUDA-graph time (the GPU's time alone; None if capture fails) and the host time per
+    call (:func:`host_time`).
+
+    Returns ``{key: exception or dict(s=eager seconds, graph=seconds or None, host=seconds or None)}``.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    cuda = str(device).startswith("cuda")
+    calls, out = {}, {}
+    for key, fn in fns.items():
+        try:
+            fn()
+            calls[key] = fn
+        except Exception as e:  # noqa: BLE001 - a baseline may refuse a shape; the caller records it
+            out[key] = e
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    for key, t in benchmark_rounds(calls, device, **kw).items():
+        if isinstance(t, Exception):
+            out[key] = t
+            continue
+        graph = host = None
+        if cuda and key in detail:
+            host = host_time(calls[key], device)
+            try:
+                graph = benchmark(calls[key], device, cuda_graph=True, rep_ms=40)
+            except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
+                graph = None
+        out[key] = dict(s=t, graph=graph, host=host)
+    return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
 def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before.
 
-    CUDA: the caching allocator's peak counter. CPU: torch's profiler memory events
-    (what torch allocated for tensors; the Python heap is not counted). For loops of many small
-    ops, :func:`tensor_peak_bytes` tracks live storages exactly.
+    CUDA: the caching allocator's peak counter (kernels' workspaces included). CPU: the exact
+    peak of live tensor storage: every new storage an op returns adds
+    its size, and it is subtracted when the last tensor using it dies. Views, in-place ops and
+    ``out=`` writes into existing tensors add nothing; the Python heap is not counted.
     """
     import torch
 
@@ -97,68 +158,164 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # Walk allocations (+) and frees (-) in time order. ``self_cpu_memory_usage`` counts each
-    # exactly once; ``cpu_memory_usage`` also includes child ops' allocations, so a nested op
-    # (matmul -> bmm) would be counted twice and the running total would drift upward.
-    events = sorted((e for e in prof.events() if getattr(e, "self_cpu_memory_usage", 0)),
-                    key=lambda e: e.time_range.start)
-    cur = peak = 0
-    for e in events:
-        cur += e.self_cpu_memory_usage
-        peak = max(peak, cur)
-    return peak
+    meter = _storage_peak_mode()()
+    with meter:
+        out = fn()
+    del out
+    return meter.peak
 
 
-def tensor_peak_bytes(fn) -> int:
-    """Peak bytes of tensor storage allocated by torch ops while ``fn()`` runs (CPU or GPU).
-
-    A ``TorchDispatchMode`` sees every op's outputs: a new storage adds its size, and a weak
-    reference per tensor subtracts it when the last tensor using it dies. Views add nothing.
-    (The profiler's per-op memory numbers double-count nested ops and miss frees that happen
-    outside an op, which overstates loops of small ops such as ``tiled_attention``.)
-    """
+def _storage_peak_mode():
+    """The ``TorchDispatchMode`` behind :func:`peak_memory` on a CPU (built on first use, so
+    that importing this module does not import torch)."""
     import weakref
 
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    class _Tracker(TorchDispatchMode):
+    def ptr_of(t):
+        return t.untyped_storage().data_ptr()
+
+    class StoragePeak(TorchDispatchMode):
+        """Sees every op's outputs: a storage no live tensor held before adds its bytes, and a
+        weak reference per output tensor subtracts them when the last user dies."""
+
         def __init__(self):
             super().__init__()
             self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
             self.cur = self.peak = 0
 
         def _release(self, ptr):
-            ent = self.live.get(ptr)
-            if ent is not None:
-                ent[1] -= 1
-                if ent[1] == 0:
-                    self.cur -= ent[0]
+            entry = self.live.get(ptr)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self.cur -= entry[0]
                     del self.live[ptr]
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            inputs = {ptr_of(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
             for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor) and not t._is_view():
-                    st = t.untyped_storage()
-                    ptr = st.data_ptr()
-                    if ptr == 0:
-                        continue
-                    if ptr in self.live:
-                        self.live[ptr][1] += 1
-                    else:
-                        self.live[ptr] = [st.nbytes(), 1]
-                        self.cur += st.nbytes()
-                        self.peak = max(self.peak, self.cur)
-                    weakref.finalize(t, self._release, ptr)
+                if not isinstance(t, torch.Tensor) or t._is_view():
+                    continue
+                ptr = ptr_of(t)
+                if ptr == 0 or (ptr in inputs and ptr not in self.live):
+                    continue  # empty, or written in place into a tensor from before fn()
+                if ptr in self.live:
+                    self.live[ptr][1] += 1
+                else:
+                    nbytes = t.untyped_storage().nbytes()
+                    self.live[ptr] = [nbytes, 1]
+                    self.cur += nbytes
+                    self.peak = max(self.peak, self.cur)
+                weakref.finalize(t, self._release, ptr)
             return out
 
-    with _Tracker() as tr:
-        out = fn()
-    del out
-    return tr.peak
+    return StoragePeak
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+def environment(device: str = "cpu") -> dict:
+    """Who measured: device name, versions, date. Stored with every result."""
+    import torch
+
+    env = {
+        "device": device,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host_cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:
+        env["triton"] = None
+    if str(device).startswith("cuda"):
+        env["device_name"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+    else:
+        env["device_name"] = _cpu_name()
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def save_result(result: dict, path: str | Path) -> Path:
+    """Write ``result`` as indented JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, sort_keys=False, default=float) + "\n")
+    return path
+
+
+def list_results() -> list[str]:
+    """Names of the result files committed with the package."""
+    return sorted(p.name for p in resources.files(RESULTS_PACKAGE).iterdir() if p.name.endswith(".json"))
+
+
+def load_result(suite: str, device: str | None = None) -> dict:
+    """Load the newest committed result of ``suite`` (optionally whose device name contains ``device``).
+
+    Files are named ``<suite>-<device slug>-<YYYYMMDD>.json``; works from a wheel, a git
+    checkout or Colab because results are package data.
+    """
+    cands = []
+    for name in list_results():
+        if not name.startswith(suite + "-"):
+            continue
+        data = json.loads(resources.files(RESULTS_PACKAGE).joinpath(name).read_text())
+        dev = data.get("env", {}).get("device_name", "")
+        if device is None or device.lower() in dev.lower():
+            cands.append((data.get("env", {}).get("date", ""), name, data))
+    if not cands:
+        raise FileNotFoundError(f"no committed result for suite {suite!r} (device {device!r}); "
+                                f"have: {list_results()}")
+    return max(cands)[2]
+
+
+def geomean(xs) -> float | None:
+    """Geometric mean of the positive entries of ``xs`` (None and 0 skipped); None if none are left."""
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def plot_rows(rows, x: str, y: str, hue: str | None = None, ax=None, logx: bool = True, logy: bool = False,
+              title: str | None = None, **filters):
+    """Line plot of ``rows`` (list of dicts): one line per value of ``hue``, rows filtered by ``filters``."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    sel = [r for r in rows if all(r.get(k) == v for k, v in filters.items()) and y in r]
+    groups: dict = {}
+    for r in sel:
+        groups.setdefault(r.get(hue) if hue else y, []).append(r)
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r[x])
+        ax.plot([r[x] for r in rs], [r[y] for r in rs], "o-", label=str(key))
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+    if hue:
+        ax.legend(fontsize=8)
+    return ax

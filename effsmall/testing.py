@@ -7,13 +7,14 @@ kernels — never a silent CPU fallback.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
 from effsmall.runtime import device_policy
 
-__all__ = ["DEVICE", "on_device", "to_device"]
+__all__ = ["DEVICE", "on_device", "to_device", "untuned_kernels"]
 
 DEVICE = device_policy().device
 
@@ -52,3 +53,28 @@ def on_device(fn, device=None):
         out = fn(*to_device(args, device), **to_device(kwargs, device))
         return to_device(out, back)
     return wrapper
+
+
+def _tunable_kernels():
+    """The public kernel functions that take ``autotune`` (imported on first use: they need Triton)."""
+    from effsmall.attention import decode, flash_triton, varlen
+
+    return (flash_triton.flash_attention, flash_triton.flash_attention_forward,
+            flash_triton.flash_attention_backward, varlen.flash_attention_varlen, decode.flash_decode)
+
+
+@contextlib.contextmanager
+def untuned_kernels():
+    """Inside the block the kernels' ``autotune`` parameter defaults to False: they launch one
+    safe configuration instead of timing every candidate for each new shape (which would cost
+    minutes across a test suite's many small, odd shapes). Callers that pass ``autotune``
+    explicitly are not affected; the defaults are restored on exit."""
+    fns = _tunable_kernels()
+    saved = [fn.__kwdefaults__["autotune"] for fn in fns]
+    try:
+        for fn in fns:
+            fn.__kwdefaults__["autotune"] = False
+        yield
+    finally:
+        for fn, value in zip(fns, saved):
+            fn.__kwdefaults__["autotune"] = value

@@ -67,6 +67,43 @@ def test_flash_attention_varlen(dtype):
         assert rel(o[a:b], ref[0].transpose(0, 1)) < 2e-2
 
 
+@pytest.mark.parametrize("dtype, D", [(torch.float16, d) for d in (16, 32, 64, 96, 128, 192, 256)]
+                         + [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float32, 32), (torch.float32, 96)])
+def test_flash_attention_every_head_dim(dtype, D):
+    """Every supported head dim (powers of two and padded ones), GQA 2:1, Nq != Nk, full, causal
+    and a window; outputs and gradients against fp32 naive attention (fp64 for fp32 inputs)."""
+    from effsmall.attention import flash_attention, naive_attention
+
+    g = torch.Generator(device=DEV).manual_seed(D)
+    q = torch.randn(2, 4, 203, D, device=DEV, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(2, 2, 250, D, device=DEV, generator=g).to(dtype).requires_grad_()
+    v = torch.randn(2, 2, 250, D, device=DEV, generator=g).to(dtype).requires_grad_()
+    do = torch.randn(2, 4, 203, D, device=DEV, generator=g).to(dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    ref_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+    for causal, window in ((False, None), (True, None), (False, (40, 7))):
+        o = flash_attention(q, k, v, causal=causal, window=window)
+        ref_in = [t.detach().to(ref_dtype).requires_grad_() for t in (q, k, v)]
+        ref = naive_attention(*ref_in, causal=causal, window=window)
+        assert o.dtype == dtype and rel(o, ref) < tol
+        for a, b in zip(_grads(o, (q, k, v), do), _grads(ref, ref_in, do.to(ref_dtype))):
+            assert rel(a, b) < 1.5 * tol
+
+
+def test_flash_attention_tf32_follows_matmul_precision():
+    """fp32 inputs under ``set_float32_matmul_precision("high")`` multiply on TF32 tensor cores."""
+    from effsmall.attention import flash_attention, naive_attention
+
+    q, k, v = (torch.randn(1, 4, 300, 64, device=DEV) for _ in range(3))
+    ref = naive_attention(q.double(), k.double(), v.double(), causal=True)
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert rel(flash_attention(q, k, v, causal=True), ref) < 1e-2
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
 def test_flash_attention_fp32_is_exact_on_gpu():
     from effsmall.attention import flash_attention, naive_attention
 
@@ -96,6 +133,30 @@ def test_ssd_triton_fwd_bwd(dtype, n):
     want = torch.autograd.grad((Yr * gY).sum() + (sr * gs).sum(), ref_in)
     for name, a, b in zip("XABCh", got, want):
         assert rel(a, b) < 3e-2, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+def test_ssd_triton_packed_sequences_and_initial_states(dtype):
+    """Packed sequences (``seq_idx``), initial states, groups: outputs, final states and every
+    gradient against fp64 ``ssd_chunked``."""
+    from effsmall.ssm._ssd_testing import ssd_inputs
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked
+    from effsmall.ssm.ssd_kernels import ssd_triton
+
+    X, A, B, C, h0 = ssd_inputs(b=2, l=1000, h=8, p=64, g=2, n=64, device=DEV)   # float64
+    X, A = X * 0.5, A * 0.1
+    seq = torch.cat([torch.zeros(2, 300), torch.ones(2, 450), 2 * torch.ones(2, 250)], 1).int().to(DEV)
+    ref_in = [t.clone().requires_grad_() for t in (X, A, B, C, h0)]
+    Yr, sr = ssd_chunked(*ref_in[:4], 64, initial_states=ref_in[4], seq_idx=seq)
+    args = [t.clone().requires_grad_() for t in (X.to(dtype), A.float(), B.to(dtype), C.to(dtype), h0.float())]
+    Y, s = ssd_triton(*args[:4], 64, initial_states=args[4], seq_idx=seq)
+    tol = 5e-3 if dtype == torch.float32 else 3e-2
+    assert Y.dtype == dtype and rel(Y, Yr) < tol and rel(s, sr) < tol
+    gY, gs = torch.randn_like(Yr), torch.randn_like(sr)
+    got = torch.autograd.grad((Y.double() * gY).sum() + (s.double() * gs).sum(), args)
+    want = torch.autograd.grad((Yr * gY).sum() + (sr * gs).sum(), ref_in)
+    for name, a, b in zip(("X", "A", "B", "C", "h0"), got, want):
+        assert rel(a, b) < tol, name
 
 
 @pytest.mark.parametrize("dtype", HALF)

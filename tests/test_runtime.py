@@ -122,3 +122,16 @@ def test_wrong_device_error_says_what_to_do():
 
     with pytest.raises(ValueError, match="x is on meta: move the inputs"):
         require_triton_device("x", torch.zeros(1, device="meta"), "some_kernel")
+
+
+def test_untuned_kernels_turns_the_autotune_default_off_and_back():
+    import inspect
+
+    from effsmall.attention import flash_attention, flash_attention_varlen, flash_decode
+    from effsmall.testing import untuned_kernels
+
+    fns = (flash_attention, flash_attention_varlen, flash_decode)
+    assert all(inspect.signature(f).parameters["autotune"].default is True for f in fns)
+    with untuned_kernels():
+        assert all(f.__kwdefaults__["autotune"] is False for f in fns)
+    assert all(f.__kwdefaults__["autotune"] is True for f in fns)

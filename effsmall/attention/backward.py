@@ -1,17 +1,16 @@
 """The attention backward pass by recomputation: store only O and lse, rebuild P tile by tile.
 
-With $S = \\tau QK^\\top$, $P = \\softmax(S)$, $O = PV$ and upstream gradient $dO$:
+With S = τ Q Kᵀ, P = softmax(S), O = P V and upstream gradient dO:
 
-$$ dV = P^\\top dO,\\quad dP = dO\\, V^\\top,\\quad dS = P \\circ (dP - \\Delta),\\quad
-   dQ = \\tau\\, dS\\, K,\\quad dK = \\tau\\, dS^\\top Q $$
+    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ∘ (dP − Δ),   dQ = τ dS K,   dK = τ dSᵀ Q
 
-where $\\Delta_i = \\rowsum(dO \\circ O)_i = \\sum_j P_{ij} dP_{ij}$ is the softmax Jacobian's
+where Δᵢ = rowsum(dO ∘ O)ᵢ = Σⱼ Pᵢⱼ dPᵢⱼ is the softmax Jacobian's
 correction term (Dao et al. 2022, Appendix B.2; FlashAttention-2 §3.1.2). The forward pass
-kept only $\\lse_i = m_i + \\log \\ell_i$, enough to rebuild any tile exactly:
-$P_{ij} = e^{S_{ij} - \\lse_i}$. So no $N \\times N$ matrix is stored — memory stays O(N·D).
+kept only lseᵢ = mᵢ + log ℓᵢ, enough to rebuild any tile exactly:
+Pᵢⱼ = e^{Sᵢⱼ − lseᵢ}. So no N × N matrix is stored — memory stays O(N·D).
 
 The loop order follows FlashAttention-2's backward: the outer loop over K/V blocks keeps
-$dK_j, dV_j$ on chip; the inner loop over Q blocks adds into $dQ_i$ in HBM.
+dKⱼ, dVⱼ on chip; the inner loop over Q blocks adds into dQᵢ in HBM.
 """
 from __future__ import annotations
 

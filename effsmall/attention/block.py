@@ -1,17 +1,17 @@
 """A decoder Transformer block done right: pre-norm, residuals, causal GQA attention, SwiGLU.
 
-$$ h = x + W_o\\,\\mathrm{Attn}(\\mathrm{RMSNorm}(x)),\\qquad y = h + \\mathrm{MLP}(\\mathrm{RMSNorm}(h)) $$
+    h = x + W_o · Attn(RMSNorm(x)),     y = h + MLP(RMSNorm(h))
 
 * **pre-norm** (normalize the input of each sublayer, not its output) keeps the residual
   stream an identity path, so gradients reach early layers unscaled — the choice of
   Llama, TinyLlama and Phi-3;
-* **RMSNorm**: $x / \\sqrt{\\mathrm{mean}(x^2) + \\epsilon} \\cdot g$ (no mean subtraction, no bias);
+* **RMSNorm**: x / √(mean(x²) + ε) · g (no mean subtraction, no bias);
   RMSNorm, RoPE and the SwiGLU gate come from :mod:`effsmall.nn`, shared with the models;
 * **GQA** (Ainslie et al. 2023): ``n_heads`` query heads share ``n_kv_heads`` key/value heads,
   shrinking the KV cache by ``n_heads / n_kv_heads``;
 * **RoPE** (optional): rotate each pair of channels of q and k by an angle proportional to the
-  position, so $q_i^\\top k_j$ depends on $i - j$ only;
-* **SwiGLU** MLP $W_2(\\mathrm{silu}(W_1 x) \\circ W_3 x)$, or a GELU MLP;
+  position, so qᵢᵀ kⱼ depends on i − j only;
+* **SwiGLU** MLP W₂(silu(W₁ x) ∘ W₃ x), or a GELU MLP;
 * ``attn_fn(q, k, v, causal=True)`` is pluggable: ``naive_attention`` by default,
   ``tiled_attention`` or ``flash_attention`` in later chapters — same numbers, less memory.
 """

@@ -45,13 +45,11 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.contract import check_heads, check_kernel_tensors, check_scale, window_bounds
+from effsmall.attention.flash_triton import LOG2E
 from effsmall.runtime import cdiv, interpreting, next_power_of_2, require_triton_tensor
 
 __all__ = ["decode_attention_reference", "flash_decode", "merge_splits", "choose_num_splits", "split_candidates",
            "gather_pages", "decode_cost"]
-
-LOG2E = 1.4426950408889634
-
 
 def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int = 2):
     """FLOPs and bytes of one decode step's attention (one query token per row, L cached keys):
@@ -65,12 +63,19 @@ def decode_cost(batch: int, L: int, Hq: int, Hk: int, D: int, dtype_bytes: int =
 # ---------------------------------------------------------------------------------------------
 # Input contract (shared by the reference and the kernel)
 # ---------------------------------------------------------------------------------------------
-def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True):
-    """Validate the decode contract (``validate``: also the values of cache_seqlens and
-    block_table, which costs a device synchronization).
+class DecodeArgs(NamedTuple):
+    """The checked decode inputs: q as ``(B, Hq, Nq, D)``, the cache layout, scale and window."""
+    q4: torch.Tensor
+    paged: bool
+    page_size: int          # 0 for a contiguous cache
+    capacity: int           # the most keys a row's cache can hold
+    scale: float
+    window: int | None      # keys further back than this are invisible (None: no window)
 
-    Returns (q4 (B, Hq, Nq, D), paged, page_size, capacity, scale, left): ``left`` is the
-    window's reach back (None: no window)."""
+
+def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, validate=True) -> DecodeArgs:
+    """Validate the decode contract (``validate``: also the values of cache_seqlens and
+    block_table, which costs a device synchronization) and return the :class:`DecodeArgs`."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -130,7 +135,7 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, valid
     if isinstance(window, numbers.Integral) and not isinstance(window, bool):
         window = (int(window), 0)                                         # the shorthand w = (w, 0)
     left, _ = window_bounds(window, causal=True)
-    return q4, paged, page_size, capacity, check_scale(scale, D), left
+    return DecodeArgs(q4, paged, page_size, capacity, check_scale(scale, D), left)
 
 
 def _used_pages(block_table, cache_seqlens, page_size):
@@ -274,7 +279,7 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
     acc = tl.zeros((BLOCK_H, BLOCK_D), tl.float32)
     k_head = K + hk * stride_kh
     v_head = V + hk * stride_vh
-    if INTERP:   # the interpreter's range needs Python ints: a while loop over the same tiles
+    if INTERP:   # interpreted: a while loop over the same tiles (effsmall.runtime.INTERP_FLAG)
         t = t0
         while t < t1:
             acc, l_i, m_i = _tile(acc, l_i, m_i, q, pos, t, lo, hi, b, k_head, v_head, TABLE, stride_tb,
@@ -289,7 +294,7 @@ def _split_kernel(Q, K, V, SEQLENS, TABLE, O, LSE,
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     o = acc / safe_l[:, None]                                                      # (BLOCK_H, BLOCK_D)
-    lse = tl.where(l_i > 0, (m_i + tl.math.log2(safe_l)) / 1.4426950408889634, float("-inf"))
+    lse = tl.where(l_i > 0, (m_i + tl.math.log2(safe_l)) / LOG2E, float("-inf"))
     o_ptr = O + b * stride_ob + head[:, None] * stride_oh + qi[:, None] * stride_on + split * stride_os
     tl.store(o_ptr + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
     l_ptr = LSE + b * stride_lb + head * stride_lh + qi * stride_ln + split
@@ -390,7 +395,6 @@ def _dot_precision(q: torch.Tensor) -> str:
 # fastest is remembered and launched directly afterwards (no autotuner work on the host per call).
 # A paged tile's page-id load takes a pipeline stage of its own: 5 stages keep 3 K/V tiles in flight.
 CONFIGS = ((64, 4, 3), (64, 4, 5), (128, 4, 2), (128, 4, 3), (128, 8, 3), (32, 4, 4), (16, 4, 4))
-AUTOTUNE = True          # False: the first config that fits (quick correctness runs)
 _BEST: dict = {}         # problem key -> (num_splits, config), the fastest measured
 _PLANS: dict = {}        # call signature -> _Plan, once the signature's contract has been checked
 
@@ -425,12 +429,13 @@ def _gpu_time(fn) -> float:
         return tt.do_bench(fn, warmup=3, rep=15)
 
 
-def _pick(key, candidates, run):
+def _pick(key, candidates, run, autotune: bool):
     """Run with the remembered fastest ``(num_splits, config)`` for ``key``; the first time, time
-    every candidate that compiles (GPU time) and remember the fastest. Warm a shape up before
-    capturing it in a CUDA graph: the timing synchronizes."""
+    every candidate that compiles (GPU time) and remember the fastest (``autotune=False``: run
+    the first candidate). Warm a shape up before capturing it in a CUDA graph: the timing
+    synchronizes."""
     best = _BEST.get(key)
-    if best is None and AUTOTUNE and len(candidates) > 1:
+    if best is None and autotune and len(candidates) > 1:
         times = {}
         for cand in candidates:
             try:
@@ -499,7 +504,7 @@ def _make_plan(q, k_cache, v_cache, cache_seqlens, block_table, window, scale, n
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_splits=None, window=None,
-                 scale=None, return_lse=False, validate=True):
+                 scale=None, return_lse=False, validate=True, autotune=True):
     """Split-KV attention of q's tokens over a (paged) KV cache; see the module docstring.
 
     ``num_splits=None`` starts from :func:`choose_num_splits` and, on a GPU, times it against its
@@ -511,7 +516,8 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
     pool (ValueError otherwise); that reads device values, a synchronization per call. A caller
     that guarantees them (:class:`~effsmall.attention.PagedKVCache`, a CUDA-graph capture) passes
     ``validate=False``; then shapes, dtypes and devices are checked once per call signature and
-    the plan is remembered, so a decode loop pays only for its launches.
+    the plan is remembered, so a decode loop pays only for its launches. ``autotune=False``
+    launches the first candidate that fits instead of timing them.
     """
     sig = None
     plan = None
@@ -526,13 +532,13 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, *, block_table=None, num_sp
             if len(_PLANS) > 4096:     # a caller whose shapes change every call: keep the memory bounded
                 _PLANS.clear()
             _PLANS[sig] = plan
-    out, lse = _launch(plan, q, k_cache, v_cache, cache_seqlens, block_table)
+    out, lse = _launch(plan, q, k_cache, v_cache, cache_seqlens, block_table, autotune)
     if q.dim() == 3:
         out, lse = out[:, :, 0], lse[:, :, 0]
     return (out, lse) if return_lse else out
 
 
-def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table):
+def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table, autotune: bool):
     """Allocate the partial results, run the split kernel (and the merge when S > 1)."""
     B, Hq, Nq, D = plan.B, plan.Hq, plan.Nq, plan.D
     q4 = q[:, :, None] if q.dim() == 3 else q                                   # (B, Hq, Nq, D)
@@ -557,7 +563,7 @@ def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table):
             table.stride(0) if plan.paged else 0,
             o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             lse_part.stride(0), lse_part.stride(1), lse_part.stride(2),
-            plan.scale * LOG2E, plan.window if plan.window is not None else 0, S,
+            plan.scale * LOG2E.value, plan.window if plan.window is not None else 0, S,
             NQ=Nq, G=Hq // plan.Hk, D=D, BLOCK_H=plan.block_h, BLOCK_N=block_n, BLOCK_D=plan.block_d,
             PAGE=max(plan.page_size, 1), PAGED=plan.paged, HAS_WINDOW=plan.window is not None,
             PREC=plan.precision, num_warps=warps, num_stages=stages, INTERP=plan.interp)
@@ -572,4 +578,4 @@ def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table):
     if B == 0 or Hq == 0:
         return (torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev),
                 torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=dev))
-    return _pick(plan.key, plan.candidates, run)
+    return _pick(plan.key, plan.candidates, run, autotune)

@@ -40,13 +40,11 @@ import triton
 import triton.language as tl
 
 from effsmall.attention.contract import KERNEL_DTYPES, check_scale, check_tensors
+from effsmall.attention.flash_triton import LOG2E
 from effsmall.launch import launch_fitting, shrinking
 from effsmall.runtime import interpreting, require_triton_device, tensor_cores_in_triton
 
 __all__ = ["flash_attention_minimal", "flash_attention_fa1"]
-
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _fa2_minimal_kernel(Q, K, V, O, qk_scale, N: tl.constexpr, D: tl.constexpr,
@@ -134,7 +132,7 @@ def _prepare(q, k, v, scale):
     scale = check_scale(scale, q.shape[-1])
     if interpreting() and q.dtype == torch.bfloat16:    # numpy has no bfloat16
         q, k, v = q.float(), k.float(), v.float()
-    return q.contiguous(), k.contiguous(), v.contiguous(), scale * LOG2E
+    return q.contiguous(), k.contiguous(), v.contiguous(), scale * LOG2E.value
 
 
 def _stages(num_stages: int) -> int:

@@ -36,6 +36,8 @@ two inside the kernels with masked loads.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -45,14 +47,17 @@ from effsmall.runtime import (cdiv, interp_flag, interpreting, next_power_of_2, 
                               tensor_cores_in_triton, warn_once)
 
 __all__ = ["flash_attention", "flash_attention_forward", "flash_attention_backward", "check_flash_inputs",
-           "block_schedule", "backend"]
+           "block_schedule", "backend", "launch_forward", "launch_backward", "fallback_reason", "KernelBand",
+           "LaunchPlan", "LOG2E", "SUPPORTED_HEAD_DIMS"]
 
-LOG2E = 1.4426950408889634
+#: log₂ e: ``e^x = 2^(x · LOG2E)``. Scores and running maxima live in base 2 inside the kernels,
+#: the log-sum-exp they store in base e (``lse = m₂ / LOG2E``). ``LOG2E.value`` on the host.
+LOG2E = tl.constexpr(1.4426950408889634)
 _BIG = 1 << 30  # "no window edge": far beyond any sequence length, still safe in int32
 
 
 # ---------------------------------------------------------------------------------------------
-# Index helpers (shared by the forward and backward kernels)
+# Index arithmetic (shared by the forward and backward kernels)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _visible(offs_m, offs_n, n_len, OFF, LO, HI):
@@ -149,8 +154,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, o
                lo, hi, n_len, OFF, LO, HI, qk_scale,
                MASKED: tl.constexpr, EVEN_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                BLOCK_N: tl.constexpr, INTERP: tl.constexpr):
-    """Key blocks lo, lo + BLOCK_N, ... < hi. A ``for`` loop on GPUs (software-pipelined with
-    num_stages); a ``while`` loop in the interpreter (its ``range`` needs Python ints)."""
+    """Key blocks lo, lo + BLOCK_N, ... < hi: a pipelined ``for`` loop compiled, a ``while`` loop
+    interpreted (``INTERP``, :data:`effsmall.runtime.INTERP_FLAG`)."""
     if INTERP:
         n0 = lo
         while n0 < hi:
@@ -218,7 +223,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     empty = l_i == 0.0                                                 # row saw no key
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]                                          # (BLOCK_M, BLOCK_D); zeros if empty
-    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / LOG2E)
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :], o.to(O.dtype.element_ty), mask=qo_mask)
     tl.store(lse_base + offs_m, lse, mask=offs_m < m_len)
 
@@ -276,7 +281,7 @@ def _bwd_dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_q
         lse = tl.load(lse_base + offs_m)
         delta = tl.load(delta_base + offs_m)
     sT = tl.dot(k, tl.trans(q), input_precision=PREC)  # (BLOCK_N, BLOCK_M) Sᵀ unscaled
-    pT = tl.math.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])  # Pᵀ
+    pT = tl.math.exp2(sT * qk_scale - (lse * LOG2E)[None, :])  # Pᵀ
     if MASKED:
         vis = _visible(offs_m, offs_n, n_len, OFF, LO, HI)             # (BLOCK_M, BLOCK_N)
         pT = tl.where(tl.trans(vis), pT, 0.0)
@@ -453,7 +458,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     do = tl.load(DO + b64 * stride_dob + h.to(tl.int64) * stride_doh + rows[:, None] * stride_don + offs_d[None, :],
                  mask=mask, other=0.0)
     l_off = b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start + offs_m
-    lse2 = tl.load(LSE + l_off, mask=offs_m < m_len, other=float("inf")) * 1.4426950408889634
+    lse2 = tl.load(LSE + l_off, mask=offs_m < m_len, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + l_off, mask=offs_m < m_len, other=0.0)
     k_base = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
     v_base = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
@@ -523,7 +528,6 @@ _SMALL_DQ = [_SAFE["dq"], _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 1)]
 _SMALL = _SMALL_FWD + _SMALL_DKDV + _SMALL_DQ
 FWD_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS = _FWD_BIG + _SMALL_FWD, _DKDV_BIG + _SMALL_DKDV, _DQ_BIG + _SMALL_DQ
 INTERPRETER_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)  # small tiles: tests exercise many blocks
-AUTOTUNE = True  # False: launch the safe configuration (quick correctness checks on a GPU)
 _TUNE_KEY = ["N_BUCKET", "BLOCK_D", "LO", "HI", "GROUP"]
 
 
@@ -563,16 +567,18 @@ _KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
 _BEST: dict = {}  # (kind, tuning key) -> the config the autotuner picked, read once it has tuned
 
 
-def _launch(tuned, kind, tune_key, grid_fn, *args, **kwargs):
+def _launch(tuned, kind, tune_key, autotune: bool, grid_fn, *args, **kwargs):
     """Launch kernel ``kind``: autotune the first time a tuning key is seen, afterwards launch the
     remembered best config directly. Triton's autotuner re-derives its key from every argument
     on every call; at short sequence lengths that host time is comparable to the kernel's
-    (H100 machine, 2026-11-23: 0.64 -> 0.48 ms of host time per forward + backward at N = 1K)."""
+    (H100 machine, 2026-11-23: 0.64 -> 0.48 ms of host time per forward + backward at N = 1K).
+    ``autotune=False`` launches the one safe configuration, which compiles once (correctness
+    tests on many small, odd shapes)."""
     if interpreting():
         kw = dict(kwargs, **INTERPRETER_BLOCKS)
         _KERNELS[kind][grid_fn(kw)](*args, **kw)
         return
-    cfg = _BEST.get((kind, tune_key)) if AUTOTUNE else _SAFE[kind]
+    cfg = _BEST.get((kind, tune_key)) if autotune else _SAFE[kind]
     if cfg is None:
         tuned[grid_fn](*args, **kwargs)  # times the configs that fit, then launches the best one
         _BEST[(kind, tune_key)] = tuned.best_config
@@ -587,13 +593,34 @@ def _launch(tuned, kind, tune_key, grid_fn, *args, **kwargs):
 SUPPORTED_HEAD_DIMS = (16, 256)
 
 
-def check_flash_inputs(q, k, v, *, causal: bool = False, scale=None, window=None, rank: int = 4):
+class KernelBand(NamedTuple):
+    """The scale and the kernels' visible band ``lo ≤ j − i − off ≤ hi`` (``±_BIG`` = unbounded)."""
+    scale: float
+    lo: int
+    hi: int
+
+
+class LaunchPlan(NamedTuple):
+    """What every launch of one call shares. Dense inputs are ``(B, H, N, D)``; varlen inputs
+    are packed ``(total, H, D)`` with ``cu_seqlens`` (q itself stands in for them when dense)."""
+    B: int
+    Hq: int
+    Hk: int
+    Nq: int
+    Nk: int
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    consts: dict          # the kernels' constexprs: D, BLOCK_D, VARLEN, PREC, INTERP
+    bucket: int           # sequence-length bucket (part of the autotuning key)
+    tune_key: tuple       # what the remembered best configuration depends on
+
+
+def check_flash_inputs(q, k, v, *, causal: bool = False, scale=None, window=None, rank: int = 4) -> KernelBand:
     """The package contract (:func:`effsmall.attention.contract.check_attention`) plus what the
-    kernels need (fp16/bf16/fp32, a contiguous head dimension, 16 <= D <= 256). Returns
-    ``(scale, LO, HI)``: the kernels' band ``LO <= j - i - off <= HI`` (``±_BIG`` = unbounded)."""
+    kernels need (fp16/bf16/fp32, a contiguous head dimension, 16 ≤ D ≤ 256)."""
     scale, left, right = check_attention(q, k, v, causal=causal, scale=scale, window=window, rank=rank)
     check_kernel_tensors("flash_attention", SUPPORTED_HEAD_DIMS[1], SUPPORTED_HEAD_DIMS[0], q=q, k=k, v=v)
-    return (scale, *_kernel_band(left, right))
+    return KernelBand(scale, *_kernel_band(left, right))
 
 
 def _kernel_band(left: int | None, right: int | None) -> tuple[int, int]:
@@ -611,10 +638,8 @@ def _lse_strides(lse: torch.Tensor, varlen: bool):
     return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
 
 
-def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k):
-    """What every launch of one call shares: sizes (B, Hq, Hk, Nq, Nk), the cu_seqlens pointers
-    (q as an unused placeholder when dense), the constexprs, the length bucket and the
-    autotuning key. Dense: (B, H, N, D); varlen: packed (total, H, D) + cu_seqlens."""
+def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k) -> LaunchPlan:
+    """The :class:`LaunchPlan` of one call. Dense: (B, H, N, D); varlen: packed (total, H, D) + cu_seqlens."""
     varlen = cu_q is not None
     if varlen:
         B, Nq, Nk = cu_q.numel() - 1, max_q, max_k
@@ -625,26 +650,31 @@ def _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k):
     block_d, prec, bucket = next_power_of_2(q.shape[-1], 16), _dot_precision(q), _n_bucket(max(Nq, Nk))
     consts = dict(D=q.shape[-1], BLOCK_D=block_d, VARLEN=varlen, PREC=prec, **interp_flag())
     tune_key = (bucket, block_d, lo, hi, Hq // Hk, q.dtype, varlen, prec)
-    return (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key
+    return LaunchPlan(B, Hq, Hk, Nq, Nk, cu_q, cu_k, consts, bucket, tune_key)
 
 
-def _fwd(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
-    """Launch the forward kernel. Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
-    (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
+def launch_forward(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None, *, autotune: bool = True):
+    """Launch the forward kernel on checked inputs (:func:`check_flash_inputs` gives ``scale, lo,
+    hi``); returns ``(o, lse)`` with the kernels' ``+inf`` for rows that see no key.
+    Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
+    B, Hq, Hk, Nq, Nk, cu_q, cu_k, consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
     varlen = consts["VARLEN"]
     o = torch.empty_like(q)
     lse_shape = (Hq, q.shape[0]) if varlen else (B, Hq, Nq)  # (Hq, total_q) or (B, Hq, Nq)
     lse = torch.empty(lse_shape, device=q.device, dtype=torch.float32)
     grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_fwd_tuned, "fwd", tune_key, grid,
+    _launch(_fwd_tuned, "fwd", tune_key, autotune, grid,
             q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
-            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, bucket, **consts)
+            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, bucket, **consts)
     return o, lse
 
 
-def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
-    (B, Hq, Hk, Nq, Nk), (cu_q, cu_k), consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
+def launch_backward(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None, *,
+                    autotune: bool = True):
+    """Launch the backward kernels (Δ preprocess, dK/dV, dQ) on the forward's ``o`` and ``lse``
+    (kernel convention); returns ``(dq, dk, dv)``."""
+    B, Hq, Hk, Nq, Nk, cu_q, cu_k, consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
     varlen = consts["VARLEN"]
     do = do if do.stride(-1) == 1 else do.contiguous()
     lse_strides = _lse_strides(lse, varlen)
@@ -655,17 +685,17 @@ def _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, m
         D=consts["D"], BLOCK_D=consts["BLOCK_D"], VARLEN=varlen, BLOCK_M=pre_m)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grid_kv = lambda meta: (cdiv(Nk, meta["BLOCK_N"]), B * Hk)  # noqa: E731
-    _launch(_dkdv_tuned, "dkdv", tune_key, grid_kv,
+    _launch(_dkdv_tuned, "dkdv", tune_key, autotune, grid_kv,
             q, k, v, do, lse, delta, dk, dv, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dk, varlen), *_strides3(dv, varlen), *lse_strides,
-            Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **consts)
+            Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, scale, bucket, **consts)
     grid_q = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_dq_tuned, "dq", tune_key, grid_q,
+    _launch(_dq_tuned, "dq", tune_key, autotune, grid_q,
             q, k, v, do, lse, delta, dq, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
             *_strides3(dq, varlen), *lse_strides,
-            Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E, scale, bucket, **consts)
+            Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, scale, bucket, **consts)
     return dq, dk, dv
 
 
@@ -694,20 +724,20 @@ def block_schedule(Nq: int, Nk: int, block_m: int, block_n: int, *, causal: bool
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, scale):
-        o, lse = _fwd(q, k, v, lo, hi, scale)
+    def forward(ctx, q, k, v, lo, hi, scale, autotune):
+        o, lse = launch_forward(q, k, v, lo, hi, scale, autotune=autotune)
         ctx.save_for_backward(q, k, v, o, lse)       # O(N) extra memory: lse, not P
-        ctx.lo, ctx.hi, ctx.scale = lo, hi, scale
+        ctx.lo, ctx.hi, ctx.scale, ctx.autotune = lo, hi, scale, autotune
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = launch_backward(do, q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale, autotune=ctx.autotune)
+        return dq, dk, dv, None, None, None, None
 
 
-def _fallback_reason(q: torch.Tensor) -> str | None:
+def fallback_reason(q: torch.Tensor) -> str | None:
     """Why the Triton kernels cannot run on this GPU (None when they can). A tensor on the wrong
     device is not a fallback but an error (:func:`effsmall.runtime.require_triton_tensor`)."""
     require_triton_device("q", q, "flash_attention")
@@ -724,24 +754,26 @@ def backend(q: torch.Tensor) -> str:
     for this GPU), ``"triton-interpreter"`` (CPU tensors, ``TRITON_INTERPRET=1``) or
     ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Raises ValueError for
     a tensor on the wrong device, as :func:`flash_attention` does."""
-    if _fallback_reason(q) is not None:
+    if fallback_reason(q) is not None:
         return "pytorch-tiled"
     return "triton-interpreter" if interpreting() else "triton"
 
 
-def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):
+def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None,
+                    autotune: bool = True):
     """Exact softmax attention ``softmax(Q Kᵀ · scale + mask) V`` with FlashAttention-2 kernels.
 
     q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0``; returns ``(B, Hq, Nq, D)``
     in q's dtype. ``causal`` is bottom-right aligned (query i sees keys ``j <= i + Nk - Nq``);
     ``window=(left, right)`` keeps keys ``i + off - left <= j <= i + off + right`` (a negative or
     None side is unlimited). Rows that see no key are zeros. Differentiable (Triton backward).
+    ``autotune=False`` launches one safe configuration instead of timing the candidates.
     """
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to launch: empty output / rows that see no key
         from effsmall.attention import naive_attention
         return naive_attention(q, k, v, causal=causal, scale=scale, window=window)
-    reason = _fallback_reason(q)
+    reason = fallback_reason(q)
     if reason is not None:  # documented fallback: correct pure-torch attention, never a crash
         warn_once("flash_attention.fallback", reason)
         from effsmall.attention import tiled_attention
@@ -749,32 +781,33 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     if interpreting() and q.dtype == torch.bfloat16:
         warn_once("flash_attention.bf16_interpreter",
                   "the Triton interpreter has no bfloat16: flash_attention computes in float32 and casts back")
-        out = _FlashAttention.apply(q.float(), k.float(), v.float(), lo, hi, scale)
+        out = _FlashAttention.apply(q.float(), k.float(), v.float(), lo, hi, scale, autotune)
         return out.to(torch.bfloat16)
-    return _FlashAttention.apply(q, k, v, lo, hi, scale)
+    return _FlashAttention.apply(q, k, v, lo, hi, scale, autotune)
 
 
-def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None, window=None):
+def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | None = None, window=None,
+                            autotune: bool = True):
     """Forward only, returning ``(O, lse)``; lse ``(B, Hq, Nq)`` fp32 (natural log).
 
     A row that sees no key has ``O = 0`` and ``lse = -inf``, the package-wide convention that
     :func:`effsmall.attention.merge_attention_states` relies on (the kernel stores ``+inf``
     internally so that its own backward's ``exp(S - lse)`` is 0; it is flipped here)."""
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
-    reason = _fallback_reason(q)
+    reason = fallback_reason(q)
     if reason is not None:
         raise ValueError(f"q: {reason}")
-    o, lse = _fwd(q, k, v, lo, hi, scale)
+    o, lse = launch_forward(q, k, v, lo, hi, scale, autotune=autotune)
     return o, lse.masked_fill(lse == float("inf"), float("-inf"))
 
 
 def flash_attention_backward(do, q, k, v, o, lse, *, causal: bool = False, scale: float | None = None,
-                             window=None):
+                             window=None, autotune: bool = True):
     """Gradients ``(dq, dk, dv)`` from the outputs of :func:`flash_attention_forward`: ``o`` and
     ``lse`` in the package convention (``-inf`` for a row that sees no key). Inputs need not be
     contiguous. For callers that keep O and lse themselves (ring attention)."""
     q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     lse_k = lse.masked_fill(lse == float("-inf"), float("inf")).contiguous()  # the kernels' empty-row value
-    return _bwd(do, q, k, v, o, lse_k, lo, hi, scale)
+    return launch_backward(do, q, k, v, o, lse_k, lo, hi, scale, autotune=autotune)
 

@@ -1,11 +1,11 @@
 """Counting HBM traffic: standard attention vs FlashAttention's two loop orders.
 
 FlashAttention's Theorem 2 (Dao et al. 2022, §3.2): with sequence length N, head dimension D
-and SRAM of M elements ($D \\le M \\le ND$), standard attention makes
-$\\Theta(ND + N^2)$ HBM accesses while FlashAttention makes $\\Theta(N^2 D^2 / M)$. The reason:
-Algorithm 1 picks $B_c = \\lceil M / 4D \\rceil$, $B_r = \\min(B_c, D)$ so that the four tiles
-$Q_i, K_j, V_j, O_i$ fit on chip; there are $T_c = N / B_c$ column blocks and every one of
-them re-reads all of Q and O, i.e. $T_c \\cdot ND = 4N^2D^2/M$ elements.
+and SRAM of M elements (D ≤ M ≤ ND), standard attention makes
+Θ(ND + N²) HBM accesses while FlashAttention makes Θ(N²D² / M). The reason:
+Algorithm 1 picks B_c = ⌈M / 4D⌉, B_r = min(B_c, D) so that the four tiles
+Qᵢ, Kⱼ, Vⱼ, Oᵢ fit on chip; there are T_c = N / B_c column blocks and every one of
+them re-reads all of Q and O, i.e. T_c · ND = 4N²D²/M elements.
 
 :func:`io_traffic` counts these bytes exactly, term by term, for the same loops that
 :func:`effsmall.attention.tiled.tiled_attention` runs (one batch element and head; Q, K, V, O
@@ -25,8 +25,8 @@ STAT_BYTES = 4  # m, l, lse are float32
 
 
 def default_blocks(N: int, D: int, M: int, dtype_bytes: int = 2) -> tuple[int, int]:
-    """Algorithm 1's block sizes for SRAM of M **bytes**: $B_c = \\lceil M/4D \\rceil$ elements'
-    worth (M / dtype_bytes elements), $B_r = \\min(B_c, D)$; both at most N."""
+    """Algorithm 1's block sizes for SRAM of M **bytes**: B_c = ⌈M / 4D⌉ elements'
+    worth (M / dtype_bytes elements), B_r = min(B_c, D); both at most N."""
     block_n = math.ceil(M / (4 * D * dtype_bytes))
     block_m = min(block_n, D)
     return max(1, min(block_m, N)), max(1, min(block_n, N))
@@ -98,8 +98,8 @@ def io_traffic(N: int, D: int, M: int, *, algorithm: str = "standard", block_m: 
 def plot_io_theorem(N: int = 4096, D: int = 64, Ms=None, *, dtype_bytes: int = 2, ax=None):
     """Plot HBM bytes vs SRAM size M (bytes) for the three algorithms, with Theorem 2's curves.
 
-    Standard attention is flat at $\\Theta(ND + N^2)$; FlashAttention falls as
-    $\\Theta(N^2D^2/M)$ until the whole K/V fits ($B_c = N$). Returns the matplotlib axes.
+    Standard attention is flat at Θ(ND + N²); FlashAttention falls as
+    Θ(N²D²/M) until the whole K/V fits (B_c = N). Returns the matplotlib axes.
     """
     import matplotlib.pyplot as plt
 

@@ -4,13 +4,11 @@ ring attention.
 Split the keys of one query row into two disjoint sets a and b. Attention over each set alone
 gives a normalized output and a log-sum-exp (chapter 4):
 
-$$ O_a = \\frac{\\sum_{j \\in a} e^{s_j} v_j}{\\sum_{j \\in a} e^{s_j}},\\qquad
-   \\mathrm{lse}_a = \\log \\sum_{j \\in a} e^{s_j}. $$
+    O_a = Σ_{j ∈ a} e^{sⱼ} vⱼ / Σ_{j ∈ a} e^{sⱼ},     lse_a = log Σ_{j ∈ a} e^{sⱼ}.
 
 Attention over a ∪ b is the two outputs weighted by their shares of the total mass:
 
-$$ \\mathrm{lse} = \\log(e^{\\mathrm{lse}_a} + e^{\\mathrm{lse}_b}),\\qquad
-   O = e^{\\mathrm{lse}_a - \\mathrm{lse}}\\, O_a + e^{\\mathrm{lse}_b - \\mathrm{lse}}\\, O_b. $$
+    lse = log(e^{lse_a} + e^{lse_b}),     O = e^{lse_a − lse} O_a + e^{lse_b − lse} O_b.
 
 This is the online softmax's rescaling step (FlashAttention, Dao et al. 2022, §3.1) applied to
 two finished partial results instead of a running one. It is associative and commutative, so

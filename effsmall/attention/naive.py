@@ -1,6 +1,7 @@
 """Attention the quadratic way: materialize the score matrix S and the probabilities P.
 
-$$ S = \\tfrac{1}{\\sqrt{D}}\\, Q K^\\top,\\qquad P = \\softmax(S + \\text{mask}),\\qquad O = P V $$
+    S = Q Kᵀ / √D,     P = softmax(S + mask),     O = P V
+
 (Vaswani et al. 2017, §3.2.1). For a sequence of N tokens, S and P are ``(N, N)`` per head:
 memory and time grow as N². Every faster rung of the ladder is tested against this one.
 

@@ -1,14 +1,14 @@
 """Softmax three ways: naive (overflows), safe (subtract the max), online (one pass over blocks).
 
-* naive:  $\\softmax(x)_j = e^{x_j} / \\sum_k e^{x_k}$ — ``exp`` overflows float32 for x > 88.7.
-* safe:   subtract $m = \\max_k x_k$ first; same value, every exponent <= 0.
-* online (Milakov & Gimelshein 2018): read x block by block, keeping a running max $m$ and a
-  running sum $\\ell = \\sum_k e^{x_k - m}$. When a block raises the max from $m$ to $m'$,
-  the old sum is rescaled: $\\ell' = \\ell\\, e^{m - m'} + \\sum_{k \\in \\text{block}} e^{x_k - m'}$.
-  After the last block, $\\softmax(x)_j = e^{x_j - m}/\\ell$ and $\\lse(x) = m + \\log \\ell$.
+* naive:  softmax(x)ⱼ = e^{xⱼ} / Σₖ e^{xₖ} — ``exp`` overflows float32 for x > 88.7.
+* safe:   subtract m = maxₖ xₖ first; same value, every exponent ≤ 0.
+* online (Milakov & Gimelshein 2018): read x block by block, keeping a running max m and a
+  running sum ℓ = Σₖ e^{xₖ − m}. When a block raises the max from m to m′,
+  the old sum is rescaled: ℓ′ = ℓ · e^{m − m′} + Σ_{k ∈ block} e^{xₖ − m′}.
+  After the last block, softmax(x)ⱼ = e^{xⱼ − m} / ℓ and lse(x) = m + log ℓ.
 
-The same rescaling applied to a running *output* $o = \\sum_k e^{x_k - m} v_k$ gives
-$\\softmax(x)^\\top V$ in one pass without ever holding the whole row of probabilities — the
+The same rescaling applied to a running *output* o = Σₖ e^{xₖ − m} vₖ gives
+softmax(x)ᵀ V in one pass without ever holding the whole row of probabilities — the
 idea behind FlashAttention (:func:`online_softmax_matmul`).
 """
 from __future__ import annotations
@@ -27,14 +27,14 @@ def _check(x: torch.Tensor, dim: int) -> int:
 
 
 def naive_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """$e^{x_j} / \\sum_k e^{x_k}$ as written: overflows to inf/inf = NaN for large x."""
+    """e^{xⱼ} / Σₖ e^{xₖ} as written: overflows to inf/inf = NaN for large x."""
     _check(x, dim)
     e = torch.exp(x)
     return e / e.sum(dim=dim, keepdim=True)
 
 
 def safe_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """$e^{x_j - m} / \\sum_k e^{x_k - m}$ with $m = \\max_k x_k$; an all ``-inf`` row gives zeros."""
+    """e^{xⱼ − m} / Σₖ e^{xₖ − m} with m = maxₖ xₖ; an all ``-inf`` row gives zeros."""
     _check(x, dim)
     m = x.amax(dim=dim, keepdim=True)  # row max, size 1 along dim
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf row: shift by 0
@@ -69,7 +69,7 @@ def online_softmax_stats(x: torch.Tensor, dim: int = -1, block: int = 64,
 
 
 def online_softmax(x: torch.Tensor, dim: int = -1, block: int = 64) -> torch.Tensor:
-    """Softmax from the one-pass statistics: $e^{x_j - m}/\\ell$ (equal to ``torch.softmax``).
+    """Softmax from the one-pass statistics: e^{xⱼ − m} / ℓ (equal to ``torch.softmax``).
 
     The statistics need one read of x; producing the probabilities needs a second.
     Rows of all ``-inf`` give zeros.
@@ -80,11 +80,11 @@ def online_softmax(x: torch.Tensor, dim: int = -1, block: int = 64) -> torch.Ten
 
 
 def online_softmax_matmul(x: torch.Tensor, v: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """$\\softmax(x) V$ in **one** pass over blocks of keys, never forming the probabilities.
+    """softmax(x) V in **one** pass over blocks of keys, never forming the probabilities.
 
     ``x``: ``(..., N)`` scores of one or more rows, ``v``: ``(N, D)``. Keeps the running max
-    m, sum l and an unnormalized output $o = \\sum_k e^{x_k - m} v_k$; each block rescales o by
-    $e^{m - m'}$ just like l. Returns ``o / l`` with shape ``(..., D)``.
+    m, sum l and an unnormalized output o = Σₖ e^{xₖ − m} vₖ; each block rescales o by
+    e^{m − m′} just like l. Returns ``o / l`` with shape ``(..., D)``.
     """
     _check(x, -1)
     if not isinstance(v, torch.Tensor) or v.ndim != 2 or v.shape[0] != x.shape[-1]:

@@ -1,16 +1,16 @@
 """Tiled attention in pure torch: the two FlashAttention loop orders, with an HBM byte counter.
 
-Split Q into row blocks $Q_i$ of $B_r$ = ``block_m`` rows and K, V into column blocks
-$K_j, V_j$ of $B_c$ = ``block_n`` rows. For each tile, $S_{ij} = \\tau Q_i K_j^\\top$ is
-$B_r \\times B_c$ and lives only "in SRAM"; the online softmax (chapter 4) merges tiles with a
-running row max $m_i$ and row sum $\\ell_i$, so the $N \\times N$ matrices S and P never exist.
+Split Q into row blocks Qᵢ of B_r = ``block_m`` rows and K, V into column blocks
+Kⱼ, Vⱼ of B_c = ``block_n`` rows. For each tile, Sᵢⱼ = τ Qᵢ Kⱼᵀ is
+B_r × B_c and lives only "in SRAM"; the online softmax (chapter 4) merges tiles with a
+running row max mᵢ and row sum ℓᵢ, so the N × N matrices S and P never exist.
 
 * ``order="fa1"`` — FlashAttention Algorithm 1 (Dao et al. 2022, §3.1): the **outer** loop runs
-  over K/V blocks, the inner over Q blocks. O, $\\ell$, m live in HBM and every tile re-reads
-  and re-writes $O_i, \\ell_i, m_i$, each time normalized.
+  over K/V blocks, the inner over Q blocks. O, ℓ, m live in HBM and every tile re-reads
+  and re-writes Oᵢ, ℓᵢ, mᵢ, each time normalized.
 * ``order="fa2"`` — FlashAttention-2 (Dao 2023, §3.1): the outer loop runs over Q blocks; the
-  accumulator $\\tilde O_i$, $m_i$, $\\ell_i$ stay on chip, O is normalized once at the end and
-  written once, together with $\\lse_i = m_i + \\log \\ell_i$.
+  accumulator Õᵢ, mᵢ, ℓᵢ stay on chip, O is normalized once at the end and
+  written once, together with lseᵢ = mᵢ + log ℓᵢ.
 
 Tiles that the causal mask or window hide completely are skipped (block skipping). Tensors
 named ``*_hbm`` stand for HBM; every slice read from or written to them goes through an
@@ -79,7 +79,7 @@ def kv_block_range(Nq: int, Nk: int, block_m: int, block_n: int, causal: bool = 
     The keys seen by rows ``a..b`` of a block form one interval
     ``[a + Nk - Nq - left, b + Nk - Nq + right] ∩ [0, Nk)`` (left = ∞ without a window, right =
     0 when causal), so the visible tiles of a row block are contiguous; ``jhi < jlo`` means none.
-    Returns two int64 tensors of length $T_r = \\lceil N_q / B_r \\rceil$.
+    Returns two int64 tensors of length T_r = ⌈N_q / B_r⌉.
     """
     Tr = math.ceil(Nq / block_m)
     first = torch.arange(Tr, dtype=torch.int64) * block_m + (Nk - Nq)  # (Tr,) first row, key coords
@@ -102,7 +102,7 @@ def _check_blocks(block_m, block_n, order):
 
 
 def _tile_scores(q_i, k_j, scale, r0, c0, Nq, Nk, causal, window):
-    """$S_{ij} = \\tau Q_i K_j^\\top$ with the mask applied (``-inf`` where hidden)."""
+    """Sᵢⱼ = τ Qᵢ Kⱼᵀ with the mask applied (``-inf`` where hidden)."""
     S = scale * (q_i @ k_j.transpose(-1, -2))  # (B, H, br, bc)
     if causal or window is not None:
         i = torch.arange(r0, r0 + q_i.shape[2], device=S.device)[:, None] + (Nk - Nq)  # (br, 1) key coords

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from effsmall.attention.flash_triton import _bwd, _fallback_reason, _fwd, check_flash_inputs
+from effsmall.attention.flash_triton import check_flash_inputs, fallback_reason, launch_backward, launch_forward
 from effsmall.runtime import interpreting, warn_once
 
 __all__ = ["flash_attention_varlen", "check_cu_seqlens"]
@@ -47,28 +47,30 @@ def check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, d
 
 class _FlashAttentionVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, lo, hi, scale):
-        o, lse = _fwd(q, k, v, lo, hi, scale, cu_q, cu_k, max_q, max_k)    # o (total_q, Hq, D)
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, lo, hi, scale, autotune):
+        o, lse = launch_forward(q, k, v, lo, hi, scale, cu_q, cu_k, max_q, max_k,
+                                autotune=autotune)                          # o (total_q, Hq, D)
         ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
-        ctx.args = (max_q, max_k, lo, hi, scale)
+        ctx.args = (max_q, max_k, lo, hi, scale, autotune)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
-        max_q, max_k, lo, hi, scale = ctx.args
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, lo, hi, scale, cu_q, cu_k, max_q, max_k)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        max_q, max_k, lo, hi, scale, autotune = ctx.args
+        dq, dk, dv = launch_backward(do, q, k, v, o, lse, lo, hi, scale, cu_q, cu_k, max_q, max_k, autotune=autotune)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                           causal: bool = False, scale: float | None = None, window=None):
+                           causal: bool = False, scale: float | None = None, window=None, autotune: bool = True):
     """Attention over packed sequences: q ``(total_q, Hq, D)``, k, v ``(total_k, Hk, D)``.
 
     Equal to calling :func:`effsmall.attention.flash_attention` on each sequence
     ``q[cu_q[b]:cu_q[b+1]]`` (as ``(1, Hq, n_b, D)``) and concatenating. ``cu_seqlens_*`` are int32
     ``(batch + 1,)``, start at 0, are non-decreasing and end at ``total``; ``max_seqlen_*`` bound
     the lengths (they size the grid). Returns ``(total_q, Hq, D)``; differentiable.
+    ``autotune=False`` launches one safe configuration instead of timing the candidates.
     """
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window, rank=3)
     total_q, total_k = q.shape[0], k.shape[0]
@@ -77,7 +79,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     if len(cq) != len(ck):
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same batch, got "
                          f"{len(cq) - 1} and {len(ck) - 1} sequences")
-    reason = _fallback_reason(q)
+    reason = fallback_reason(q)
     if reason is not None or (interpreting() and q.dtype == torch.bfloat16):
         # Documented fallback: one flash_attention call per sequence (which itself falls back).
         warn_once("flash_attention_varlen.fallback", reason or "bfloat16 in the interpreter: per-sequence calls")
@@ -87,8 +89,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             qb = q[cq[b]:cq[b + 1]].transpose(0, 1).unsqueeze(0)           # (1, Hq, n_b, D)
             kb = k[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)           # (1, Hk, m_b, D)
             vb = v[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)
-            ob = flash_attention(qb, kb, vb, causal=causal, scale=scale, window=window)
+            ob = flash_attention(qb, kb, vb, causal=causal, scale=scale, window=window, autotune=autotune)
             outs.append(ob.squeeze(0).transpose(0, 1))                     # (n_b, Hq, D)
         return torch.cat(outs, 0)                                          # (total_q, Hq, D)
     return _FlashAttentionVarlen.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
-                                       int(max_seqlen_k), lo, hi, scale)
+                                       int(max_seqlen_k), lo, hi, scale, autotune)

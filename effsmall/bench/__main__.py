@@ -9,7 +9,7 @@ import sys
 import time
 
 from effsmall.bench import SUITES as _SUITES
-from effsmall.bench.results import environment, save_result
+from effsmall.measure import environment, save_result
 
 SUITES = tuple(dict.fromkeys((*_SUITES, "gemv", "generate")))   # + chapter 13's quantized GEMV, the LMs' decoding
 

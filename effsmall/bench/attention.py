@@ -7,38 +7,33 @@ FlashAttention-2 backend), ``sdpa_cudnn`` (SDPA's cuDNN backend) and ``flex``
 (``torch.compile(flex_attention)``, a block mask for causal). Modes ``fwd`` and ``fwdbwd``
 (forward + ``torch.autograd.grad``). FLOPs ``4·B·H·N²·D`` (halved when causal), fwd+bwd
 ``3.5×`` fwd. The same run measures the device ceilings (``measure_ceilings``) for the
-``pct_of_matmul_ceiling`` column and checks the kernels' correctness on the GPU (fp16, bf16,
-fp32 and every supported head dim; rows of ``kind="check"``).
+``pct_of_matmul_ceiling`` column. (The kernels' correctness on a GPU is tested by the
+``gpu``-marked tests in ``tests/test_kernels_gpu.py``.)
 
 Timing: every implementation's eager time (``ms``: what a training loop sees, the host's
-launch work included) is the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3) interleaved
-rounds of ``triton.testing.do_bench`` medians (:func:`effsmall.bench.timing.benchmark_rounds`).
+launch work included) is the fastest of a few interleaved rounds of ``triton.testing.do_bench``
+medians (:func:`effsmall.measure.benchmark_rounds`).
 ``effsmall``, ``sdpa_flash`` and ``sdpa_cudnn`` also get ``graph_ms``: a CUDA-graph replay,
 the GPU's time alone — at N ≤ 1K the host's work per call is of the order of the kernels' —
 and ``host_ms``: the host's time per call when calls are issued back to back
-(:func:`effsmall.bench.timing.host_time`).
-
-The run limits itself: ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 480) — a shape that would
-not fit is recorded as ``kind="skipped"`` — and appends every row to the JSON-lines file
-``EFFSMALL_BENCH_PARTIAL`` (if set) as it goes, so a killed run still leaves its numbers.
+(:func:`effsmall.measure.host_time`). The run keeps to a time budget of 480 s (settings:
+:mod:`effsmall.bench`).
 
 CPU (``--device cpu``): ``tiled_attention`` vs ``naive_attention`` peak tensor memory
-(:func:`effsmall.bench.timing.tensor_peak_bytes`) and time at N = 8K (B = H = 1, causal) — the
+(:func:`effsmall.measure.peak_memory`) and time at N = 8K (B = H = 1, causal) — the
 O(N) vs O(N²) memory row — and a few interpreter-sized ``flash_attention`` timings for completeness.
 
 ``python -m effsmall.bench.attention FILE.json`` prints the summary table of a saved result.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 
 import torch
 
-from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, compare, rounds_default, tensor_peak_bytes
+from effsmall.bench.common import Recorder, budget_s, compare, error_fields, print_saved, rounds_default, sizes
+from effsmall.bench.common import table as _table
+from effsmall.measure import benchmark, geomean, peak_memory
 
 TOKENS = 16 * 1024
 HIDDEN = 2048
@@ -54,23 +49,6 @@ def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str, Nk:
     if causal:
         f /= 2
     return f * (3.5 if mode == "fwdbwd" else 1.0)
-
-
-class _Recorder:
-    """Collects rows, appends each to the partial file, keeps the time budget."""
-
-    def __init__(self, budget_s: float):
-        self.rows: list[dict] = []
-        self.t0 = time.time()
-        self.budget_s = budget_s
-
-    def add(self, row: dict) -> dict:
-        self.rows.append(row)
-        record_partial(row)
-        return row
-
-    def elapsed(self) -> float:
-        return time.time() - self.t0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,67 +110,6 @@ def _impls() -> dict:
             "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
 
 
-def gpu_correctness(rec: _Recorder) -> None:
-    """Check flash_attention (output and gradients) against naive_attention in fp32 on the GPU,
-    for fp16/bf16/fp32 (exact, and TF32 under ``set_float32_matmul_precision("high")``) and
-    every supported head dim, with GQA, Nq ≠ Nk, causal and a window; and varlen against
-    per-sequence calls. Errors are max |a − b| / max |b| per tensor."""
-    import effsmall.attention.flash_triton as ft
-    from effsmall.attention import flash_attention, flash_attention_varlen, naive_attention
-
-    cases = [(torch.float16, D, "highest") for D in (16, 32, 64, 96, 128, 192, 256)]
-    cases += [(torch.bfloat16, D, "highest") for D in (64, 128)]
-    cases += [(torch.float32, D, "highest") for D in (32, 96)] + [(torch.float32, 64, "high")]
-    tol = {"float16": 1e-2, "bfloat16": 2e-2, "float32": 1e-4, "tf32": 1e-2}
-    ft.AUTOTUNE = False  # one safe configuration per dtype/D: the checks are about the math
-    prev_prec = torch.get_float32_matmul_precision()
-    try:
-        for dtype, D, prec in cases:
-            torch.set_float32_matmul_precision(prec)
-            name = "tf32" if prec == "high" else str(dtype).replace("torch.", "")
-            g = torch.Generator(device="cuda").manual_seed(D)
-            t = time.time()
-            q = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype).requires_grad_()
-            k = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
-            v = torch.randn(2, 2, 250, D, device="cuda", generator=g).to(dtype).requires_grad_()
-            do = torch.randn(2, 4, 203, D, device="cuda", generator=g).to(dtype)
-            err_o = err_g = 0.0
-            for causal, window in ((False, None), (True, None), (False, (40, 7))):
-                o = flash_attention(q, k, v, causal=causal, window=window)
-                grads = torch.autograd.grad(o, (q, k, v), do)
-                q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
-                with _no_tf32():
-                    r = naive_attention(q32, k32, v32, causal=causal, window=window)
-                    rgrads = torch.autograd.grad(r, (q32, k32, v32), do.float())
-                rel = lambda a, b: ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()  # noqa: E731
-                err_o = max(err_o, rel(o, r))
-                err_g = max(err_g, *(rel(a, b) for a, b in zip(grads, rgrads)))
-            rec.add(dict(kind="check", dtype=name, D=D, rel_err=err_o, rel_err_grad=err_g, tol=tol[name],
-                         ok=bool(max(err_o, err_g) <= tol[name]), seconds=round(time.time() - t, 2)))
-        torch.set_float32_matmul_precision("highest")
-        lens = [5, 170, 1, 300]
-        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-        q, k, v = (torch.randn(sum(lens), 4, 64, device="cuda", dtype=torch.float16) for _ in range(3))
-        o = flash_attention_varlen(q, k, v, cu, cu, max(lens), max(lens), causal=True)
-        ref = torch.cat([flash_attention(*(x[cu[b]:cu[b + 1]].transpose(0, 1)[None] for x in (q, k, v)),
-                                         causal=True)[0].transpose(0, 1) for b in range(len(lens))])
-        err = (o.float() - ref.float()).abs().max().item()
-        rec.add(dict(kind="check", dtype="float16", D=64, what="varlen vs per-sequence", rel_err=err,
-                     tol=1e-3, ok=bool(err <= 1e-3)))
-    finally:
-        ft.AUTOTUNE = True
-        torch.set_float32_matmul_precision(prev_prec)
-
-
-class _no_tf32:
-    def __enter__(self):
-        self.prev = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.prev
-
-
 def _call(fn, q, k, v, do, causal, mode):
     """The timed callable: forward, or forward + ``torch.autograd.grad``."""
     if mode == "fwd":
@@ -217,22 +134,17 @@ def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
 def _run_cuda(quick: bool) -> list[dict]:
     from effsmall.hardware import measure_ceilings
 
-    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 480)))
+    rec = Recorder(budget_s(480))
     ceil = measure_ceilings("cuda", quick=quick)
     peak = ceil["matmul_flops"].get("bf16", ceil["peak_flops"])
     rec.add(dict(kind="ceiling", matmul_bf16_flops=peak, copy_bandwidth_Bps=ceil["copy_bandwidth_Bps"],
                  matmul_n=ceil.get("matmul_n")))
-    if os.environ.get("EFFSMALL_BENCH_SKIP_CHECKS") != "1":
-        gpu_correctness(rec)
     impls = _impls()
-    seq_lens = SEQ_LENS[:2] if quick else SEQ_LENS
-    if os.environ.get("EFFSMALL_ATTN_SEQ_LENS"):  # e.g. "512,1024": re-measure some lengths in a short lease
-        seq_lens = tuple(int(x) for x in os.environ["EFFSMALL_ATTN_SEQ_LENS"].split(","))
+    seq_lens = sizes(SEQ_LENS[:2] if quick else SEQ_LENS)
     shapes = [(N, D, causal) for N in seq_lens for D in HEAD_DIMS for causal in (False, True)]
     per_shape: list[float] = []
     for N, D, causal in shapes:
-        est = max(per_shape) if per_shape else 0.0
-        if rec.elapsed() + est > rec.budget_s:
+        if not rec.fits(max(per_shape, default=0.0)):
             rec.add(dict(kind="skipped", D=D, N=N, causal=causal, reason="time budget"))
             continue
         t_shape = time.time()
@@ -246,7 +158,7 @@ def _run_cuda(quick: bool) -> list[dict]:
             for name, r in _time_shape(impls, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
                 if isinstance(r, Exception):
-                    row.update(ms=None, tflops=None, error=f"{type(r).__name__}: {str(r)[:200]}")
+                    row.update(ms=None, tflops=None, **error_fields(r))
                 else:
                     t = r["s"]
                     row.update(ms=t * 1e3, tflops=fl / t / 1e12, pct_of_matmul_ceiling=100 * fl / t / peak,
@@ -275,13 +187,13 @@ def _run_cuda(quick: bool) -> list[dict]:
 def _run_cpu(quick: bool) -> list[dict]:
     from effsmall.attention import flash_attention, naive_attention, tiled_attention
 
-    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 300)))
+    rec = Recorder()
     torch.manual_seed(0)
     N, D = (2048 if quick else 8192), 64
     q, k, v = (torch.randn(1, 1, N, D) for _ in range(3))
     for name, fn in (("naive", lambda: naive_attention(q, k, v, causal=True)),
                      ("tiled", lambda: tiled_attention(q, k, v, causal=True, block_m=512, block_n=512))):
-        mem = tensor_peak_bytes(fn)
+        mem = peak_memory(fn)
         s = benchmark(fn, "cpu", min_run_time=0.1)
         fl = attention_flops(1, 1, N, D, True, "fwd")
         rec.add(dict(kind="cpu_memory", impl=name, N=N, D=D, B=1, H=1, causal=True, mode="fwd",
@@ -305,12 +217,8 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
 # Summary
 # ---------------------------------------------------------------------------------------------
 def summarize(rows: list[dict]) -> dict:
-    """Geomean and minimum ratios of effsmall vs Flex, FA2 and cuDNN, and the pass/fail lines."""
+    """Geomean and minimum speed ratios of effsmall vs Flex, FA2 and cuDNN (> 1: effsmall faster)."""
     out: dict = {}
-    checks = [r for r in rows if r.get("kind") == "check"]
-    if checks:
-        out["gpu_checks_passed"] = all(r["ok"] for r in checks)
-        out["gpu_checks_worst_rel_err"] = max(r["rel_err"] for r in checks)
     mine = [r for r in rows if r.get("kind") == "attention" and r["impl"] == "effsmall" and r.get("ms")]
     for mode in ("fwd", "fwdbwd"):
         rs = [r for r in mine if r["mode"] == mode]
@@ -326,44 +234,21 @@ def summarize(rows: list[dict]) -> dict:
                                    "vs_fa2_graph")}
             for r in rs]
     if mine:
-        g = out.get
-
-        def line(v, bound):
-            return None if v is None else bool(v >= bound)
-        out["lines"] = {
-            "fwd >= 1.0x Flex geomean": line(g("fwd_vs_flex_geomean"), 1.0),
-            "fwd >= 0.9x Flex every shape": line(g("fwd_vs_flex_min"), 0.9),
-            "fwd+bwd >= 1.0x FA2 every shape": line(g("fwdbwd_vs_fa2_min"), 1.0),
-            "fwd+bwd >= 0.9x Flex geomean": line(g("fwdbwd_vs_flex_geomean"), 0.9),
-            "stretch: fwd >= 0.85x cuDNN geomean": line(g("fwd_vs_cudnn_geomean"), 0.85),
-        }
         out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
     cpu = {r["impl"]: r for r in rows if r.get("kind") == "cpu_memory"}
     if "naive" in cpu and "tiled" in cpu:
         ratio = cpu["tiled"]["peak_bytes"] / max(cpu["naive"]["peak_bytes"], 1)
         out["cpu_tiled_over_naive_peak_memory"] = ratio
-        out["lines"] = {"tiled peak memory <= 10% of naive at N=8K": bool(ratio <= 0.10)}
     return out
 
 
 def table(rows: list[dict]) -> str:
-    """A plain-text table: one line per (D, causal, N, mode), TFLOP/s of each implementation."""
+    """One line per (D, causal, mode, N): TFLOP/s of each implementation, then effsmall's speed ratios."""
     att = [r for r in rows if r.get("kind") == "attention"]
-    keys = sorted({(r["D"], r["causal"], r["mode"], r["N"]) for r in att})
-    lines = [f"{'D':>4} {'causal':>6} {'mode':>6} {'N':>6} " + " ".join(f"{i:>10}" for i in IMPLS)
-             + "  vs_flex vs_fa2 vs_cudnn"]
-    for key in keys:
-        rs = {r["impl"]: r for r in att if (r["D"], r["causal"], r["mode"], r["N"]) == key}
-        cells = " ".join(f"{rs[i]['tflops']:10.1f}" if i in rs and rs[i].get("tflops") else f"{'-':>10}"
-                         for i in IMPLS)
-        me = rs.get("effsmall", {})
-        ratios = " ".join(f"{me[c]:7.2f}" if me.get(c) else f"{'-':>7}" for c in BASELINES.values())
-        lines.append(f"{key[0]:>4} {str(key[1]):>6} {key[2]:>6} {key[3]:>6} {cells}  {ratios}")
-    return "\n".join(lines)
+    ratio = lambda col: lambda rs: rs.get("effsmall", {}).get(col)  # noqa: E731
+    return _table(att, index=("D", "causal", "mode", "N"), impls=IMPLS, cell=lambda r: r.get("tflops"),
+                  unit="TFLOP/s", extras=[(c, ratio(c)) for c in BASELINES.values()])
 
 
 if __name__ == "__main__":  # python -m effsmall.bench.attention RESULT.json
-    with open(sys.argv[1]) as f:
-        res = json.load(f)
-    print(table(res["rows"]))
-    print(json.dumps(res.get("summary", summarize(res["rows"])).get("lines", {}), indent=1))
+    print_saved(table, summarize)

@@ -3,7 +3,7 @@
 CUDA (``python -m effsmall.bench decode --device cuda``), bf16, 32 query / 8 KV heads, D = 128,
 one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 16 without 2K and 8K):
 
-* implementations, timed in the same interleaved rounds (:func:`effsmall.bench.timing.compare`):
+* implementations, timed in the same interleaved rounds (:func:`effsmall.measure.compare`):
   ``effsmall`` (:func:`effsmall.attention.flash_decode`, contiguous cache), ``effsmall_paged``
   (the same cache in 64-token pages in shuffled order), ``sdpa_flash``, ``sdpa_cudnn``,
   ``sdpa_efficient`` (SDPA's backends with ``enable_gqa=True``; a backend that refuses the
@@ -25,11 +25,11 @@ the context; and GPU time, one step captured in a CUDA graph and replayed) with 
 kernels (paged cache + ``flash_decode``, fused ``mamba2_step``) and with the eager reference
 path.
 
-The run keeps ``EFFSMALL_BENCH_BUDGET_S`` seconds (default 150) for the attention shapes and
-``EFFSMALL_DECODE_LM_BUDGET_S`` (default 60) for the models (what would not fit is recorded as
-``kind="skipped"``; about four minutes in all on an H200), and appends every row to
-``EFFSMALL_BENCH_PARTIAL`` if set. ``EFFSMALL_DECODE_CONTEXTS=1024,65536`` re-measures some
-contexts; ``EFFSMALL_DECODE_SKIP_LM=1`` skips the models.
+The run keeps to a time budget of 150 s for the attention shapes and 60 s for the models (what
+would not fit is recorded as ``kind="skipped"``; about four minutes in all on an H200). Its two
+parts are ``attention`` and ``lm``; the contexts can be chosen (settings: :mod:`effsmall.bench`).
+The kernel's correctness on a GPU is tested by the ``gpu``-marked tests of
+``tests/attention/test_decode.py``.
 
 CPU (``--device cpu``, ``--quick`` a smoke test): the same rows at interpreter sizes (8 / 2
 heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel, and the LMs at contexts 64 and
@@ -39,18 +39,16 @@ heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel, and the LMs at c
 """
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import sys
 import time
 
 import torch
 import triton
 import triton.language as tl
 
-from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, compare, rounds_default
+from effsmall.bench.common import Recorder, budget_s, compare, error_fields, parts, print_saved, rounds_default, sizes
+from effsmall.bench.common import table as _table
+from effsmall.measure import benchmark, geomean
 
 HQ, HK, D = 32, 8, 128
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -60,21 +58,7 @@ PAGE = 64
 SDPA = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 IMPLS = ("effsmall", "effsmall_paged", *SDPA, "flex")
 LM_CONTEXTS = (1024, 16384, 65536)
-
-
-class _Recorder:
-    def __init__(self, budget_s: float):
-        self.rows: list[dict] = []
-        self.t0 = time.time()
-        self.budget_s = budget_s
-
-    def add(self, row: dict) -> dict:
-        self.rows.append(row)
-        record_partial(row)
-        return row
-
-    def elapsed(self) -> float:
-        return time.time() - self.t0
+LM_BUDGET_S = 60      # seconds for the models on a GPU, after the attention shapes
 
 
 def kv_bytes(B: int, L: int, hk: int = HK, d: int = D, elem: int = 2) -> int:
@@ -192,24 +176,19 @@ def _calls(q, k, v, lens, pk, pv, table, cuda: bool) -> dict:
 _FLEX: dict = {}
 
 
-def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> None:
-    from effsmall.attention import decode_attention_reference, flash_decode
-
+def _attention_rows(rec: Recorder, device: str, quick: bool, ceiling: dict) -> None:
     cuda = str(device).startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     hq, hk, d = (HQ, HK, D) if cuda else (8, 2, 32)
-    contexts = CONTEXTS if cuda else ((128,) if quick else (128, 512))
-    if cuda and quick:
-        contexts = (1024, 16384)
-    if os.environ.get("EFFSMALL_DECODE_CONTEXTS"):
-        contexts = tuple(int(x) for x in os.environ["EFFSMALL_DECODE_CONTEXTS"].split(","))
+    default = ((1024, 16384) if quick else CONTEXTS) if cuda else ((128,) if quick else (128, 512))
+    contexts = sizes(default)
     batches = BATCHES if cuda else (1, 2)
     shapes = [(B, L) for L in contexts for B in batches
-              if not (cuda and B > 1 and L in SKIP_AT_LARGE_BATCH and not os.environ.get("EFFSMALL_DECODE_CONTEXTS"))]
+              if not (cuda and B > 1 and L in SKIP_AT_LARGE_BATCH and contexts == default)]
     per_shape: list[float] = []
     for B, L in shapes:
         # the next shape's cost: the last two shapes' (the first one also paid for compiling)
-        if per_shape and rec.elapsed() + max(per_shape[-2:]) > rec.budget_s:
+        if per_shape and not rec.fits(max(per_shape[-2:])):
             rec.add(dict(kind="skipped", B=B, L=L, reason="time budget"))
             continue
         t_shape = time.time()
@@ -219,10 +198,6 @@ def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> 
         v = torch.randn(B, hk, L, d, device=device, dtype=dtype, generator=g)
         lens = torch.full((B,), L, dtype=torch.int32, device=device)
         pk, pv, table = _shuffled_pages(k, v, PAGE)
-        # correctness at this shape (one row is enough: the kernel treats rows alike)
-        o = flash_decode(q[:1, :, 0], pk, pv, lens[:1], block_table=table[:1])
-        ref = decode_attention_reference(q[:1, :, 0].float(), k[:1].float(), v[:1].float(), lens[:1])
-        err = (o.float() - ref).abs().max().item()
         res = compare(_calls(q, k, v, lens, pk, pv, table, cuda), device, detail=IMPLS,
                       **(dict(warmup_ms=10, rep_ms=30) if cuda else dict(min_run_time=0.05)))
         nbytes = kv_bytes(B, L, hk, d, k.element_size())
@@ -230,7 +205,7 @@ def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> 
         for name, r in res.items():
             row = dict(kind="decode", impl=name, B=B, L=L, Hq=hq, Hk=hk, D=d, kv_bytes=nbytes)
             if isinstance(r, Exception):
-                row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
+                row.update(ms=None, **error_fields(r))
             else:
                 best = r["graph"] or r["s"]
                 row.update(ms=r["s"] * 1e3, graph_ms=r["graph"] * 1e3 if r["graph"] else None,
@@ -240,7 +215,6 @@ def _attention_rows(rec: _Recorder, device: str, quick: bool, ceiling: dict) -> 
                            rounds=rounds_default())
             rows[name] = row
         _ratios(rows)
-        rows["effsmall"]["max_abs_err_vs_reference"] = err
         for row in rows.values():
             rec.add(row)
         del q, k, v, pk, pv
@@ -278,7 +252,7 @@ def lm_config(arch: str, cuda: bool):
 
 
 @torch.no_grad()
-def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
+def _lm_rows(rec: Recorder, device: str, quick: bool) -> None:
     from effsmall.models import build_model
 
     cuda = str(device).startswith("cuda")
@@ -286,7 +260,7 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
     steps = 20 if cuda else 3
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.time()
-    budget = float(os.environ.get("EFFSMALL_DECODE_LM_BUDGET_S", 60 if cuda else 120))
+    budget = LM_BUDGET_S if cuda else 120
     for arch in ("transformer", "mamba2", "hybrid"):
         torch.manual_seed(0)
         model = build_model(lm_config(arch, cuda)).to(device).eval()
@@ -319,10 +293,10 @@ def _lm_rows(rec: _Recorder, device: str, quick: bool) -> None:
                         try:
                             row[f"graph_ms_per_token_{mode}"] = _graph_step_ms(model, tok, caches)
                         except Exception as e:  # noqa: BLE001 - capture can fail; eager time stands
-                            row[f"graph_error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                            row[f"graph_error_{mode}"] = error_fields(e)["error"]
                     del caches, logits
                 except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
-                    row[f"error_{mode}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    row[f"error_{mode}"] = error_fields(e)["error"]
                 if cuda:
                     torch.cuda.empty_cache()
             model.decode_kernels = None
@@ -361,11 +335,13 @@ def _graph_step_ms(model, tok, caches, replays: int = 20) -> float:
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     cuda = str(device).startswith("cuda")
-    rec = _Recorder(float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 150 if cuda else 120)))
-    ceiling = read_ceiling(device, quick=quick or not cuda)
-    rec.add(dict(kind="ceiling", **ceiling))
-    _attention_rows(rec, device, quick, ceiling)
-    if os.environ.get("EFFSMALL_DECODE_SKIP_LM") != "1":
+    rec = Recorder(budget_s(150 if cuda else 120))
+    todo = parts(("attention", "lm"))
+    if "attention" in todo:
+        ceiling = read_ceiling(device, quick=quick or not cuda)
+        rec.add(dict(kind="ceiling", **ceiling))
+        _attention_rows(rec, device, quick, ceiling)
+    if "lm" in todo:
         _lm_rows(rec, device, quick)
     print(table(rec.rows), flush=True)
     return rec.rows
@@ -379,7 +355,6 @@ def summarize(rows: list[dict]) -> dict:
     mine = [r for r in rows if r.get("kind") == "decode" and r["impl"] == "effsmall" and r.get("ms")]
     if not mine:
         return out
-    out["max_abs_err_vs_reference"] = max(r.get("max_abs_err_vs_reference", 0) for r in mine)
     for col in ("vs_best_sdpa", "vs_flex", "paged_over_contiguous"):
         for suffix in ("", "_graph"):
             vals = [r[col + suffix] for r in mine if r.get(col + suffix)]
@@ -395,63 +370,27 @@ def summarize(rows: list[dict]) -> dict:
     out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
     out["per_shape"] = [{k: r.get(k) for k in ("B", "L", "graph_ms", "ms", "pct_of_read_ceiling", "vs_best_sdpa_graph",
                                                "vs_flex_graph", "paged_over_contiguous_graph")} for r in mine]
-    if not any(r.get("graph_ms") for r in mine):     # the targets are about GPU time
-        return out
-    g = lambda r, c: r.get(c + "_graph") or r.get(c)  # noqa: E731 - GPU time when measured
-
-    def all_ok(rs, cond):
-        rs = [r for r in rs if cond(r) is not None]
-        return bool(rs) and all(cond(r) for r in rs) if rs else None
-
-    def ge(col, bound):
-        return lambda r: None if g(r, col) is None else g(r, col) >= bound
-    out["lines"] = {
-        "B=1, 4K-16K: >= 1.3x best SDPA (GPU time)": all_ok(
-            [r for r in mine if r["B"] == 1 and 4096 <= r["L"] <= 16384], ge("vs_best_sdpa", 1.3)),
-        "from 32K: >= 1.0x best SDPA": all_ok([r for r in mine if r["L"] >= 32768], ge("vs_best_sdpa", 1.0)),
-        "from 32K: >= 85% of the read ceiling": all_ok(
-            [r for r in mine if r["L"] >= 32768],
-            lambda r: None if r.get("pct_of_read_ceiling") is None else r["pct_of_read_ceiling"] >= 85),
-        ">= 1.0x FlexAttention everywhere": all_ok(mine, ge("vs_flex", 1.0)),
-        "paged within 5% of contiguous": all_ok(
-            mine, lambda r: None if g(r, "paged_over_contiguous") is None else g(r, "paged_over_contiguous") <= 1.05),
-    }
     return out
 
 
 def table(rows: list[dict]) -> str:
+    """One line per (B, L): microseconds of each implementation (GPU time where measured), then
+    effsmall's share of the read ceiling and its speed ratios; then the LMs' milliseconds per token."""
     dec = [r for r in rows if r.get("kind") == "decode"]
-    impls = [i for i in (*IMPLS, "sdpa_cpu") if any(r["impl"] == i for r in dec)]
-    lines = [f"{'B':>3} {'L':>7} " + " ".join(f"{i[:14]:>14}" for i in impls) + "  (µs, GPU time where measured)"
-             + "  %read  vs_sdpa vs_flex paged"]
-    for key in sorted({(r["B"], r["L"]) for r in dec}):
-        rs = {r["impl"]: r for r in dec if (r["B"], r["L"]) == key}
 
-        def cell(i):
-            r = rs.get(i, {})
-            t = r.get("graph_ms") or r.get("ms")
-            return f"{t * 1e3:14.1f}" if t else f"{'-':>14}"
-        me = rs.get("effsmall", {})
-        extra = [me.get("pct_of_read_ceiling"), me.get("vs_best_sdpa_graph") or me.get("vs_best_sdpa"),
-                 me.get("vs_flex_graph") or me.get("vs_flex"),
-                 me.get("paged_over_contiguous_graph") or me.get("paged_over_contiguous")]
-        lines.append(f"{key[0]:>3} {key[1]:>7} " + " ".join(cell(i) for i in impls) + "  "
-                     + " ".join(f"{x:7.2f}" if x else f"{'-':>7}" for x in extra))
-    for r in rows:
-        if r.get("kind") == "lm_decode":
-            val = {k: r.get(k) or float("nan") for k in ("ms_per_token_kernels", "graph_ms_per_token_kernels",
-                                                          "ms_per_token_eager", "graph_ms_per_token_eager")}
-            lines.append(f"{r['arch']:>12} ctx {r['context']:>6}: ms/token with kernels "
-                         f"{val['ms_per_token_kernels']:.2f} (graph {val['graph_ms_per_token_kernels']:.2f}), eager path {val['ms_per_token_eager']:.2f} "
-                         f"(graph {val['graph_ms_per_token_eager']:.2f})")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m effsmall.bench.decode RESULT.json
-    with open(sys.argv[1]) as f:
-        res = json.load(f)
-    print(table(res["rows"]))
-    print(json.dumps(res.get("summary", summarize(res["rows"])).get("lines", {}), indent=1))
+    def mine(col):
+        return lambda rs: rs.get("effsmall", {}).get(col + "_graph") or rs.get("effsmall", {}).get(col)
+    us = lambda r: (r.get("graph_ms") or r.get("ms") or 0) * 1e3  # noqa: E731
+    lines = [_table(dec, index=("B", "L"), impls=(*IMPLS, "sdpa_cpu"), cell=us, unit="µs", width=14,
+                    extras=[("%read", mine("pct_of_read_ceiling")), ("vs_sdpa", mine("vs_best_sdpa")),
+                            ("vs_flex", mine("vs_flex")), ("paged", mine("paged_over_contiguous"))])]
+    lm = [dict(r, impl=f"{mode}{'_graph' if graph else ''}",
+               ms=r.get(f"{'graph_' if graph else ''}ms_per_token_{mode}"))
+          for r in rows if r.get("kind") == "lm_decode" for mode in ("kernels", "eager") for graph in (False, True)]
+    if lm:
+        lines.append(_table(lm, index=("arch", "context"), impls=("kernels", "kernels_graph", "eager", "eager_graph"),
+                            cell=lambda r: r.get("ms"), unit="ms per token", fmt=".2f", width=13))
+    return "\n\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,3 +445,7 @@ def plot_decode(result: dict):
         ax.legend(fontsize=7)
         fig_lm.tight_layout()
     return fig, fig_lm
+
+
+if __name__ == "__main__":  # python -m effsmall.bench.decode RESULT.json
+    print_saved(table, summarize)

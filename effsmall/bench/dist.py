@@ -17,8 +17,8 @@ CUDA (``--device cuda``, two GPUs of one host, NCCL with NVLink multicast off â€
 
 Distributed times are lockstep loops (both ranks, fixed iteration counts, barrier before,
 the slowest rank's time; median of repeats); the one-GPU baselines run the same loop on rank 0.
-Speed-ups are one-GPU time / two-GPU time. ``EFFSMALL_DIST_PARTS`` (default ``tp,ssd,ring``)
-selects what a run measures (the 256K-token attention rows dominate the time). ``--device cpu`` (gloo, two processes, fp32, tiny
+Speed-ups are one-GPU time / two-GPU time. A run has three parts, ``tp``, ``ssd`` and ``ring``
+(settings: :mod:`effsmall.bench`; the 256K-token attention rows dominate the time). ``--device cpu`` (gloo, two processes, fp32, tiny
 sizes) only proves the harness; its times mean nothing.
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from effsmall.bench.common import parts as bench_parts
 
 D_MODEL, TOKENS = 4096, 8192
 SSD_LENGTHS = (262144, 524288, 1048576)
@@ -256,7 +258,7 @@ def _worker(rank: int, world: int, quick: bool, parts: tuple) -> list | None:
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     from effsmall.dist.launcher import launch
-    parts = tuple(os.environ.get("EFFSMALL_DIST_PARTS", "tp,ssd,ring").split(","))
+    parts = bench_parts(("tp", "ssd", "ring"))
     if str(device).startswith("cuda"):
         n = torch.cuda.device_count()
         if n < 2:

@@ -23,7 +23,7 @@ import statistics
 
 import torch
 
-from effsmall.bench.timing import benchmark
+from effsmall.measure import benchmark
 from effsmall.compress import distill, model_bytes, quantize_model
 from effsmall.compress.quant import QuantLinear
 from effsmall.data import MQARConfig, OrderTaskConfig, batches, eval_batches, mqar, order_task, token_splits

@@ -7,7 +7,7 @@ a DRAM budget of 50% of the model's weights, the page cache dropped before every
 strategy decodes 64 held-out tokens teacher-forced (real text, one token at a time) and then
 generates 16 greedily; all 79 steps are measured. (The briefly trained model's own greedy
 output quickly repeats one token, which would flatter the window; real text does not.) Rows carry a ``kind``: ``model``, ``predictor``, ``window``, ``read_throughput``,
-``strategy``; ``summarize`` checks the issue's performance lines.
+``strategy``; ``summarize`` gives the speed-up, the bytes read and the predictors' agreement.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import time
 import torch
 
 WINDOW = 16
-REPEATS = int(os.environ.get("EFFSMALL_OFFLOAD_REPEATS", "7"))
+REPEATS = 7   # every strategy runs this often, interleaved; rows hold the medians
 
 
 def _median_row(reps: list[dict]) -> dict:
@@ -190,10 +190,4 @@ def summarize(rows: list[dict]) -> dict:
         "ppl_ratio": agree["ppl_pred"] / agree["ppl_ref"],
         "min_sparsity": min(model["sparsity"]),
         "cold_slower_than_warm_points": f"{sum(r['cold_GBps'] < r['warm_GBps'] for r in tp)}/{len(tp)}",
-        "checks": {"speedup>=4 (median of paired repeats)": speedup >= 4,
-                   "bytes<=10%": full["bytes_fraction_of_ffn"] <= 0.10,
-                   "oracle_identical": st["oracle"]["identical_to_in_memory"],
-                   "agreement>=95%": agree["agreement"] >= 0.95,
-                   "ppl_within_2%": abs(agree["ppl_pred"] / agree["ppl_ref"] - 1) <= 0.02,
-                   "sparsity>=90%": min(model["sparsity"]) >= 0.90},
     }

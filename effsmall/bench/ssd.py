@@ -13,35 +13,36 @@ CUDA rows (bf16, H = 32, P = 64, N ∈ {64, 128}, B·L = 16K tokens, L = 512 …
   interleaved rounds. Training-mode forwards (mode ``fwd``) also store what the backward needs;
   ours then writes an fp32 copy of Y, which is not part of the algorithms' comparison.
 * every timed row: ``ms`` is eager time (``triton.testing.do_bench``: what a training loop sees,
-  host launch overhead included), the fastest of ``EFFSMALL_BENCH_ROUNDS`` (default 3)
-  interleaved rounds over all implementations of that shape; ours and mamba_ssm also get
-  ``graph_ms`` (CUDA-graph replay: the GPU's time alone) and ``host_ms`` (the host's time per
-  call, back to back: :func:`effsmall.bench.timing.host_time`).
-* ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 (outputs, final
-  states and all gradients, with initial states and packed sequences) and against mamba_ssm.
+  host launch overhead included), the fastest of a few interleaved rounds over all
+  implementations of that shape; ours and mamba_ssm also get ``graph_ms`` (CUDA-graph replay:
+  the GPU's time alone) and ``host_ms`` (the host's time per call, back to back:
+  :func:`effsmall.measure.host_time`). Ours also records its relative error against mamba_ssm.
+* ``check`` rows: ssd_triton in fp32/bf16/fp16 against ssd_chunked in fp64 — the relative errors
+  of outputs, final states and all gradients, with initial states and packed sequences
+  (chapter 11 prints them; ``tests/test_kernels_gpu.py`` asserts their bounds).
 
-``EFFSMALL_SSD_PARTS`` (default ``checks,peers,crossover``) selects what a CUDA run measures.
+A CUDA run has three parts, ``checks``, ``peers`` and ``crossover``; the lengths can be chosen
+(settings: :mod:`effsmall.bench`).
 
 CPU rows (``--device cpu``): ssd_chunked vs ssd_recurrent and selective_scan_parallel vs
-sequential at l = 4096. Set ``EFFSMALL_BENCH_PARTIAL=path.jsonl`` to have every row appended
-to that file as soon as it is measured.
+sequential at l = 4096.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 
-from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, compare, rounds_default
+from effsmall.bench.common import compare, parts, record_partial, rounds_default, sizes
+from effsmall.measure import benchmark, geomean
 
 TOKENS, H, P = 16384, 32, 64
 LENGTHS = (512, 2048, 8192, 16384)
 STATES = (64, 128)
 HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # measured H100 copy bandwidth, bf16 matmul (effsmall/results ceilings)
+FLA_FORWARD_ONLY = True  # fla's chunk_simple_gla backward fails on Hopper with Triton < 3.7.1
 
 
 def _emit(rows: list, row: dict) -> None:
@@ -73,7 +74,9 @@ def _import_baselines():
 
 
 def _check_rows(rows: list, device: str, dtypes=(torch.float32, torch.bfloat16, torch.float16)) -> None:
-    """ssd_triton in every dtype vs ssd_chunked in fp64: outputs, final states, gradients."""
+    """ssd_triton in every dtype vs ssd_chunked in fp64: outputs, final states, gradients (with
+    initial states and packed sequences). Relative errors, measured on the device; chapter 11
+    shows them. (``tests/test_kernels_gpu.py`` asserts their bounds.)"""
     from effsmall.ssm._ssd_testing import ssd_inputs
     from effsmall.ssm.ssd_chunkwise import ssd_chunked
     from effsmall.ssm.ssd_kernels import ssd_triton
@@ -138,20 +141,14 @@ def _cuda_rows(rows: list, quick: bool) -> None:
 
     dev = "cuda"
     mamba_fn, fla_fn, attn, attn_name = _import_baselines()
-    fla_fwd_only = os.environ.get("FLA_FWD_ONLY", "1") == "1"
-    # every dtype is checked by default; EFFSMALL_SSD_CHECK_DTYPES=bfloat16,float32 narrows it (compile time)
-    names = os.environ.get("EFFSMALL_SSD_CHECK_DTYPES", "float32,bfloat16,float16").split(",")
-    parts = os.environ.get("EFFSMALL_SSD_PARTS", "checks,peers,crossover").split(",")
-    if "checks" in parts:
-        _check_rows(rows, dev, tuple(getattr(torch, n) for n in names if n))
-    lengths = (512, 4096) if quick else LENGTHS
-    if os.environ.get("EFFSMALL_SSD_LENGTHS"):  # e.g. "2048,16384" to fit a short GPU lease
-        lengths = tuple(int(x) for x in os.environ["EFFSMALL_SSD_LENGTHS"].split(","))
-    for L in lengths:
+    todo = parts(("checks", "peers", "crossover"))
+    if "checks" in todo:
+        _check_rows(rows, dev)
+    for L in sizes((512, 4096) if quick else LENGTHS):
         Bsz = TOKENS // L
-        if "crossover" in parts:
+        if "crossover" in todo:
             _crossover_rows(rows, attn, attn_name, ours, L, Bsz)
-        if "peers" not in parts:
+        if "peers" not in todo:
             continue
         for N in STATES:
             x, dt, A, Bm, Cm = _ssd_args(Bsz, L, N, requires_grad=True)
@@ -178,7 +175,7 @@ def _cuda_rows(rows: list, quick: bool) -> None:
             calls = {}
             for name, fn in impls.items():
                 for mode in ("fwd", "fwdbwd"):
-                    if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and fla_fwd_only)):
+                    if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and FLA_FORWARD_ONLY)):
                         continue
                     calls[(name, mode)] = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
             # GPU time alone (launch overhead removed) and host time for ours and mamba_ssm
@@ -208,11 +205,8 @@ def _cpu_rows(rows: list, quick: bool) -> None:
     t_chk = benchmark(lambda: ssd_chunked(X, A, B, C, 32), "cpu", min_run_time=0.5)  # Q = 32 is fastest on CPU
     _emit(rows, dict(impl="ssd_recurrent", L=l, mode="fwd", ms=t_rec * 1e3))
     _emit(rows, dict(impl="ssd_chunked", L=l, mode="fwd", ms=t_chk * 1e3, speedup_vs_recurrent=t_rec / t_chk))
-    try:
-        from effsmall.ssm.selective_scan import selective_scan_parallel, selective_scan_sequential
-    except Exception as e:  # noqa: BLE001 - a teammate's module may not exist yet
-        _emit(rows, dict(impl="selective_scan", L=l, mode="skipped", error=repr(e)[:200]))
-        return
+    from effsmall.ssm.selective_scan import selective_scan_parallel, selective_scan_sequential
+
     gen = torch.Generator().manual_seed(0)
     b, d, n = 1, 16, 8
     u = torch.randn(b, d, l, generator=gen)

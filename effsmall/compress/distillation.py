@@ -2,8 +2,7 @@
 
 The student learns from the teacher's whole distribution, softened by a temperature T:
 
-$$\\mathcal L = \\alpha\\, T^2\\, \\mathrm{KL}\\big(\\softmax(z_t/T)\\,\\|\\,\\softmax(z_s/T)\\big)
-      + (1-\\alpha)\\, \\mathrm{CE}(z_s, y)$$
+    ℒ = α T² KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − α) CE(z_s, y)
 
 z_t, z_s are teacher and student logits, y the hard labels (next tokens). The T² keeps the
 soft term's gradient on the same scale as the hard term's when T changes (the gradient of the

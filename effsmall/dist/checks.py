@@ -69,6 +69,24 @@ def theory(kind: str, world: int, **shape) -> dict:
 
 
 # ---------------------------------------------------------------- tensor (and sequence) parallel
+def _run_sharded(tp, x, gout, ref_out, world: int, rank: int, sequence_parallel: bool):
+    """Forward and backward of the sharded block ``tp`` on this rank's input, counting the
+    collectives of each. With sequence parallelism a rank holds a contiguous slice of the
+    tokens (dim 1), and so do its expected output and input gradient. Returns ``(x_loc, out,
+    want_out, want_dx, fwd_counts, bwd_counts)``; ``x_loc.grad`` holds the input gradient."""
+    if sequence_parallel:
+        x_loc, g_loc, want = (t.detach().chunk(world, 1)[rank].contiguous() for t in (x, gout, ref_out))
+        want_dx = x.grad.chunk(world, 1)[rank]
+    else:
+        x_loc, g_loc, want, want_dx = x.detach().clone(), gout, ref_out, x.grad
+    x_loc.requires_grad_(True)
+    with count_collectives() as cf:
+        out = tp(x_loc)
+    with count_collectives() as cb:
+        (out * g_loc).sum().backward()
+    return x_loc, out, want, want_dx, cf, cb
+
+
 def check_tp_mamba2(rank: int, world: int, dtype: str = "float64", sequence_parallel: bool = False,
                     b: int = 2, l: int = 12, d_model: int = 16, seed: int = 0, headdim: int = 8,
                     d_state: int = 8) -> dict:
@@ -83,16 +101,7 @@ def check_tp_mamba2(rank: int, world: int, dtype: str = "float64", sequence_para
     (block(u) * gout).sum().backward()
     ref_out = block(u).detach()
     tp = shard_mamba2_block(block, sequence_parallel=sequence_parallel)
-    if sequence_parallel:
-        u_loc, g_loc, want = (t.detach().chunk(world, 1)[rank].contiguous() for t in (u, gout, ref_out))
-        want_du = u.grad.chunk(world, 1)[rank]
-    else:
-        u_loc, g_loc, want, want_du = u.detach().clone(), gout, ref_out, u.grad
-    u_loc.requires_grad_(True)
-    with count_collectives() as cf:
-        out = tp(u_loc)
-    with count_collectives() as cb:
-        (out * g_loc).sum().backward()
+    u_loc, out, want, want_du, cf, cb = _run_sharded(tp, u, gout, ref_out, world, rank, sequence_parallel)
     ref_g = _mamba2_shard(_grads_as_params(block), world, rank)
     gerr = max(_err(p.grad, q) for (_, p), (_, q) in zip(tp.shard.named_parameters(), ref_g.named_parameters()))
     return {"out": _err(out, want), "grad_u": _err(u_loc.grad, want_du), "grad_params": gerr,
@@ -115,16 +124,7 @@ def check_tp_transformer(rank: int, world: int, dtype: str = "float64", sequence
     ref_out = block(x)
     (ref_out * gout).sum().backward()
     tp = shard_transformer_block(block, sequence_parallel=sequence_parallel)
-    if sequence_parallel:
-        x_loc, g_loc, want = (t.detach().chunk(world, 1)[rank].contiguous() for t in (x, gout, ref_out))
-        want_dx = x.grad.chunk(world, 1)[rank]
-    else:
-        x_loc, g_loc, want, want_dx = x.detach().clone(), gout, ref_out.detach(), x.grad
-    x_loc.requires_grad_(True)
-    with count_collectives() as cf:
-        out = tp(x_loc)
-    with count_collectives() as cb:
-        (out * g_loc).sum().backward()
+    x_loc, out, want, want_dx, cf, cb = _run_sharded(tp, x, gout, ref_out.detach(), world, rank, sequence_parallel)
     ref_g = _transformer_shard(_grads_as_params(block), world, rank)
     errs = {}
     for (name, p), (_, q) in zip(tp.shard.named_parameters(), ref_g.named_parameters()):

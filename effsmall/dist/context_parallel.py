@@ -3,14 +3,13 @@
 The chunked SSD (chapter 11) already splits a sequence into pieces whose only coupling is the
 state passed from one piece to the next:
 
-$$ h_{\\text{end}(r)} = e^{\\Lambda_r}\\, h_{\\text{end}(r-1)} + s_r,\\qquad
-   \\Lambda_r = \\textstyle\\sum_{t \\in r} a_t, $$
+    h_end(r) = e^{Λ_r} h_end(r−1) + s_r,     Λ_r = Σ_{t ∈ r} a_t,
 
 where ``s_r`` is the state shard r reaches from a zero start and ``e^{Λ_r}`` the decay across
 the shard. With rank r's incoming state ``h_in = h_end(r−1)`` the shard's true output is its
 zero-start output plus a rank-one-per-token correction,
 
-$$ y_t = y_t^{(0)} + e^{a_{\\text{start}} + \\dots + a_t}\\; h_{\\text{in}}\\, C_t , $$
+    y_t = y_t⁽⁰⁾ + e^{a_start + … + a_t} h_in C_t,
 
 so devices exchange states of size ``h·P·N`` — never activations of size ``l·h·P``.
 Two schedules (Dao & Gu 2024, §8.2):

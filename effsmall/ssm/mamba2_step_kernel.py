@@ -23,17 +23,18 @@ import triton
 import triton.language as tl
 
 from effsmall.runtime import cdiv, next_power_of_2, require_triton_tensor
+from effsmall.ssm.selective_scan_kernel import SOFTPLUS_THRESHOLD
 
 __all__ = ["mamba2_step", "mamba2_block_step"]
 
 
 @triton.jit
 def _softplus(x):
-    """log(1 + eˣ) (torch's threshold 20), with an accurate log1p for small eˣ."""
+    """log(1 + eˣ) (x above ``SOFTPLUS_THRESHOLD``, as torch), with an accurate log1p for small eˣ."""
     u = tl.exp(-tl.abs(x))
     w = 1.0 + u
     log1p = tl.where(w == 1.0, u, tl.log(w) * u / (w - 1.0))
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p)
+    return tl.where(x > SOFTPLUS_THRESHOLD, x, tl.maximum(x, 0.0) + log1p)
 
 
 @triton.jit

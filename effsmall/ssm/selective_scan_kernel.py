@@ -25,7 +25,11 @@ import triton.language as tl
 from effsmall.runtime import cdiv, next_power_of_2, require_triton_tensor
 from effsmall.ssm.selective_scan import check_selective_scan_inputs, selective_scan_parallel
 
-__all__ = ["selective_scan_triton"]
+__all__ = ["selective_scan_triton", "SOFTPLUS_THRESHOLD"]
+
+#: softplus(x) = log(1 + eˣ) is taken as x above this (torch's ``F.softplus`` threshold: the
+#: difference, log(1 + e⁻ˣ), is below fp32's resolution of x there).
+SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 
 
 @triton.jit
@@ -63,8 +67,8 @@ def _selective_scan_fwd_kernel(
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)                # the carried state
     row = pid_b * s_ub + offs_d[:, None] * s_ud                       # (BLOCK_D, 1)
     bc_row = grp[:, None, None]                                       # (BLOCK_D, 1, 1)
-    # A while loop, not range(): the Triton interpreter under numpy 2 cannot take a runtime
-    # int as a range() bound (int() of a size-1 array), while both modes accept this form.
+    # A while loop in both modes: the form the interpreter accepts (effsmall.runtime.INTERP_FLAG
+    # explains why); compiled, such a loop is not software-pipelined.
     l0 = 0
     while l0 < seqlen:
         offs_l = l0 + tl.arange(0, BLOCK_L)                           # (BLOCK_L,)
@@ -75,7 +79,7 @@ def _selective_scan_fwd_kernel(
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))     # softplus, linear for large Δ
+            dt = tl.where(dt > SOFTPLUS_THRESHOLD, dt, tl.log(1.0 + tl.exp(dt)))   # softplus(Δ)
         m_dnl = m_dl[:, None, :] & mask_n[None, :, None]              # (BLOCK_D, BLOCK_N, BLOCK_L)
         Bt = tl.load(B_ptr + pid_b * s_bb + bc_row * s_bg + offs_n[None, :, None] * s_bn
                      + offs_l[None, None, :] * s_bl, mask=m_dnl, other=0.0).to(tl.float32)

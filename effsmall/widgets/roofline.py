@@ -37,7 +37,7 @@ def roofline_spec(device: str = "H100 SXM", dtype: str = "fp16", size: int = 409
 def _measured(costs) -> list[dict]:
     """The book's measured FlashAttention forward kernels (effsmall's Triton kernel, H100)."""
     try:
-        from effsmall.bench import load_result
+        from effsmall.measure import load_result
 
         res = load_result("attention", "H100")
     except (FileNotFoundError, ValueError, ImportError):

@@ -4,9 +4,10 @@ configuration cost minutes per shape). ``tests/test_kernels_gpu.py`` runs the au
 configurations at realistic sizes."""
 import pytest
 
+from effsmall.testing import untuned_kernels
+
 
 @pytest.fixture(autouse=True)
-def _safe_kernel_config(monkeypatch):
-    import effsmall.attention.flash_triton as ft
-
-    monkeypatch.setattr(ft, "AUTOTUNE", False)
+def _safe_kernel_config():
+    with untuned_kernels():
+        yield

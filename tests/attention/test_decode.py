@@ -257,11 +257,12 @@ def test_wrong_device_is_value_error():
 # GPU, realistic sizes, bf16
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def one_config(monkeypatch):
+def one_config():
     """GPU correctness tests launch the first config (no timing of configs: the bench does that)."""
-    import effsmall.attention.decode as decode_module
+    from effsmall.testing import untuned_kernels
 
-    monkeypatch.setattr(decode_module, "AUTOTUNE", False)
+    with untuned_kernels():
+        yield
 
 
 @pytest.mark.gpu

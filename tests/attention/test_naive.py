@@ -64,10 +64,10 @@ def test_scale_and_half_precision():
     q, k, v = _rand(2, 4, 2, 11, 13, 16)
     ref = naive_attention(q, k, v, causal=True, scale=0.3)
     torch.testing.assert_close(ref, _sdpa(q, k, v, attention_mask(11, 13, True), scale=0.3))
-    for dt in (torch.float32, torch.bfloat16, torch.float16):
-        out = naive_attention(q.to(dt), k.to(dt), v.to(dt), causal=True, scale=0.3)
-        assert out.dtype == dt
-        tol = 1e-5 if dt == torch.float32 else 2e-2
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        out = naive_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, scale=0.3)
+        assert out.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 

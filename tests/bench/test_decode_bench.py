@@ -1,4 +1,4 @@
-"""The decode suite: the CPU smoke run writes rows and a summary; the summary's ratios and lines."""
+"""The decode suite: the CPU smoke run writes rows and a summary; the summary's ratios and the table."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ from effsmall.bench.decode import _ratios, kv_bytes, summarize, table
 
 def test_cli_decode_quick_cpu(tmp_path):
     out = tmp_path / "decode.json"
-    env = dict(os.environ, EFFSMALL_DECODE_SKIP_LM="1", TRITON_INTERPRET="1")   # --device cpu: the interpreter, GPU or not
+    env = dict(os.environ, EFFSMALL_BENCH_PARTS="attention", TRITON_INTERPRET="1")   # --device cpu: the interpreter, GPU or not
     subprocess.run([sys.executable, "-m", "effsmall.bench", "decode", "--device", "cpu", "--quick", "--out", str(out)],
                    check=True, timeout=600, env=env, capture_output=True)
     res = json.loads(out.read_text())
@@ -18,15 +18,15 @@ def test_cli_decode_quick_cpu(tmp_path):
     kinds = {r["kind"] for r in res["rows"]}
     assert {"ceiling", "decode"} <= kinds
     mine = [r for r in res["rows"] if r["kind"] == "decode" and r["impl"] == "effsmall"]
-    assert mine and all(r["max_abs_err_vs_reference"] < 1e-4 for r in mine)
-    assert "lines" not in res["summary"]          # the targets are about GPU time only
+    assert mine and all(r["ms"] > 0 for r in mine) and "lm_decode" not in kinds
+    assert res["summary"]["vs_best_sdpa_geomean"] > 0
 
 
 def _row(impl, B, L, ms, graph):
     return dict(kind="decode", impl=impl, B=B, L=L, ms=ms, graph_ms=graph, pct_of_read_ceiling=90.0)
 
 
-def test_ratios_summary_and_lines():
+def test_ratios_summary_and_table():
     rows = []
     for L in (4096, 65536):
         shape = {"effsmall": _row("effsmall", 1, L, 0.02, 0.010),
@@ -40,10 +40,9 @@ def test_ratios_summary_and_lines():
         assert abs(shape["effsmall"]["paged_over_contiguous_graph"] - 1.04) < 1e-9
         rows += list(shape.values())
     s = summarize(rows)
-    assert s["lines"]["B=1, 4K-16K: >= 1.3x best SDPA (GPU time)"] is True
-    assert s["lines"]["from 32K: >= 85% of the read ceiling"] is True
-    assert s["lines"]["paged within 5% of contiguous"] is True
-    assert "effsmall" in table(rows)
+    assert abs(s["vs_best_sdpa_graph_geomean"] - 1.4) < 1e-9 and abs(s["paged_over_contiguous_graph_max"] - 1.04) < 1e-9
+    text = table(rows)
+    assert "effsmall" in text and "1.40" in text and len(text.splitlines()) == 3   # header + one line per (B, L)
     assert kv_bytes(1, 1024) == 2 * 8 * 1024 * 128 * 2
 
 

@@ -1,12 +1,12 @@
-"""The benchmark harness: CLI writes valid JSON; committed results load; timing works."""
+"""The benchmark suites' harness: the CLI writes valid JSON, committed results load, the suites'
+shared settings, rows and table (the measuring itself: ``tests/test_measure.py``)."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from effsmall.bench import benchmark, list_results, load_result, plot_rows
-from effsmall.bench.timing import peak_memory
+from effsmall.bench import list_results, load_result
 
 
 def test_cli_ceilings_cpu(tmp_path):
@@ -37,43 +37,24 @@ def test_committed_h100_ceilings():
         load_result("ceilings", device="no such device")
 
 
-def test_benchmark_and_peak_memory_cpu():
-    import torch
+def test_names_the_suites_import_stay_importable():
+    from effsmall import measure
+    from effsmall.bench.results import environment, geomean, load_result, record_partial, save_result  # noqa: F401
+    from effsmall.bench.timing import benchmark, benchmark_rounds, compare, host_time, rounds_default  # noqa: F401
 
-    t = benchmark(lambda: torch.ones(1000).sum(), device="cpu", min_run_time=0.01)
-    assert 0 < t < 0.1
-    n = 1 << 20
-    peak = peak_memory(lambda: torch.empty(n, dtype=torch.float32).fill_(1.0), device="cpu")
-    assert peak >= 4 * n
+    assert benchmark is measure.benchmark and geomean is measure.geomean and save_result is measure.save_result
 
 
-def test_plot_rows():
-    import matplotlib
-    matplotlib.use("Agg")
-    rows = [dict(N=n, ms=n / 100, impl=i) for n in (1, 2, 4) for i in ("a", "b")]
-    ax = plot_rows(rows, "N", "ms", hue="impl")
-    assert len(ax.lines) == 2
+def test_shared_table_one_line_per_shape():
+    from effsmall.bench.common import table
 
-
-def test_peak_memory_counts_nested_ops_once():
-    """A loop of many small matmuls (nested aten ops) must not look like a leak."""
-    import torch
-
-    a = torch.randn(64, 64)
-    one = peak_memory(lambda: a @ a, device="cpu")
-    many = peak_memory(lambda: [a @ a for _ in range(200)], device="cpu")
-    loop_freeing = peak_memory(lambda: [(a @ a).sum() for _ in range(200)], device="cpu")
-    assert one >= 64 * 64 * 4
-    assert loop_freeing < 4 * one, "temporaries freed in a loop must not accumulate"
-    assert many >= one
-
-
-def test_peak_memory_counts_live_results():
-    import torch
-
-    a = torch.randn(256, 256)
-    got = peak_memory(lambda: (a @ a) @ a, device="cpu")  # two 256x256 float32 results alive at most
-    assert 256 * 256 * 4 <= got <= 2 * 256 * 256 * 4 + 4096
+    rows = [dict(impl=i, N=n, tflops=t) for n in (512, 1024) for i, t in (("a", 1.0 * n), ("b", None))]
+    rows.append(dict(impl="a", N=None, tflops=3.0))                  # a row without the key sorts last
+    text = table(rows, index=("N",), impls=("a", "b", "c"), cell=lambda r: r.get("tflops"), unit="TFLOP/s",
+                 extras=[("a/1k", lambda rs: rs["a"]["tflops"] / 1024 if rs["a"].get("tflops") else None)])
+    lines = text.splitlines()
+    assert len(lines) == 4 and "c" not in lines[0].split() and lines[0].endswith("(TFLOP/s)")
+    assert lines[1].split() == ["512", "512.0", "-", "0.50"] and lines[3].split()[0] == "None"
 
 
 def test_geomean_and_partial_rows(tmp_path, monkeypatch):
@@ -121,29 +102,3 @@ def test_merge_results_keeps_one_ceiling_and_every_run():
     assert [r["kind"] for r in m["rows"]] == ["ceiling", "r", "r"]
     assert m["summary"] == {"n": 3} and m["seconds"] == 5.0 and m["note"] == "two runs"
     assert [r["date"][-9:-4] for r in m["runs"]] == ["00:00", "00:10"]
-
-
-def test_host_time_measures_the_call():
-    import time
-
-    from effsmall.bench.timing import host_time
-
-    t = host_time(lambda: time.sleep(0.002), "cpu", calls=3, repeats=3)
-    assert 0.0015 < t < 0.05
-
-
-def test_compare_warms_up_records_failures_and_times_the_rest():
-    from effsmall.bench.timing import compare
-
-    seen = []
-
-    def ok():
-        seen.append(1)
-
-    def bad():
-        raise RuntimeError("refuses this shape")
-
-    out = compare({"ok": ok, "bad": bad}, "cpu", detail=["ok"], rounds=2, min_run_time=0.01)
-    assert isinstance(out["bad"], RuntimeError)
-    assert out["ok"]["s"] > 0 and out["ok"]["graph"] is None and out["ok"]["host"] is None  # CUDA only
-    assert list(out) == ["bad", "ok"] and len(seen) > 2  # warm-up + timed calls

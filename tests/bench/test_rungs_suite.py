@@ -1,5 +1,5 @@
-"""The ``rungs`` suite: the CPU quick run goes through the CLI and writes JSON with correctness
-rows, matmul and attention rows for every implementation, and a summary (the GPU numbers come
+"""The ``rungs`` suite: the CPU quick run goes through the CLI and writes JSON with matmul, SSD
+and attention rows for every implementation, and a summary (the GPU numbers come
 from ``python -m effsmall.bench rungs --device cuda``)."""
 import json
 import os
@@ -20,10 +20,7 @@ def test_rungs_quick_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert "rungs" in SUITES and res["suite"] == "rungs" and res["quick"]
     rows = res["rows"]
-    checks = [r for r in rows if r["kind"] == "check"]
-    assert {r["impl"] for r in checks} == {"fa1", "fa2_minimal", "production", "triton_tiled", "ssd_minimal",
-                                           "ssd_triton"}
-    assert all(r["ok"] for r in checks) and res["summary"]["checks_passed"]
+    assert not [r for r in rows if r["kind"] == "check"]     # correctness is tests/test_rungs_gpu.py's
     att = [r for r in rows if r["kind"] == "attention"]
     assert {r["impl"] for r in att} == {"fa1", "fa2_minimal", "production"}
     assert all(r["ms"] > 0 and r["tflops"] > 0 for r in att)
@@ -32,3 +29,7 @@ def test_rungs_quick_cpu(tmp_path):
     assert {r["impl"] for r in mm} == {"triton_tiled", "torch"} and all(r["ms"] > 0 for r in mm)
     ssd = [r for r in rows if r["kind"] == "ssd"]
     assert {r["impl"] for r in ssd} == {"ssd_minimal", "ssd_triton"} and all(r["ms"] > 0 for r in ssd)
+    from effsmall.bench.rungs import table
+
+    text = table(rows)
+    assert all(impl in text for impl in ("fa1", "fa2_minimal", "production", "triton_tiled", "ssd_minimal"))
