@@ -109,7 +109,6 @@ def read_ceiling(device: str, quick: bool = False) -> dict:
     t = benchmark(lambda: x.sum(dtype=torch.float32), device)
     read = x.numel() * x.element_size() / t
     stream = _streaming_read_rate(x) if cuda else 0.0
-    del x
     return dict(copy_Bps=copy, sum_read_Bps=read, stream_read_Bps=stream, read_Bps=max(copy, read, stream))
 
 
@@ -259,7 +258,7 @@ def _lm_rows(rec: Recorder, device: str, quick: bool) -> None:
     contexts = LM_CONTEXTS if cuda and not quick else ((1024,) if cuda else ((64,) if quick else (64, 256)))
     steps = 20 if cuda else 3
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    t0 = time.time()
+    start = time.time()
     budget = LM_BUDGET_S if cuda else 120
     for arch in ("transformer", "mamba2", "hybrid"):
         torch.manual_seed(0)
@@ -267,7 +266,7 @@ def _lm_rows(rec: Recorder, device: str, quick: bool) -> None:
         if cuda:
             model = model.to(torch.bfloat16)
         for ctx in contexts:
-            if time.time() - t0 > budget:
+            if time.time() - start > budget:
                 rec.add(dict(kind="skipped", arch=arch, context=ctx, reason="LM time budget"))
                 continue
             idx = torch.randint(0, model.cfg.vocab_size, (1, ctx), device=device)

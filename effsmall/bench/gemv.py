@@ -28,15 +28,14 @@ rows check the plumbing and correctness; their times say nothing about a GPU.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from effsmall.bench.results import geomean, record_partial
-from effsmall.bench.timing import benchmark, benchmark_rounds
+from effsmall.bench.common import benchmark_rounds, budget_s, record_partial, rounds_default
+from effsmall.measure import benchmark, geomean
 from effsmall.compress.dequant_gemv import dequant_matmul_reference
 
 SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192))     # (K, N)
@@ -151,8 +150,8 @@ def tune(layer: Layer, x: torch.Tensor, device: str, add) -> dict:
 
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     cuda = str(device).startswith("cuda")
-    budget = float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 100 if cuda else 60))
-    rounds = max(1, int(os.environ.get("EFFSMALL_BENCH_ROUNDS", "2")))
+    budget = budget_s(100 if cuda else 60)
+    rounds = rounds_default(2)
     t0 = time.time()
     rows: list[dict] = []
 

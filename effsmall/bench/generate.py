@@ -30,14 +30,13 @@ CPU (``--device cpu``, ``--quick`` a smoke test): a toy model at contexts 32 and
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-from effsmall.bench.results import record_partial
+from effsmall.bench.common import budget_s, record_partial
 
 ARCHS = ("transformer", "mamba2", "hybrid")
 CONTEXTS = (1024, 16384, 65536)
@@ -155,7 +154,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
 
     cuda = str(device).startswith("cuda")
     t_start = time.time()
-    budget = float(os.environ.get("EFFSMALL_BENCH_BUDGET_S", 150 if cuda else 120))
+    budget = budget_s(150 if cuda else 120)
     rows: list[dict] = []
 
     def add(row):
