@@ -228,23 +228,6 @@ def summarize(rows: list[dict]) -> dict:
                       if r.get(col) and (_get(gen, "mamba2", 1, r["context"]) or {}).get(col)
                       and r[col] > _get(gen, "mamba2", 1, r["context"])[col]]
             out[f"first_context_transformer_slower_{col}_batch1"] = slower[0] if slower else None
-    if not any(r.get("graph_ms") for r in gen):       # the targets are about a GPU's CUDA-graph time
-        return out
-
-    def all_le(rs, col, bound):
-        vals = [r.get(col) for r in rs]
-        if not rs or any(v is None for v in vals):
-            return None
-        return all(v <= bound for v in vals)
-    b1 = [r for r in gen if r["batch"] == 1]
-    out["lines"] = {
-        "graphed, batch 1, from 16K: <= 2x floor": all_le([r for r in b1 if r["context"] >= 16384],
-                                                         "graph_over_floor", 2.0),
-        "graphed, batch 1, 1K: <= 3x floor": all_le([r for r in b1 if r["context"] == 1024], "graph_over_floor", 3.0),
-        "eager, batch 1, 1K: <= 3 ms per token": all_le([r for r in b1 if r["context"] == 1024], "eager_ms", 3.0),
-        "batch 16, 64K: tokens/s within 1.5x of the floor": all_le(
-            [r for r in gen if r["batch"] == 16 and r["context"] == 65536], "graph_over_floor", 1.5),
-    }
     return out
 
 
