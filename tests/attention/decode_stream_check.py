@@ -8,7 +8,12 @@ own that does not wait for the caller's. Here the current stream is held busy (`
 while the lengths still hold a huge stale value; the write of the real lengths is queued behind it.
 A timing stream that does not wait reads the stale value and faults ("an illegal memory access");
 one that synchronizes first reads the real lengths. Exit status 0 and "ok" when the outputs are right.
+
+``--unfixed`` times as before the fix (no synchronization): expected to end in "an illegal memory
+access" (run it in a process of its own; it ends the process's CUDA context).
 """
+import sys
+
 import torch
 
 from effsmall.attention import decode
@@ -37,5 +42,13 @@ def main() -> None:
     print("ok: flash_decode's first-call timing waited for the caller's stream")
 
 
+def _unsynchronized_gpu_time(fn, device=None) -> float:
+    import triton.testing as tt
+
+    return tt.do_bench_cudagraph(fn, rep=10)
+
+
 if __name__ == "__main__":
+    if "--unfixed" in sys.argv:
+        decode._gpu_time = _unsynchronized_gpu_time
     main()
