@@ -417,30 +417,44 @@ def split_candidates(batch: int, kv_heads: int, keys: int, sms: int, block_n: in
     return (s0,) + tuple(sorted({max(1, s0 // 2), min(2 * s0, most)} - {s0}))
 
 
-def _gpu_time(fn) -> float:
+def _gpu_time(fn, device=None) -> float:
     """Milliseconds of GPU time per call of ``fn``: replayed from a CUDA graph (a decode step's
     launches cost the host more than the GPU, so eager timing would measure only the host);
-    plain ``do_bench`` if the graph cannot be captured."""
+    plain ``do_bench`` if the graph cannot be captured.
+
+    ``do_bench_cudagraph`` calls ``fn`` on a stream of its own that does not wait for the
+    caller's stream, so the device is synchronized first: a caller that does not synchronize
+    (a decode step with ``validate=False``) may still have the kernels that write ``fn``'s inputs
+    queued (its lengths ``seqlens + 1``, its rotated q), and a length read from memory not yet
+    written sends the split kernel's loads anywhere."""
     import triton.testing as tt
 
+    torch.cuda.synchronize(device)
     try:
         return tt.do_bench_cudagraph(fn, rep=10)
     except Exception:  # noqa: BLE001 - e.g. called while another capture is running
+        torch.cuda.synchronize(device)
         return tt.do_bench(fn, warmup=3, rep=15)
 
 
-def _pick(key, candidates, run, autotune: bool):
+def _capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a graph (nothing may synchronize)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _pick(key, candidates, run, autotune: bool, device=None):
     """Run with the remembered fastest ``(num_splits, config)`` for ``key``; the first time, time
     every candidate that compiles (GPU time) and remember the fastest (``autotune=False``: run
-    the first candidate). Warm a shape up before capturing it in a CUDA graph: the timing
-    synchronizes."""
+    the first candidate). The timing synchronizes the device (:func:`_gpu_time`), so it is
+    skipped inside a CUDA-graph capture (the first candidate runs, nothing is remembered):
+    warm a shape up before capturing it."""
     best = _BEST.get(key)
-    if best is None and autotune and len(candidates) > 1:
+    if best is None and autotune and len(candidates) > 1 and not _capturing():
         times = {}
         for cand in candidates:
             try:
                 run(*cand)
-                times[cand] = _gpu_time(lambda cand=cand: run(*cand))
+                times[cand] = _gpu_time(lambda cand=cand: run(*cand), device)
             except Exception:  # noqa: BLE001 - a config may not fit (shared memory, registers)
                 continue
         best = min(times, key=times.get) if times else candidates[-1]
@@ -578,4 +592,4 @@ def _launch(plan: _Plan, q, k_cache, v_cache, cache_seqlens, block_table, autotu
     if B == 0 or Hq == 0:
         return (torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=dev),
                 torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32, device=dev))
-    return _pick(plan.key, plan.candidates, run, autotune)
+    return _pick(plan.key, plan.candidates, run, autotune, dev)

@@ -85,6 +85,7 @@ def _measure(model, batch: int, context: int, cuda: bool, copy_Bps: float, quick
     n_graph = 10 if quick else GRAPH_TOKENS
     state = DecodeState(model, batch, capacity=context + 2 + n_eager + 2 + n_graph + 8)
     _fill_random(state, context, seed=context + batch)
+    sync()                                               # the fill (GBs at batch 16) done before any timing
     dec = TokenDecoder(model, state)                     # greedy: the token stays on the device
     b = bytes_per_token(model, batch, context)
     floor_s = b["total"] / copy_Bps

@@ -298,3 +298,68 @@ def test_gpu_cuda_graph_capture():  # tunes once (outside the capture), then cap
     torch.cuda.synchronize()
     assert not torch.equal(out, ref)
     assert (out.float() - fn().float()).abs().max().item() <= 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# The first-call timing (_pick) and the caller's stream
+# ---------------------------------------------------------------------------------------------
+def test_gpu_time_synchronizes_before_timing_on_its_own_stream(monkeypatch):
+    """do_bench_cudagraph calls fn on a stream that does not wait for the caller's: _gpu_time must
+    synchronize first, or a decode step's not-yet-written lengths are read (an illegal address)."""
+    import triton.testing as tt
+
+    from effsmall.attention.decode import _gpu_time
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
+
+    def bench(fn, rep=20, **kw):
+        events.append(("bench", None))
+        fn()
+        return 1.0
+    monkeypatch.setattr(tt, "do_bench_cudagraph", bench)
+    assert _gpu_time(lambda: events.append(("fn", None)), "cuda:0") == 1.0
+    assert events == [("sync", "cuda:0"), ("bench", None), ("fn", None)]
+
+    events.clear()                           # the fallback (no graph) also starts from a synchronized device
+    monkeypatch.setattr(tt, "do_bench_cudagraph", lambda fn, rep=20, **kw: (_ for _ in ()).throw(RuntimeError))
+    monkeypatch.setattr(tt, "do_bench", lambda fn, **kw: (events.append(("do_bench", None)), 2.0)[1])
+    assert _gpu_time(lambda: None, "cuda:0") == 2.0
+    assert events[-2:] == [("sync", "cuda:0"), ("do_bench", None)]
+
+
+def test_pick_times_once_and_never_inside_a_capture(monkeypatch):
+    from effsmall.attention import decode
+
+    cands = ((4, (64, 4, 3)), (2, (64, 4, 3)), (8, (32, 4, 1)))
+    ran, timed = [], []
+    run = lambda S, cfg: ran.append((S, cfg)) or (S, cfg)          # noqa: E731
+    monkeypatch.setattr(decode, "_gpu_time", lambda fn, device=None: (timed.append(device), fn(), ran[-1][0])[2])
+    monkeypatch.setattr(decode, "_BEST", {})
+    # inside a capture nothing may synchronize: the first candidate runs, nothing is remembered
+    monkeypatch.setattr(decode, "_capturing", lambda: True)
+    assert decode._pick("key", cands, run, True, "cuda:0") == cands[0]
+    assert ran == [cands[0]] and not timed and decode._BEST == {}
+    # outside: every candidate timed once (on the caller's device), the fastest remembered and run
+    monkeypatch.setattr(decode, "_capturing", lambda: False)
+    ran.clear()
+    assert decode._pick("key", cands, run, True, "cuda:0") == cands[1]
+    assert timed == ["cuda:0"] * 3 and decode._BEST == {"key": cands[1]}
+    ran.clear()
+    assert decode._pick("key", cands, run, True, "cuda:0") == cands[1] and ran == [cands[1]]
+
+
+@pytest.mark.gpu
+def test_gpu_first_call_timing_waits_for_the_callers_stream():
+    """The check script in a process of its own: before the fix it ended the CUDA context."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import os
+
+    script = pathlib.Path(__file__).with_name("decode_stream_check.py")
+    root = str(script.parents[2])              # this checkout's package, whatever the caller's PYTHONPATH
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
