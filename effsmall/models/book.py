@@ -57,7 +57,7 @@ VOCAB = 2048
 #: The three language models: 4 layers of width 128 (≈ 1.1 M parameters each, 2.3 MB in bf16).
 LM_SHAPE = dict(vocab_size=VOCAB, d_model=128, n_layers=4, n_heads=4, d_state=32, headdim=32,
                 chunk_size=64, attn_every=2)
-LM_TRAIN = dict(steps=1500, batch=32, seq_len=256, lr=3e-3, eval_every=50, n_val=16)
+LM_TRAIN = dict(steps=3000, batch=32, seq_len=256, lr=3e-3, eval_every=50, n_val=16)
 
 #: MQAR: 8 key-value pairs among 64 keys, 2-layer mixer-only models of width 64 (Zoology's set-up).
 MQAR_TASK = MQARConfig(num_keys=64, num_values=64, num_pairs=8, seq_len=64)
@@ -68,13 +68,25 @@ MQAR_TRAIN = dict(steps=3000, batch=128, lr=3e-3, eval_every=100, n_test=1024, d
 
 #: Chapter 14's model: a plain ReLU FFN (shift 0), sparse because of the L1 penalty, not the init.
 RELU_CONFIG = ReluLMConfig(vocab_size=VOCAB, d_model=128, n_layers=4, n_heads=4, d_ff=2048, max_len=256,
-                           shift=0.0, l1=0.1, steps=2000, batch_size=32, seq_len=256, lr=3e-3)
+                           shift=0.0, l1=0.1, steps=4000, batch_size=32, seq_len=256, lr=3e-3)
 
 #: The same recipe at CPU size, for a machine without the shipped weights (≈ 1 minute on a laptop).
-CPU_RELU_CONFIG = replace(RELU_CONFIG, d_model=64, n_layers=2, n_heads=2, d_ff=1024, max_len=128, steps=300,
+CPU_RELU_CONFIG = replace(RELU_CONFIG, d_model=64, n_layers=2, n_heads=2, d_ff=4096, max_len=128, steps=300,
                           batch_size=8, seq_len=64)
 
-PROMPTS = ("The import statement", 'Return "True" if the object', "The exception is propagated to the")
+PROMPTS = ('Return "True" if the object', "The exception is propagated to the", "The import statement")
+
+
+
+def is_text(s: str, min_chars: int = 20) -> bool:
+    """Whether a continuation reads as words: at least ``min_chars`` characters, at least 60% of
+    them letters or spaces, and three different words (a loop of newlines or one repeated
+    token is not text)."""
+    import re
+
+    words = set(re.findall(r"[A-Za-z]{2,}", s))
+    return len(s) >= min_chars and sum(c.isalpha() or c == " " for c in s) >= 0.6 * len(s) and len(words) >= 3
+
 
 WEIGHTS_PACKAGE = "effsmall.weights"
 LM_FILE, RELU_FILE, TOKENIZER_FILE = "book_lms.safetensors", "book_relu_lm.safetensors", "book_tokenizer.json"
@@ -540,7 +552,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m effsmall.models.book", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True, help="folder for the JSON, weights and tokenizer")
-    ap.add_argument("--budget-s", type=float, default=225.0, help="wall-clock seconds for all training")
+    ap.add_argument("--budget-s", type=float, default=210.0, help="wall-clock seconds for all training")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the same code")
     ap.add_argument("--medium", action="store_true", help="CPU-sized models: minutes on a laptop")
     ap.add_argument("--only", nargs="*", choices=tuple(SHARES), default=list(SHARES))
@@ -580,6 +592,7 @@ def main(argv=None) -> dict:
                 if name == "mqar":
                     rows = run_mqar(device, slot, **q["mqar"])
                     result["mqar"] = {"task": asdict(q["mqar"].get("task", MQAR_TASK)), "target": MQAR_TARGET,
+                                      "n_test": q["mqar"].get("n_test", MQAR_TRAIN["n_test"]),
                                       "rows": rows, "summary": mqar_summary(rows)}
                     result["mqar"]["description"] = describe_mqar(result["mqar"]["summary"])
                     print(result["mqar"]["description"], flush=True)

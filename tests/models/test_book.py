@@ -29,6 +29,7 @@ def test_quick_run_writes_every_output(quick_run):
     assert {(r["arch"], r["d_state"]) for r in rows} == {("mamba2", 2), ("mamba2", 8), ("transformer", None)}
     assert {r["seed"] for r in rows} == {0, 1}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["stopped"] in ("steps", "converged", "time") for r in rows)
+    assert data["mqar"]["n_test"] == 32
     assert set(data["mqar"]["summary"]) == {"mamba2 N=2", "mamba2 N=8", "transformer"}
     assert isinstance(data["mqar"]["description"], str)
     # the three LMs: curves and samples
@@ -148,3 +149,10 @@ def test_book_training_runs_on_the_gpu(tmp_path):
     result = book.main(["--device", "cuda", "--quick", "--out", str(tmp_path), "--budget-s", "60"])
     assert result["errors"] == {}
     assert book.has_weights(tmp_path)
+
+
+def test_is_text_rejects_loops_of_newlines():
+    assert book.is_text(" is raised when the object has no attribute of that name")
+    assert not book.is_text("\n" * 32)
+    assert not book.is_text(" the the the the the the the the")
+    assert not book.is_text(" ok")
