@@ -593,6 +593,7 @@ def main(argv=None) -> dict:
                     rows = run_mqar(device, slot, **q["mqar"])
                     result["mqar"] = {"task": asdict(q["mqar"].get("task", MQAR_TASK)), "target": MQAR_TARGET,
                                       "n_test": q["mqar"].get("n_test", MQAR_TRAIN["n_test"]),
+                                      "d_model": q["mqar"].get("d_model", MQAR_TRAIN["d_model"]),
                                       "rows": rows, "summary": mqar_summary(rows)}
                     result["mqar"]["description"] = describe_mqar(result["mqar"]["summary"])
                     print(result["mqar"]["description"], flush=True)

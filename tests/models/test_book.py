@@ -29,7 +29,7 @@ def test_quick_run_writes_every_output(quick_run):
     assert {(r["arch"], r["d_state"]) for r in rows} == {("mamba2", 2), ("mamba2", 8), ("transformer", None)}
     assert {r["seed"] for r in rows} == {0, 1}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["stopped"] in ("steps", "converged", "time") for r in rows)
-    assert data["mqar"]["n_test"] == 32
+    assert data["mqar"]["n_test"] == 32 and data["mqar"]["d_model"] == 32
     assert set(data["mqar"]["summary"]) == {"mamba2 N=2", "mamba2 N=8", "transformer"}
     assert isinstance(data["mqar"]["description"], str)
     # the three LMs: curves and samples
