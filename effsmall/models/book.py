@@ -336,7 +336,8 @@ def lm_samples(model, tok, device, n_new: int = 48, temperature: float = 0.8, to
         ids = torch.tensor([tok.encode(p).ids], device=device)
         greedy = model.generate(ids, n_new)[0, ids.shape[1]:].tolist()
         sampled = model.generate(ids, n_new, temperature=temperature, top_k=top_k, seed=i)[0, ids.shape[1]:].tolist()
-        out.append({"prompt": p, "greedy": tok.decode(greedy), "sampled": tok.decode(sampled)})
+        out.append({"prompt": p, "greedy": tok.decode(greedy), "sampled": tok.decode(sampled),
+                    "greedy_is_text": is_text(tok.decode(greedy[:24]))})
     return out
 
 
@@ -391,8 +392,12 @@ def relu_sparsity(model: ReluLM, val) -> list[float]:
 
 def relu_samples(model: ReluLM, tok, n_new: int = 32) -> list[dict]:
     """Greedy continuations (the decoding chapter 14's strategies must reproduce)."""
-    return [{"prompt": p, "greedy": tok.decode(model.generate(tok.encode(p).ids, n_new)[len(tok.encode(p).ids):])}
-            for p in PROMPTS]
+    out = []
+    for p in PROMPTS:
+        ids = tok.encode(p).ids
+        new = model.generate(ids, n_new)[len(ids):]
+        out.append({"prompt": p, "greedy": tok.decode(new), "greedy_is_text": is_text(tok.decode(new[:24]))})
+    return out
 
 
 def run_relu(device, slot_s: float, cfg: ReluLMConfig = RELU_CONFIG, n_val: int = 16, log=print):
@@ -619,6 +624,10 @@ def main(argv=None) -> dict:
         except Exception as e:
             result["errors"]["weights"] = f"{type(e).__name__}: {e}"
     save()
+    texts = {r["arch"]: any(x["greedy_is_text"] for x in r["samples"]) for r in result.get("lms", {}).get("rows", [])}
+    if "relu" in result:
+        texts["relu"] = any(x["greedy_is_text"] for x in result["relu"]["samples"])
+    print(f"greedy continuation is words for some prompt: {texts}")
     print(f"wrote {json_path}; {result['seconds']:.0f} s in all; errors: {result['errors'] or 'none'}")
     return result
 
