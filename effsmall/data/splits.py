@@ -33,11 +33,16 @@ def token_splits(vocab_size: int = 2048, val_fraction: float = 0.1, block: int =
     part of the corpus (language reference *and* library docstrings), while no window of the
     validation set overlaps a training window of the same block.
     """
+    train, val = split_ids(_encoded(vocab_size), val_fraction, block)
+    return train, val, get_tokenizer(vocab_size)
+
+
+def split_ids(ids: torch.Tensor, val_fraction: float = 0.1, block: int = 16384):
+    """``(train_ids, val_ids)``: the last ``val_fraction`` of every ``block`` tokens is validation."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if block < 64:
         raise ValueError(f"block must be >= 64 tokens, got {block!r}")
-    ids = _encoded(vocab_size)
     n_val = max(1, int(block * val_fraction))
     train, val = [], []
     for start in range(0, len(ids), block):
@@ -45,7 +50,7 @@ def token_splits(vocab_size: int = 2048, val_fraction: float = 0.1, block: int =
         cut = max(0, len(chunk) - n_val)
         train.append(chunk[:cut])
         val.append(chunk[cut:])
-    return torch.cat(train), torch.cat(val), get_tokenizer(vocab_size)
+    return torch.cat(train), torch.cat(val)
 
 
 def _check(ids: torch.Tensor, batch_size: int, seq_len: int):

@@ -6,6 +6,8 @@
 - ``HybridLM``: attention in every k-th layer, Mamba-2 in the rest (Jamba).
 - ``train``/``evaluate``: a seeded AdamW loop with a tqdm bar, returning the loss history.
 - ``SequenceClassifier``: a causal LM body + last-real-token pooling + a linear head.
+- ``book`` (a module): the book's trained models — ``python -m effsmall.models.book`` trains them
+  on a GPU in one timed command; ``book.load_lm`` / ``book.load_relu_lm`` load the shipped weights.
 - ``attention``: the fastest exact attention for the device (FlashAttention Triton on CUDA,
   torch SDPA on CPU), ``model_stats``: parameters, FLOPs/token and memory per context token.
 """

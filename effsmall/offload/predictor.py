@@ -91,21 +91,34 @@ def train_predictors(model, ids: torch.Tensor, rank: int = 32, recall: float = 0
             for l, (h, a) in enumerate(record_activations(model, ids))]
 
 
-def load_or_train_predictors(model, rank: int = 32, recall: float = 0.99) -> list[LowRankPredictor]:
-    """Predictors cached under the cache dir, keyed by model config and (rank, recall)."""
+def load_or_train_predictors(model, rank: int = 32, recall: float = 0.99,
+                             ids: torch.Tensor | None = None) -> list[LowRankPredictor]:
+    """Predictors cached under the cache dir, keyed by model config and (rank, recall).
+
+    ``ids``: the training text's token ids (default: the corpus with this machine's tokenizer);
+    when given, the cache key also names a hash of the weights and of ``ids``.
+    """
+    import hashlib
+
     from safetensors.torch import load_file, save_file
 
     from effsmall.data import cache_dir, token_splits
 
     cfg = model.cfg
-    path = cache_dir() / f"relu_lm-{cfg.key()}-pred-r{rank}-{recall}.safetensors"
+    tag = ""
+    if ids is not None:
+        digest = hashlib.sha256(ids.numpy().tobytes())
+        for v in model.state_dict().values():
+            digest.update(v.detach().float().numpy().tobytes())
+        tag = "-" + digest.hexdigest()[:12]
+    path = cache_dir() / f"relu_lm-{cfg.key()}{tag}-pred-r{rank}-{recall}.safetensors"
     preds = [LowRankPredictor(cfg.d_model, cfg.d_ff, rank) for _ in range(cfg.n_layers)]
     if path.exists():
         sd = load_file(str(path))
         for l, p in enumerate(preds):
             p.load_state_dict({k.split(".", 1)[1]: v for k, v in sd.items() if k.startswith(f"{l}.")})
         return [p.eval() for p in preds]
-    train_ids, _, _ = token_splits(vocab_size=cfg.vocab_size)
+    train_ids = token_splits(vocab_size=cfg.vocab_size)[0] if ids is None else ids
     preds = train_predictors(model, train_ids, rank=rank, recall=recall)
     save_file({f"{l}.{k}": v.contiguous() for l, p in enumerate(preds) for k, v in p.state_dict().items()}, str(path))
     return preds

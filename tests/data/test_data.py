@@ -74,3 +74,19 @@ def test_order_task_deterministic_and_correct():
         assert int(lab[b]) == int(ia < ib) and abs(ia - ib) >= lens[b] // 4
     with pytest.raises(ValueError, match="min_len"):
         OrderTaskConfig(min_len=50, max_len=40)
+
+
+def test_split_ids_interleaves_blocks_and_checks_arguments():
+    import pytest
+    import torch
+
+    from effsmall.data.splits import split_ids
+
+    ids = torch.arange(300)
+    tr, va = split_ids(ids, val_fraction=0.25, block=100)
+    assert va.tolist() == [*range(75, 100), *range(175, 200), *range(275, 300)]
+    assert torch.equal(torch.sort(torch.cat([tr, va])).values, ids)
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_ids(ids, val_fraction=1.0)
+    with pytest.raises(ValueError, match="block"):
+        split_ids(ids, block=8)
