@@ -26,8 +26,22 @@ into its two nibbles, sign-extends them and interleaves them back into K order, 
 registers. Per weight that is a shift, a mask, an xor, a subtract and a conversion; the scale
 costs one multiply per group and output, not per weight.
 
+**Decode (M ≤ 4): feed the memory system, skip the tensor cores.** With one row of x, a
+tensor-core tile pads M to 16 (15/16 of its work is wasted) and the time is entirely the weight
+stream — so what matters is how many bytes are *in flight*: a GPU needs tens of KB per SM of
+outstanding loads to reach its bandwidth. :func:`_gemv_fma_kernel` therefore uses many small
+programs — ``block_n`` rows of W each, and K cut into ``split_k`` slices whose partial sums meet
+by atomic adds into an fp32 y — and plain fp32 multiply-adds: each thread multiplies the weights it
+loaded by the matching x values and adds them into its own registers; the sum over K happens once,
+at the end. And it never re-interleaves int4 weights. Since
+
+    Σ_k x[k] q[k] = Σ_j x[2j] · lo[j] + x[2j+1] · hi[j]        (lo, hi: the nibbles of byte j)
+
+it splits the *activations* into even and odd columns instead — x is a few KB, read from cache,
+while the weights are the whole stream — and multiplies them with the nibbles where they lie.
+
 :func:`dequant_matmul_reference` is the naive ladder rung (dequantize with torch, then matmul);
-:func:`quant_gemv` is the Triton kernel. Both take the tensors of a
+:func:`quant_gemv` runs the Triton kernels (decode path for M ≤ 4, tensor cores above). Both take the tensors of a
 :class:`~effsmall.compress.QuantizedTensor` (:func:`quant_linear` takes the object itself).
 """
 from __future__ import annotations
@@ -214,7 +228,7 @@ def _gemv_fma_kernel(X, Q, S, Y, M, N, K, K_SPLIT, stride_xm, stride_qn, stride_
     ptrs = Y + rm[:, None] * stride_ym + rn[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     if SPLIT:
-        tl.atomic_add(ptrs, acc, mask=mask)                            # Y is fp32, zeroed by the host
+        tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")             # Y is fp32, zeroed by the host
     else:
         tl.store(ptrs, acc.to(Y.dtype.element_ty), mask=mask)
 
