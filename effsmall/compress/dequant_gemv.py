@@ -134,19 +134,26 @@ def _quant_gemv_kernel(X, Q, S, Y, M, N, K, stride_xm, stride_qn, stride_sn, str
 # decode path (M ≤ 4): no tensor cores, no padding, many small programs, split K
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _exact_float(u, offset: tl.constexpr):
+    """``float(u - offset)`` for int32 ``0 ≤ u < 2²³``, without an int→float conversion (a
+    quarter-rate instruction on recent GPUs): OR-ed into the mantissa of 2²³ (fp32 bits
+    0x4B000000), u makes the float 2²³ + u exactly; one subtraction of 2²³ + offset leaves u − offset."""
+    return (u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + offset)
+
+
+@triton.jit
 def _nibbles(Q, rn, k, k_end, N, K, stride_qn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    """The int4 weights q[rn, k : k + BLOCK_K] as two int32 ``(BLOCK_N, BLOCK_K/2)`` halves, *not*
+    """The int4 weights q[rn, k : k + BLOCK_K] as two fp32 ``(BLOCK_N, BLOCK_K/2)`` halves, *not*
     interleaved: ``lo[:, j] = q[:, k + 2j]`` and ``hi[:, j] = q[:, k + 2j + 1]`` (zero past the edges).
-    Sign extension is two arithmetic shifts of the byte widened to int32: the low nibble is moved to
-    the top and shifted back down, the high nibble is shifted down."""
+    A nibble u (0..15) holds q = u − 16·[u ≥ 8], which is (u xor 8) − 8: bit operations and one
+    subtraction (:func:`_exact_float`)."""
     rb = k // 2 + tl.arange(0, BLOCK_K // 2)                           # (BK/2,) byte columns
     if EVEN_K:
         mask = (rn[:, None] < N) & (k < k_end)
     else:
         mask = (rn[:, None] < N) & (rb[None, :] < K // 2) & (k < k_end)
-    b = tl.load(Q + rn[:, None] * stride_qn + rb[None, :], mask=mask, other=0)       # (BN, BK/2) uint8
-    b = b.to(tl.int8, bitcast=True).to(tl.int32)                       # the byte, sign-extended
-    return (b << 28) >> 28, b >> 4                                     # lo = q[2j], hi = q[2j+1]
+    b = tl.load(Q + rn[:, None] * stride_qn + rb[None, :], mask=mask, other=0).to(tl.int32)       # (BN, BK/2) bytes
+    return _exact_float((b & 0xF) ^ 8, 8), _exact_float((b >> 4) ^ 8, 8)   # lo = q[2j], hi = q[2j+1]
 
 
 @triton.jit
@@ -172,14 +179,15 @@ def _fma_block(acc, X, Q, S, rm, rn, k, k_end, M, N, K, stride_xm, stride_qn, st
     if INT4:
         xe, xo = tl.split(tl.reshape(x, (x.shape[0], BLOCK_K // 2, 2)))  # (BM, BK/2) twice: x[:, 2j], x[:, 2j+1]
         lo, hi = _nibbles(Q, rn, k, k_end, N, K, stride_qn, BLOCK_K, EVEN_K)                               # (BN, BK/2)
-        prod = _outer(xe, lo.to(tl.float32)) + _outer(xo, hi.to(tl.float32))
+        prod = _outer(xe, lo) + _outer(xo, hi)
     else:
         if EVEN_K:
             qmask = (rn[:, None] < N) & (k < k_end)
         else:
             qmask = (rn[:, None] < N) & (rk[None, :] < K) & (k < k_end)
-        q = tl.load(Q + rn[:, None] * stride_qn + rk[None, :], mask=qmask, other=0).to(tl.float32)        # (BN, BK)
-        prod = _outer(x, q)
+        q = tl.load(Q + rn[:, None] * stride_qn + rk[None, :], mask=qmask, other=0)                       # (BN, BK) int8
+        u = q.to(tl.uint8, bitcast=True).to(tl.int32) ^ 0x80           # q + 128, in 0..255
+        prod = _outer(x, _exact_float(u, 128))
     if GROUP != 0:
         s = tl.load(S + rn * stride_sn + k // GROUP, mask=(rn < N) & (k < k_end), other=0.0).to(tl.float32)  # (BN,)
         if x.shape[0] == 1:
