@@ -346,7 +346,8 @@ def brief(result: dict) -> str:
     s = result.get("summary") or summarize(result["rows"])
     num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
     lines = [f"{result['env']['device_name']} {result['env']['date'][:10]}: checks_passed={s.get('checks_passed')} "
-             f"(worst {num(s.get('checks_worst_rel_err'), '.1e')}), copy {num(s.get('copy_GBps'), ',.0f')} GB/s, "
+             f"(worst {num(s.get('checks_worst_rel_err'), '.1e')}), copy {num(s.get('copy_GBps'), ',.0f')} GB/s "
+             f"(graph-timed {num(s.get('graph_copy_GBps'), ',.0f')}), "
              f"configs {s.get('configs')}, skipped shapes {s.get('skipped_shapes')}"]
     for key, r in s.get("per_impl", {}).items():
         lines.append(f"  {key:18s} vs fp16 graph {num(r['vs_fp16_graph_geomean'], '5.2f')}x  eager "
