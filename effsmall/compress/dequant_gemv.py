@@ -223,7 +223,7 @@ def _gemv_fma_kernel(X, Q, S, Y, M, N, K, K_SPLIT, stride_xm, stride_qn, stride_
                                  stride_sn, INT4, GROUP, BLOCK_K, EVEN_K)
             k0 += BLOCK_K * SUBS
     else:
-        for k0 in tl.range(k_start, k_end, BLOCK_K * SUBS):           # SUBS blocks a step, pipelined
+        for k0 in tl.range(k_start, k_end, BLOCK_K * SUBS):           # SUBS blocks a step, loads in flight together
             for j in tl.static_range(SUBS):
                 acc = _fma_block(acc, X, Q, S, rm, rn, k0 + j * BLOCK_K, k_end, M, N, K, stride_xm, stride_qn,
                                  stride_sn, INT4, GROUP, BLOCK_K, EVEN_K)
