@@ -12,13 +12,19 @@ rows of x (decode with a batch of M sequences):
 Every row has its eager time (``ms``, fastest of interleaved rounds of ``do_bench`` medians) and
 CUDA-graph time (``graph_ms``, the GPU alone), the bytes a call must move (packed weights +
 scales + x + y, :func:`effsmall.compress.dequant_gemv.gemv_bytes`), the achieved bandwidth as a
-fraction of the device-to-device copy rate measured at the start of the same run
-(``pct_of_copy``, from the graph time), the speed-up over ``fp16`` (``vs_fp16``,
-``vs_fp16_graph``) and the accuracy cost: ``rel_err`` = ‖y − x·Wᵀ‖ / ‖x·Wᵀ‖ against the fp64
-product with the *unquantized* W (W ~ N(0, 0.02²)). ``kind="check"`` rows compare each kernel
-with the fp64 naive rung of its own quantized weights. First, ``kind="tune"`` rows time a few
-launch configurations (:data:`CONFIGS`) at 4096 × 14336, M = 1, and the fastest is used for
-every shape. The run keeps to ``EFFSMALL_BENCH_BUDGET_S`` (default 100 s on CUDA).
+fraction of the device's copy rate (``pct_of_copy``, from the graph time, against
+:func:`effsmall.hardware.measure_ceilings`' ``copy_bandwidth_Bps``, bytes read + written; the
+``ceiling`` row also keeps the CUDA-graph copy rate as ``graph_copy_Bps``), the speed-up over
+``fp16`` (``vs_fp16``, ``vs_fp16_graph``) and the accuracy cost: ``rel_err`` = ‖y − x·Wᵀ‖ / ‖x·Wᵀ‖
+against the fp64 product with the *unquantized* W (W ~ N(0, 0.02²)). Timed calls cycle through
+enough copies of each weight that together they exceed the L2 cache three times over, so every
+call reads its weights from memory (a 32 MB fp16 layer would otherwise stay in an H200's 50 MB L2
+and beat the copy rate). ``kind="check"`` rows compare each kernel with the fp64 naive rung of its
+own quantized weights. First, ``kind="tune"`` rows time the launch configurations of
+:data:`CONFIGS` at 4096 × 14336 for each format and M bucket (M = 1, 2–4, 5–16; timed at 1, 4
+and 16), and the fastest of each is used for every shape. The run keeps to
+``EFFSMALL_BENCH_BUDGET_S`` (default 100 s on CUDA); tuning stops early past half of it (the
+defaults of :mod:`effsmall.compress.dequant_gemv` stand for buckets it did not reach).
 
 CPU (``--device cpu``, ``--quick``): the kernels in the Triton interpreter at toy sizes — the
 rows check the plumbing and correctness; their times say nothing about a GPU.
@@ -27,7 +33,10 @@ rows check the plumbing and correctness; their times say nothing about a GPU.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import math
 import sys
 import time
 
@@ -43,15 +52,27 @@ BATCHES = (1, 4, 16)
 GROUP = 64
 IMPLS = ("fp16", "int8", "int4", "int4_dequant")
 BITS = {"fp16": None, "int8": 8, "int4": 4, "int4_dequant": 4}
-#: Launch configurations tried on the GPU before the sweep (``block_k`` is capped by the group).
-CONFIGS = {8: [dict(block_n=32, block_k=128, subs=2, num_warps=4, num_stages=3),
-               dict(block_n=16, block_k=128, subs=2, num_warps=4, num_stages=4),
-               dict(block_n=64, block_k=128, subs=2, num_warps=4, num_stages=3),
-               dict(block_n=32, block_k=128, subs=4, num_warps=8, num_stages=3)],
-           4: [dict(block_n=32, block_k=128, subs=8, num_warps=4, num_stages=3),
-               dict(block_n=32, block_k=128, subs=4, num_warps=4, num_stages=3),
-               dict(block_n=16, block_k=128, subs=8, num_warps=4, num_stages=4),
-               dict(block_n=64, block_k=128, subs=4, num_warps=8, num_stages=3)]}
+#: Launch configurations tried on the GPU before the sweep, per format and M bucket (``block_k`` is
+#: capped by the group; M ≤ 4 runs the decode kernel, larger M the tensor-core kernel). Decode
+#: candidates trade rows per program (``block_n``), K slices (``split_k``) and warps so that N=4096
+#: gives 256–2048 programs, each streaming 256–1024 bytes of every row per step.
+_C = lambda bn, bk, subs, sk, w, st=1: dict(block_n=bn, block_k=bk, subs=subs, split_k=sk,  # noqa: E731
+                                           num_warps=w, num_stages=st)
+CONFIGS = {(4, "M=1"): [_C(16, 128, 8, 2, 1), _C(16, 128, 8, 1, 1), _C(32, 128, 8, 2, 2),
+                        _C(64, 128, 4, 4, 4), _C(16, 128, 16, 1, 1), _C(16, 128, 4, 2, 2)],
+           (8, "M=1"): [_C(8, 256, 2, 2, 1), _C(16, 256, 2, 2, 2), _C(16, 512, 2, 1, 4),
+                        _C(8, 512, 2, 4, 2), _C(32, 256, 2, 4, 4), _C(8, 128, 4, 2, 2)],
+           (4, "M>4"): [_C(32, 128, 8, 1, 4, 3), _C(16, 128, 8, 1, 4, 4)],
+           (8, "M>4"): [_C(32, 128, 2, 1, 4, 3), _C(16, 128, 2, 1, 4, 4)],
+           (4, "M<=4"): [_C(16, 128, 4, 2, 2), _C(32, 128, 4, 4, 4), _C(16, 128, 8, 1, 2)],
+           (8, "M<=4"): [_C(8, 128, 4, 2, 2), _C(16, 128, 2, 4, 4), _C(8, 256, 2, 1, 2)]}
+#: The M each bucket is tuned at.
+BUCKET_M = {"M=1": 1, "M<=4": 4, "M>4": 16}
+
+
+def bucket(M: int) -> str:
+    """The M bucket whose tuned configuration runs ``M`` rows of x."""
+    return "M=1" if M == 1 else "M<=4" if M <= 4 else "M>4"
 
 
 def copy_rate(device: str, mib: int) -> float:
@@ -64,7 +85,9 @@ def copy_rate(device: str, mib: int) -> float:
 
 
 class Layer:
-    """One weight matrix W ``(N, K)`` in fp16 and quantized, with the calls each implementation makes."""
+    """One weight matrix W ``(N, K)`` in fp16 and quantized, with the calls each implementation makes.
+    On a GPU each format is kept in as many copies as it takes to exceed the L2 cache 3×, and the
+    calls cycle through them (see the module docstring)."""
 
     def __init__(self, K: int, N: int, device: str, dtype: torch.dtype, seed: int):
         from effsmall.compress import quantize_int4, quantize_int8
@@ -74,17 +97,40 @@ class Layer:
         self.w16 = self.w.to(dtype)                                                # what users store
         self.q8 = quantize_int8(self.w, torch.float16)
         self.q4 = quantize_int4(self.w, GROUP, torch.float16)
-        self.K, self.N, self.dtype = K, N, dtype
+        self.K, self.N, self.dtype, self.device = K, N, dtype, device
+        self.w16s = self._copies(self.w16)
+        self.q8s = self._copies(self.q8)
+        self.q4s = self._copies(self.q4)
+
+    def _copies(self, t) -> list:
+        """``t`` (a tensor or a QuantizedTensor) and clones of it, together ≥ 3 × the L2 cache (GPU)."""
+        if not str(self.device).startswith("cuda"):
+            return [t]
+        l2 = getattr(torch.cuda.get_device_properties(torch.device(self.device)), "L2_cache_size", 64 * 2**20)
+        nbytes = t.numel() * t.element_size() if isinstance(t, torch.Tensor) else t.nbytes()
+        n = max(1, math.ceil(3 * l2 / max(1, nbytes)))
+        if isinstance(t, torch.Tensor):
+            return [t] + [t.clone() for _ in range(n - 1)]
+        return [t] + [dataclasses.replace(t, data=t.data.clone(), scale=t.scale.clone()) for _ in range(n - 1)]
 
     def calls(self, x: torch.Tensor, configs: dict) -> dict:
         from effsmall.compress.quant import dequantize
         from effsmall.compress.dequant_gemv import quant_gemv
 
-        q8, q4 = self.q8, self.q4
-        return {"fp16": lambda: F.linear(x, self.w16),
-                "int8": lambda: quant_gemv(x, q8.data, q8.scale, 8, config=configs.get(8)),
-                "int4": lambda: quant_gemv(x, q4.data, q4.scale, 4, config=configs.get(4)),
-                "int4_dequant": lambda: F.linear(x, dequantize(q4, x.dtype))}
+        c8, c4 = configs.get((8, bucket(x.shape[0]))), configs.get((4, bucket(x.shape[0])))
+        w16, q8, q4 = (itertools.cycle(c) for c in (self.w16s, self.q8s, self.q4s))
+        q4d = itertools.cycle(self.q4s)
+
+        def int8():
+            q = next(q8)
+            return quant_gemv(x, q.data, q.scale, 8, config=c8)
+
+        def int4():
+            q = next(q4)
+            return quant_gemv(x, q.data, q.scale, 4, config=c4)
+
+        return {"fp16": lambda: F.linear(x, next(w16)), "int8": int8, "int4": int4,
+                "int4_dequant": lambda: F.linear(x, dequantize(next(q4d), x.dtype))}
 
     def nbytes(self, impl: str, M: int) -> int:
         from effsmall.compress.dequant_gemv import gemv_bytes
@@ -124,27 +170,39 @@ def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def tune(layer: Layer, x: torch.Tensor, device: str, add) -> dict:
-    """Time every configuration of :data:`CONFIGS` on ``layer`` (CUDA graph); return {bits: fastest}."""
+def tune(layer: Layer, device: str, add, deadline: float) -> dict:
+    """Time every configuration of :data:`CONFIGS` on ``layer`` (CUDA graph, cycling through the
+    layer's copies) for each format and M bucket; return {(bits, bucket): fastest}. Past
+    ``deadline`` (``time.time()``) the remaining candidates are skipped (the defaults stand)."""
     from effsmall.compress.dequant_gemv import quant_gemv
 
     best = {}
-    for bits, q in ((8, layer.q8), (4, layer.q4)):
-        fns = {i: (lambda c=c: quant_gemv(x, q.data, q.scale, bits, config=c)) for i, c in enumerate(CONFIGS[bits])}
+    for (bits, bk), cands in CONFIGS.items():
+        x = torch.randn(BUCKET_M[bk], layer.K, device=device, dtype=layer.dtype)
         res = {}
-        for i, fn in fns.items():
+        for i, c in enumerate(cands):
+            if time.time() > deadline:
+                add(dict(kind="tune", bits=bits, bucket=bk, K=layer.K, N=layer.N, M=x.shape[0], config=c,
+                         graph_ms=None, error="skipped: time budget"))
+                continue
+            qs = itertools.cycle(layer.q8s if bits == 8 else layer.q4s)
+
+            def fn(c=c, qs=qs):
+                q = next(qs)
+                return quant_gemv(x, q.data, q.scale, bits, config=c)
             try:
                 fn()
                 torch.cuda.synchronize()
-                res[i] = benchmark(fn, device, cuda_graph=True, rep_ms=30)
+                res[i] = benchmark(fn, device, cuda_graph=True, rep_ms=20)
             except Exception as e:  # noqa: BLE001 - a configuration may not fit; recorded
                 res[i] = e
-        for i, t in res.items():
-            add(dict(kind="tune", bits=bits, K=layer.K, N=layer.N, M=x.shape[0], config=CONFIGS[bits][i],
+            t = res[i]
+            add(dict(kind="tune", bits=bits, bucket=bk, K=layer.K, N=layer.N, M=x.shape[0], config=c,
                      graph_ms=None if isinstance(t, Exception) else t * 1e3,
                      error=f"{type(t).__name__}: {str(t)[:200]}" if isinstance(t, Exception) else None))
         ok = {i: t for i, t in res.items() if not isinstance(t, Exception)}
-        best[bits] = CONFIGS[bits][min(ok, key=ok.get)] if ok else None
+        if ok:
+            best[bits, bk] = cands[min(ok, key=ok.get)]
     return best
 
 
@@ -166,17 +224,20 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
         shapes, batches = ((128, 96),) if quick else ((128, 96), (256, 160)), (1, 4)
     kw = dict(warmup_ms=10, rep_ms=50) if cuda else dict(min_run_time=0.02)
 
-    ceiling = copy_rate(device, 1024 if cuda and not quick else 16)
-    add(dict(kind="ceiling", what="device-to-device copy", bytes_per_s=ceiling))
+    from effsmall.hardware import measure_ceilings
+
+    ceiling = measure_ceilings(device, quick=True)["copy_bandwidth_Bps"]     # read + write, as other suites
+    add(dict(kind="ceiling", what="device-to-device copy (measure_ceilings)", bytes_per_s=ceiling,
+             graph_copy_Bps=copy_rate(device, 1024 if cuda and not quick else 16)))
 
     configs: dict = {}
     if cuda:
         layer = Layer(4096, 14336, device, dtype, seed=0)
-        x = torch.randn(1, 4096, device=device, dtype=dtype)
-        configs = {b: c for b, c in tune(layer, x, device, add).items() if c}
-        for b, c in configs.items():
-            add(dict(kind="config", bits=b, config=c))
+        configs = tune(layer, device, add, deadline=t0 + 0.5 * budget)
+        for (b, bk), c in configs.items():
+            add(dict(kind="config", bits=b, bucket=bk, config=c))
         del layer
+        torch.cuda.empty_cache()
 
     for K, N in shapes:
         if time.time() - t0 > budget:
@@ -194,7 +255,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
                     outs[impl] = fn()
                 except Exception as e:  # noqa: BLE001
                     outs[impl] = e
-            for impl, bits, q in (("int8", 8, layer.q8), ("int4", 4, layer.q4)):        # kernel vs its naive rung
+            for impl, bits, q in (("int8", 8, layer.q8s[-1]), ("int4", 4, layer.q4s[-1])):        # kernel vs its naive rung
                 ref = dequant_matmul_reference(x, q.data, q.scale, bits, torch.float64)
                 tol = 1e-2 if cuda else 1e-5
                 if isinstance(outs[impl], Exception):
@@ -208,7 +269,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
             for impl in IMPLS:
                 r, nbytes = res[impl], layer.nbytes(impl, M)
                 row = dict(kind="gemv", impl=impl, K=K, N=N, M=M, dtype=str(dtype)[6:], bytes=nbytes,
-                           config=configs.get(BITS[impl]) if impl in ("int8", "int4") else None,
+                           config=configs.get((BITS[impl], bucket(M))) if impl in ("int8", "int4") else None,
                            rel_err=None if isinstance(outs[impl], Exception) else _rel(outs[impl], exact))
                 if isinstance(r, Exception):
                     row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
@@ -245,7 +306,9 @@ def summarize(rows: list[dict]) -> dict:
     ceil = [r for r in rows if r.get("kind") == "ceiling"]
     if ceil:
         out["copy_GBps"] = ceil[0]["bytes_per_s"] / 1e9
-    out["configs"] = {str(r["bits"]): r["config"] for r in rows if r.get("kind") == "config"}
+        if ceil[0].get("graph_copy_Bps"):
+            out["graph_copy_GBps"] = ceil[0]["graph_copy_Bps"] / 1e9
+    out["configs"] = {f"{r['bits']} {r.get('bucket', '')}".strip(): r["config"] for r in rows if r.get("kind") == "config"}
     gemv = [r for r in rows if r.get("kind") == "gemv"]
     per = {}
     for impl in IMPLS:
@@ -283,7 +346,8 @@ def brief(result: dict) -> str:
     s = result.get("summary") or summarize(result["rows"])
     num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
     lines = [f"{result['env']['device_name']} {result['env']['date'][:10]}: checks_passed={s.get('checks_passed')} "
-             f"(worst {num(s.get('checks_worst_rel_err'), '.1e')}), copy {num(s.get('copy_GBps'), ',.0f')} GB/s, "
+             f"(worst {num(s.get('checks_worst_rel_err'), '.1e')}), copy {num(s.get('copy_GBps'), ',.0f')} GB/s "
+             f"(graph-timed {num(s.get('graph_copy_GBps'), ',.0f')}), "
              f"configs {s.get('configs')}, skipped shapes {s.get('skipped_shapes')}"]
     for key, r in s.get("per_impl", {}).items():
         lines.append(f"  {key:18s} vs fp16 graph {num(r['vs_fp16_graph_geomean'], '5.2f')}x  eager "

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from effsmall.compress import quantize_int4, quantize_int8
-from effsmall.compress.dequant_gemv import GPU_CONFIG, dequant_matmul_reference, quant_gemv
+from effsmall.compress.dequant_gemv import GPU_CONFIG, GPU_FMA_CONFIG, dequant_matmul_reference, quant_gemv
 
 pytestmark = pytest.mark.gpu
 DEV = torch.device("cuda")
@@ -31,15 +31,39 @@ def test_quant_gemv_llm_shapes(dtype, K, N, M, bits, group):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quant_gemv_odd_shapes_and_configs(bits):
-    """Ragged N, M above one block of 16, and every launch configuration the benchmark tries."""
-    from effsmall.bench.gemv import CONFIGS
+    """Ragged N, M on both paths and above one block of 16, and every launch configuration the
+    benchmark tries for each M bucket (decode: split K, few rows per program)."""
+    from effsmall.bench.gemv import CONFIGS, bucket
 
     g = torch.Generator(device=DEV).manual_seed(bits)
     K, N = 4160, 1000                      # K = 65 groups of 64
     w = torch.randn(N, K, device=DEV, generator=g)
     qt = quantize_int8(w, torch.float16) if bits == 8 else quantize_int4(w, 64, torch.float16)
-    for M in (1, 5, 23):
+    for M in (1, 3, 5, 23):
         x = torch.randn(M, K, device=DEV, generator=g).to(torch.bfloat16)
         ref = dequant_matmul_reference(x, qt.data, qt.scale, bits, torch.float64)
-        for cfg in [GPU_CONFIG[bits], *(CONFIGS[bits] if M == 5 else [])]:
-            assert rel(quant_gemv(x, qt.data, qt.scale, bits, config=cfg), ref) < 1e-2, cfg
+        for cfg in [None, GPU_CONFIG[bits], GPU_FMA_CONFIG[bits], *CONFIGS.get((bits, bucket(M)), [])]:
+            assert rel(quant_gemv(x, qt.data, qt.scale, bits, config=cfg), ref) < 1e-2, (M, cfg)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("split_k", [1, 2, 7])
+def test_quant_gemv_decode_split_k_in_a_cuda_graph(bits, split_k):
+    """The decode path with K split (atomic adds into a zeroed fp32 buffer) replays correctly from a
+    CUDA graph, as the benchmark times it."""
+    g = torch.Generator(device=DEV).manual_seed(split_k)
+    K, N = 4096, 4096
+    w = torch.randn(N, K, device=DEV, generator=g) * 0.02
+    qt = quantize_int8(w, torch.float16) if bits == 8 else quantize_int4(w, 64, torch.float16)
+    x = torch.randn(1, K, device=DEV, generator=g).to(torch.float16)
+    cfg = dict(GPU_FMA_CONFIG[bits], split_k=split_k)
+    quant_gemv(x, qt.data, qt.scale, bits, config=cfg)                       # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = quant_gemv(x, qt.data, qt.scale, bits, config=cfg)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    ref = dequant_matmul_reference(x, qt.data, qt.scale, bits, torch.float64)
+    assert rel(y, ref) < 1e-2
