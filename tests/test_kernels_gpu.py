@@ -221,4 +221,6 @@ def test_lm_train_step_and_cached_decoding(arch):
         for t in range(40, 77):
             out, caches = model.step(x[:1, t], caches)
             steps.append(out[:, None])
-    assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-3
+    # the full forward (chunked SSD, attention kernels) and the steps (the recurrence) sum in
+    # different orders; on an H200 the logits (size ~1) differed by 0.8e-3 to 1.1e-3 between runs
+    assert (torch.cat(steps, 1) - full).abs().max().item() < 3e-3

@@ -56,7 +56,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int, 
         p.requires_grad_(False)
 
     def loss_fn(model, batch):
-        x, y = batch
+        device = next(model.parameters()).device                   # batches live on the CPU
+        x, y = (t.to(device, non_blocking=True) for t in batch)
         zs = model(x)
         if not model.training:            # validation: the student's own cross-entropy
             return F.cross_entropy(zs.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
