@@ -133,6 +133,20 @@ def test_mqar_accuracy_counts_only_queries():
     assert book.mqar_accuracy(Oracle(), x, y) == 1.0
 
 
+def test_mqar_model_has_an_untied_unit_scale_embedding():
+    from effsmall.data import MQARConfig
+
+    task = MQARConfig(num_keys=16, num_values=16, num_pairs=4, seq_len=32)
+    torch.manual_seed(0)
+    for arch, n in (("transformer", None), ("mamba2", 4)):
+        cfg = book.mqar_config(arch, n, 32, task)
+        assert cfg.vocab_size == task.vocab_size and not cfg.tie_embeddings and cfg.d_ff == 0
+        model = book.mqar_model(cfg)
+        assert model.lm_head.weight is not model.embed.weight
+        assert 0.9 < float(model.embed.weight.std()) < 1.1                # N(0, 1), not the LMs' 0.02
+    assert book.mqar_config("mamba2", 4, 32, task).d_state == 4
+
+
 def test_torch_kernels_pick_the_torch_paths():
     from effsmall.models import layers
     from effsmall.ssm import mamba2_block
