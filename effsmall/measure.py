@@ -105,12 +105,12 @@ def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int = 3, **kw) -
     return best
 
 
-def compare(fns: dict, device: str = "cuda", *, detail=(), **kw) -> dict:
+def compare(fns: dict, device: str = "cuda", *, detail=(), host: bool = True, **kw) -> dict:
     """Time competing implementations the same way. Each ``fns[key]()`` is warmed up once
     (compiles, autotunes; an exception becomes its result), then all are timed in interleaved
     rounds (:func:`benchmark_rounds`, ``kw`` passed on). Keys in ``detail`` also get, on CUDA,
-    the CUDA-graph time (the GPU's time alone; None if capture fails) and the host time per
-    call (:func:`host_time`).
+    the CUDA-graph time (the GPU's time alone; None if capture fails) and, unless ``host=False``,
+    the host time per call (:func:`host_time`).
 
     Returns ``{key: exception or dict(s=eager seconds, graph=seconds or None, host=seconds or None)}``.
     """
@@ -130,14 +130,14 @@ def compare(fns: dict, device: str = "cuda", *, detail=(), **kw) -> dict:
         if isinstance(t, Exception):
             out[key] = t
             continue
-        graph = host = None
+        graph = host_s = None
         if cuda and key in detail:
-            host = host_time(calls[key], device)
+            host_s = host_time(calls[key], device) if host else None
             try:
                 graph = benchmark(calls[key], device, cuda_graph=True, rep_ms=40)
             except Exception:  # noqa: BLE001 - capture can fail; the eager time still stands
                 graph = None
-        out[key] = dict(s=t, graph=graph, host=host)
+        out[key] = dict(s=t, graph=graph, host=host_s)
     return out
 
 

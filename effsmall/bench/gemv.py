@@ -43,7 +43,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from effsmall.bench.common import benchmark_rounds, budget_s, record_partial, rounds_default
+from effsmall.bench.common import budget_s, compare, record_partial, rounds_default
 from effsmall.measure import benchmark, geomean
 from effsmall.compress.dequant_gemv import dequant_matmul_reference
 
@@ -138,32 +138,6 @@ class Layer:
         bits = BITS[impl]
         groups = 1 if bits == 8 else self.K // GROUP
         return gemv_bytes(M, self.K, self.N, bits, groups=groups, x_bytes=self.w16.element_size())
-
-
-def _time(fns: dict, device: str, rounds: int, **kw) -> dict:
-    """{name: exception or (eager s, graph s or None)}."""
-    cuda = str(device).startswith("cuda")
-    calls, out = {}, {}
-    for name, fn in fns.items():
-        try:
-            fn()
-            calls[name] = fn
-        except Exception as e:  # noqa: BLE001 - recorded in the row
-            out[name] = e
-    if cuda:
-        torch.cuda.synchronize()
-    for name, t in benchmark_rounds(calls, device, rounds=rounds, **kw).items():
-        if isinstance(t, Exception):
-            out[name] = t
-            continue
-        g = None
-        if cuda:
-            try:
-                g = benchmark(calls[name], device, cuda_graph=True, rep_ms=40)
-            except Exception:  # noqa: BLE001 - capture can fail; the eager time stands
-                g = None
-        out[name] = (t, g)
-    return out
 
 
 def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -264,7 +238,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
                     continue
                 err = ((outs[impl].double() - ref).abs().max() / ref.abs().max()).item()
                 add(dict(kind="check", impl=impl, K=K, N=N, M=M, rel_err=err, tol=tol, ok=bool(err < tol)))
-            res = _time(calls, device, rounds, **kw)
+            res = compare(calls, device, detail=tuple(calls), host=False, rounds=rounds, **kw)
             shape_rows = {}
             for impl in IMPLS:
                 r, nbytes = res[impl], layer.nbytes(impl, M)
@@ -274,7 +248,7 @@ def run(device: str = "cuda", quick: bool = False) -> list[dict]:
                 if isinstance(r, Exception):
                     row.update(ms=None, error=f"{type(r).__name__}: {str(r)[:200]}")
                 else:
-                    t, gt = r
+                    t, gt = r["s"], r["graph"]
                     best = gt or t
                     row.update(ms=t * 1e3, graph_ms=gt * 1e3 if gt else None, GBps=nbytes / best / 1e9,
                                pct_of_copy=100 * nbytes / best / ceiling)
