@@ -594,9 +594,20 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":                      # TF32 matmuls for training, restored on return
+        torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
+    try:
+        return _train_all(args, out, device)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+def _train_all(args, out: Path, device: torch.device) -> dict:
+    from effsmall.bench.results import environment, save_result
+
     clock = _Clock(args.budget_s)
     t_start = time.perf_counter()
     env = environment(str(device))

@@ -160,9 +160,11 @@ def test_torch_kernels_pick_the_torch_paths():
 
 @pytest.mark.gpu
 def test_book_training_runs_on_the_gpu(tmp_path):
+    precision = torch.get_float32_matmul_precision()
     result = book.main(["--device", "cuda", "--quick", "--out", str(tmp_path), "--budget-s", "60"])
     assert result["errors"] == {}
     assert book.has_weights(tmp_path)
+    assert torch.get_float32_matmul_precision() == precision     # TF32 for training only, restored
 
 
 def test_is_text_rejects_loops_of_newlines():
