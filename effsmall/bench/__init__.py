@@ -21,8 +21,9 @@ Settings, for runs on a machine lent for a limited time (all optional):
   measured, so a run killed at its time limit keeps its numbers.
 * ``EFFSMALL_BENCH_SIZES=512,1024`` — re-measure only these sizes: sequence lengths
   (``attention``, ``ssd``) or contexts (``decode``).
-* ``EFFSMALL_BENCH_PARTS=a,b`` — run only these parts: ``ssd``: ``checks``, ``peers``, ``crossover``;
-  ``dist``: ``tp``, ``ssd``, ``ring``; ``decode``: ``attention``, ``lm``.
+* ``EFFSMALL_BENCH_PARTS=a,b`` — run only these parts: ``ssd``: ``checks``, ``peers``, ``crossover``,
+  ``long`` (one sequence of 64K and 256K tokens), ``mamba1`` (the selective scan vs SSD at equal
+  state size); ``dist``: ``tp``, ``ssd``, ``ring``.
 """
 from effsmall.measure import benchmark, environment, list_results, load_result, plot_rows, save_result
 

@@ -1,4 +1,4 @@
-"""Suite ``decode``: one new token against a long KV cache, and the three LMs' per-token latency.
+"""Suite ``decode``: one new token against a long KV cache.
 
 CUDA (``python -m effsmall.bench decode --device cuda``), bf16, 32 query / 8 KV heads, D = 128,
 one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 16 without 2K and 8K):
@@ -19,34 +19,28 @@ one query token, batch B ∈ {1, 16}, context L ∈ {1K, 2K, …, 128K} (batch 1
 * ratios ``vs_best_sdpa`` (best SDPA backend's time / ours; > 1: ours faster), ``vs_flex`` and
   ``paged_over_contiguous`` — each in eager and graph time.
 
-Then the three LMs (``lm_decode`` rows: d_model 1024, 8 layers, bf16) at contexts 1K, 16K, 64K:
-milliseconds per decoded token (batch 1: eager, the median of timed steps after a prefill of
-the context; and GPU time, one step captured in a CUDA graph and replayed) with the decode
-kernels (paged cache + ``flash_decode``, fused ``mamba2_step``) and with the eager reference
-path.
+The whole models' per-token latency is the ``generate`` suite's (:mod:`effsmall.bench.generate`).
 
-The run keeps to a time budget of 150 s for the attention shapes and 60 s for the models (what
-would not fit is recorded as ``kind="skipped"``; about four minutes in all on an H200). Its two
-parts are ``attention`` and ``lm``; the contexts can be chosen (settings: :mod:`effsmall.bench`).
+The run keeps to a time budget of 150 s (what would not fit is recorded as ``kind="skipped"``;
+about three minutes in all on an H200); the contexts can be chosen (settings: :mod:`effsmall.bench`).
 The kernel's correctness on a GPU is tested by the ``gpu``-marked tests of
 ``tests/attention/test_decode.py``.
 
 CPU (``--device cpu``, ``--quick`` a smoke test): the same rows at interpreter sizes (8 / 2
-heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel, and the LMs at contexts 64 and
-256 — the shape of the code path, not GPU speed.
+heads, D = 32, contexts 128 and 512) against SDPA's CPU kernel — the shape of the code path,
+not GPU speed.
 
 ``python -m effsmall.bench.decode FILE.json`` prints the table of a saved result.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 import triton
 import triton.language as tl
 
-from effsmall.bench.common import Recorder, budget_s, compare, error_fields, parts, print_saved, rounds_default, sizes
+from effsmall.bench.common import Recorder, budget_s, compare, error_fields, print_saved, rounds_default, sizes
 from effsmall.bench.common import table as _table
 from effsmall.measure import benchmark, geomean
 
@@ -57,8 +51,6 @@ SKIP_AT_LARGE_BATCH = (2048, 8192)   # batch 16 is measured at 1K, 4K, 16K, 32K,
 PAGE = 64
 SDPA = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
 IMPLS = ("effsmall", "effsmall_paged", *SDPA, "flex")
-LM_CONTEXTS = (1024, 16384, 65536)
-LM_BUDGET_S = 60      # seconds for the models on a GPU, after the attention shapes
 
 
 def kv_bytes(B: int, L: int, hk: int = HK, d: int = D, elem: int = 2) -> int:
@@ -237,111 +229,12 @@ def _ratios(rows: dict) -> None:
             me["paged_over_contiguous" + suffix] = rows["effsmall_paged"][col] / me[col]
 
 
-# ---------------------------------------------------------------------------------------------
-# The three LMs
-# ---------------------------------------------------------------------------------------------
-def lm_config(arch: str, cuda: bool):
-    from effsmall.models import LMConfig
-
-    if cuda:
-        return LMConfig(vocab_size=4096, d_model=1024, n_layers=8, arch=arch, n_heads=8, n_kv_heads=2, d_ff=2816,
-                        d_state=128, headdim=64, expand=2, chunk_size=64, attn_every=4)
-    return LMConfig(vocab_size=128, d_model=64, n_layers=2, arch=arch, n_heads=4, n_kv_heads=2, d_state=16,
-                    headdim=16, chunk_size=16, attn_every=2)
-
-
-@torch.no_grad()
-def _lm_rows(rec: Recorder, device: str, quick: bool) -> None:
-    from effsmall.models import build_model
-
-    cuda = str(device).startswith("cuda")
-    contexts = LM_CONTEXTS if cuda and not quick else ((1024,) if cuda else ((64,) if quick else (64, 256)))
-    steps = 20 if cuda else 3
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    start = time.time()
-    budget = LM_BUDGET_S if cuda else 120
-    for arch in ("transformer", "mamba2", "hybrid"):
-        torch.manual_seed(0)
-        model = build_model(lm_config(arch, cuda)).to(device).eval()
-        if cuda:
-            model = model.to(torch.bfloat16)
-        for ctx in contexts:
-            if time.time() - start > budget:
-                rec.add(dict(kind="skipped", arch=arch, context=ctx, reason="LM time budget"))
-                continue
-            idx = torch.randint(0, model.cfg.vocab_size, (1, ctx), device=device)
-            row = dict(kind="lm_decode", arch=arch, context=ctx, batch=1, params=model.num_params())
-            for mode, flag in (("kernels", True), ("eager", False)):
-                try:
-                    model.decode_kernels = flag
-                    logits, caches = model.prefill(idx)
-                    tok = logits[:, -1].argmax(-1)
-                    for _ in range(3):                       # warm-up (compiles)
-                        logits, caches = model.step(tok, caches)
-                    times = []
-                    for _ in range(steps):
-                        sync()
-                        t0 = time.perf_counter()
-                        logits, caches = model.step(tok, caches)
-                        sync()
-                        times.append(time.perf_counter() - t0)
-                    ms = statistics.median(times) * 1e3
-                    row[f"ms_per_token_{mode}"] = ms
-                    row[f"tokens_per_s_{mode}"] = 1e3 / ms
-                    if cuda:
-                        try:
-                            row[f"graph_ms_per_token_{mode}"] = _graph_step_ms(model, tok, caches)
-                        except Exception as e:  # noqa: BLE001 - capture can fail; eager time stands
-                            row[f"graph_error_{mode}"] = error_fields(e)["error"]
-                    del caches, logits
-                except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
-                    row[f"error_{mode}"] = error_fields(e)["error"]
-                if cuda:
-                    torch.cuda.empty_cache()
-            model.decode_kernels = None
-            rec.add(row)
-        del model
-        if cuda:
-            torch.cuda.empty_cache()
-
-
-def _graph_step_ms(model, tok, caches, replays: int = 20) -> float:
-    """GPU time of one decoding step: the step captured once in a CUDA graph, replayed
-    ``replays`` times (each replay writes one more token on the device; paged caches get pages
-    for them first, so nothing is allocated or tuned inside the capture)."""
-    from effsmall.attention import PagedKVCache
-
-    for c in caches:                            # pages for the warm-up, the capture and the replays
-        if isinstance(c, PagedKVCache):
-            for row in range(c.batch):
-                c.reserve(row, c.lengths[row] + 2 * replays + 16)
-    model.step(tok, caches)                     # warm-up at the capacity the capture will see
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model.step(tok, caches)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / replays
-    del graph
-    return ms
-
-
 def run(device: str = "cuda", quick: bool = False) -> list[dict]:
     cuda = str(device).startswith("cuda")
     rec = Recorder(budget_s(150 if cuda else 120))
-    todo = parts(("attention", "lm"))
-    if "attention" in todo:
-        ceiling = read_ceiling(device, quick=quick or not cuda)
-        rec.add(dict(kind="ceiling", **ceiling))
-        _attention_rows(rec, device, quick, ceiling)
-    if "lm" in todo:
-        _lm_rows(rec, device, quick)
+    ceiling = read_ceiling(device, quick=quick or not cuda)
+    rec.add(dict(kind="ceiling", **ceiling))
+    _attention_rows(rec, device, quick, ceiling)
     print(table(rec.rows), flush=True)
     return rec.rows
 
@@ -361,11 +254,6 @@ def summarize(rows: list[dict]) -> dict:
                 out[f"{col}{suffix}_geomean"] = geomean(vals)
                 out[f"{col}{suffix}_min"] = min(vals)
                 out[f"{col}{suffix}_max"] = max(vals)
-    lm = [r for r in rows if r.get("kind") == "lm_decode"]
-    if lm:
-        out["lm_ms_per_token"] = {f"{r['arch']}@{r['context']}": {
-            **{m: r.get(f"ms_per_token_{m}") for m in ("kernels", "eager")},
-            **{f"{m}_graph": r.get(f"graph_ms_per_token_{m}") for m in ("kernels", "eager")}} for r in lm}
     out["skipped_shapes"] = sum(r.get("kind") == "skipped" for r in rows)
     out["per_shape"] = [{k: r.get(k) for k in ("B", "L", "graph_ms", "ms", "pct_of_read_ceiling", "vs_best_sdpa_graph",
                                                "vs_flex_graph", "paged_over_contiguous_graph")} for r in mine]
@@ -374,7 +262,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     """One line per (B, L): microseconds of each implementation (GPU time where measured), then
-    effsmall's share of the read ceiling and its speed ratios; then the LMs' milliseconds per token."""
+    effsmall's share of the read ceiling and its speed ratios."""
     dec = [r for r in rows if r.get("kind") == "decode"]
 
     def mine(col):
@@ -383,12 +271,6 @@ def table(rows: list[dict]) -> str:
     lines = [_table(dec, index=("B", "L"), impls=(*IMPLS, "sdpa_cpu"), cell=us, unit="µs", width=14,
                     extras=[("%read", mine("pct_of_read_ceiling")), ("vs_sdpa", mine("vs_best_sdpa")),
                             ("vs_flex", mine("vs_flex")), ("paged", mine("paged_over_contiguous"))])]
-    lm = [dict(r, impl=f"{mode}{'_graph' if graph else ''}",
-               ms=r.get(f"{'graph_' if graph else ''}ms_per_token_{mode}"))
-          for r in rows if r.get("kind") == "lm_decode" for mode in ("kernels", "eager") for graph in (False, True)]
-    if lm:
-        lines.append(_table(lm, index=("arch", "context"), impls=("kernels", "kernels_graph", "eager", "eager_graph"),
-                            cell=lambda r: r.get("ms"), unit="ms per token", fmt=".2f", width=13))
     return "\n\n".join(lines)
 
 
@@ -401,9 +283,9 @@ LABELS = {"effsmall": "effsmall flash_decode", "effsmall_paged": "effsmall, page
 
 
 def plot_decode(result: dict):
-    """Two figures from a ``decode`` result: (1) achieved KV read bandwidth as a fraction of the
-    measured read ceiling vs context, one panel per batch size (GPU time where measured);
-    (2) the LMs' milliseconds per token vs context. Returns ``(fig_attention, fig_lm or None)``."""
+    """Achieved KV read bandwidth as a fraction of the measured read ceiling vs context, one panel
+    per batch size (GPU time where measured), from a ``decode`` result. (Earlier results also hold
+    ``lm_decode`` rows; the whole models' latency is plotted from the ``generate`` suite.)"""
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
@@ -424,26 +306,7 @@ def plot_decode(result: dict):
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Decode attention on {result['env']['device_name']}", fontsize=10)
     fig.tight_layout()
-    lm = [r for r in rows if r.get("kind") == "lm_decode"]
-    fig_lm = None
-    if lm:
-        fig_lm, ax = plt.subplots(figsize=(5, 3.4))
-        graph = any(r.get("graph_ms_per_token_kernels") for r in lm)
-        col = "graph_ms_per_token_{}" if graph else "ms_per_token_{}"
-        for arch, color in (("transformer", "tab:blue"), ("mamba2", "tab:orange"), ("hybrid", "tab:green")):
-            for mode, style in (("kernels", "o-"), ("eager", "x--")):
-                rs = sorted((r for r in lm if r["arch"] == arch and r.get(col.format(mode))),
-                            key=lambda r: r["context"])
-                if rs:
-                    ax.plot([r["context"] for r in rs], [r[col.format(mode)] for r in rs], style, color=color,
-                            label=f"{arch} ({'decode kernels' if mode == 'kernels' else 'eager path'})")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("ms per token, batch 1" + (" (GPU time)" if graph else ""))
-        ax.legend(fontsize=7)
-        fig_lm.tight_layout()
-    return fig, fig_lm
+    return fig
 
 
 if __name__ == "__main__":  # python -m effsmall.bench.decode RESULT.json

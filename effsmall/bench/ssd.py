@@ -41,7 +41,9 @@ from effsmall.measure import benchmark, geomean
 TOKENS, H, P = 16384, 32, 64
 LENGTHS = (512, 2048, 8192, 16384)
 STATES = (64, 128)
-HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # measured H100 copy bandwidth, bf16 matmul (effsmall/results ceilings)
+LONG_LENGTHS = (65536, 262144)      # part "long": one sequence (b = 1) of these lengths
+SCAN_STATES = (16, 32, 64, 128, 256)  # part "mamba1": selective scan vs SSD at these N
+HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # H100's measured copy and bf16 matmul rates; a CUDA run re-measures them
 FLA_FORWARD_ONLY = True  # fla's chunk_simple_gla backward fails on Hopper with Triton < 3.7.1
 
 
@@ -137,61 +139,122 @@ def _crossover_rows(rows: list, attn, attn_name: str, ours, L: int, Bsz: int) ->
 
 def _cuda_rows(rows: list, quick: bool) -> None:
     from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
-    from effsmall.ssm.ssd_chunkwise import ssd_chunked, ssd_chunked_cost
 
     dev = "cuda"
     mamba_fn, fla_fn, attn, attn_name = _import_baselines()
-    todo = parts(("checks", "peers", "crossover"))
+    todo = parts(("checks", "peers", "crossover", "long", "mamba1"))
+    _measure_floors(rows, quick)
     if "checks" in todo:
         _check_rows(rows, dev)
     for L in sizes((512, 4096) if quick else LENGTHS):
         Bsz = TOKENS // L
         if "crossover" in todo:
             _crossover_rows(rows, attn, attn_name, ours, L, Bsz)
-        if "peers" not in todo:
+        if "peers" in todo:
+            for N in STATES:
+                _peer_rows(rows, Bsz, L, N, mamba_fn, fla_fn, with_chunked=L == 512)
+    if "long" in todo:   # one long sequence: the chunk walk's parallelism decides
+        for L in (LONG_LENGTHS[:1] if quick else LONG_LENGTHS):
+            for N in STATES:
+                _peer_rows(rows, 1, L, N, mamba_fn, None, kind="long")
+    if "mamba1" in todo:
+        _scan_vs_ssd_rows(rows, ours, quick)
+
+
+def _measure_floors(rows: list, quick: bool) -> None:
+    """The copy rate and bf16 matmul rate of this GPU, measured in this run: the floors' units."""
+    global HBM_BPS, BF16_FLOPS
+    from effsmall.hardware import measure_ceilings
+
+    ceil = measure_ceilings("cuda", quick=quick)
+    HBM_BPS, BF16_FLOPS = ceil["copy_bandwidth_Bps"], ceil["matmul_flops"].get("bf16", BF16_FLOPS)
+    _emit(rows, dict(kind="ceilings", copy_bandwidth_Bps=HBM_BPS, bf16_matmul_flops=BF16_FLOPS))
+
+
+def _peer_rows(rows: list, Bsz: int, L: int, N: int, mamba_fn, fla_fn, *, with_chunked: bool = False,
+               kind: str = "peers") -> None:
+    """Ours against mamba_ssm (and fla) at one shape, forward and forward+backward, same rounds."""
+    from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
+    from effsmall.ssm.ssd_chunkwise import ssd_chunked, ssd_chunked_cost
+
+    dev = "cuda"
+    x, dt, A, Bm, Cm = _ssd_args(Bsz, L, N, requires_grad=True)
+    dy = torch.randn(x.shape, device=dev, dtype=x.dtype,
+                     generator=torch.Generator(device=dev).manual_seed(L + N + 1))
+    cost = ssd_chunked_cost(Bsz, L, H, P, N, 64, g=1)
+    floor_ms = max(cost["bytes_min"] / HBM_BPS, cost["flops"] / BF16_FLOPS) * 1e3
+    with torch.no_grad():
+        y_ours = ours(x, dt, A, Bm, Cm, 256).float()
+        err_m = _rel(y_ours, mamba_fn(x, dt, A, Bm, Cm, 256)) if mamba_fn else None
+    impls = {"effsmall_ssd_triton": lambda: ours(x, dt, A, Bm, Cm, 256)}
+    if mamba_fn:
+        impls["mamba_ssm"] = lambda: mamba_fn(x, dt, A, Bm, Cm, 256)
+    if fla_fn:
+        qf = Cm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
+        kf = Bm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
+        vf = (x.detach() * dt.detach()[..., None]).to(torch.bfloat16).requires_grad_()
+        gf = (dt.detach() * A.detach()).float().requires_grad_()
+        impls["fla_simple_gla"] = lambda: fla_fn(qf, kf, vf, g=gf, scale=1.0)[0]
+    if with_chunked:
+        xd = (x.detach().float() * dt.detach()[..., None])
+        ad = dt.detach() * A.detach()
+        impls["effsmall_ssd_chunked"] = lambda: ssd_chunked(xd, ad, Bm.detach(), Cm.detach(), 64)[0]
+    calls = {}
+    for name, fn in impls.items():
+        for mode in ("fwd", "fwdbwd"):
+            if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and FLA_FORWARD_ONLY)):
+                continue
+            calls[(name, mode)] = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
+    # GPU time alone (launch overhead removed) and host time for ours and mamba_ssm
+    detail = [key for key in calls if key[0] in ("effsmall_ssd_triton", "mamba_ssm")]
+    for (name, mode), r in compare(calls, dev, detail=detail, warmup_ms=10, rep_ms=50).items():
+        if isinstance(r, Exception):
+            _emit(rows, dict(kind=kind, impl=name, N=N, L=L, mode=mode, error=repr(r)[:300]))
             continue
-        for N in STATES:
-            x, dt, A, Bm, Cm = _ssd_args(Bsz, L, N, requires_grad=True)
-            dy = torch.randn(x.shape, device=dev, dtype=x.dtype,
-                             generator=torch.Generator(device=dev).manual_seed(L + N + 1))
-            cost = ssd_chunked_cost(Bsz, L, H, P, N, 64, g=1)
-            floor_ms = max(cost["bytes_min"] / HBM_BPS, cost["flops"] / BF16_FLOPS) * 1e3
-            with torch.no_grad():
-                y_ours = ours(x, dt, A, Bm, Cm, 256).float()
-                err_m = _rel(y_ours, mamba_fn(x, dt, A, Bm, Cm, 256)) if mamba_fn else None
-            impls = {"effsmall_ssd_triton": lambda: ours(x, dt, A, Bm, Cm, 256)}
-            if mamba_fn:
-                impls["mamba_ssm"] = lambda: mamba_fn(x, dt, A, Bm, Cm, 256)
-            if fla_fn:
-                qf = Cm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
-                kf = Bm.detach().expand(Bsz, L, H, N).contiguous().requires_grad_()
-                vf = (x.detach() * dt.detach()[..., None]).to(torch.bfloat16).requires_grad_()
-                gf = (dt.detach() * A.detach()).float().requires_grad_()
-                impls["fla_simple_gla"] = lambda: fla_fn(qf, kf, vf, g=gf, scale=1.0)[0]
-            if L == 512:
-                xd = (x.detach().float() * dt.detach()[..., None])
-                ad = dt.detach() * A.detach()
-                impls["effsmall_ssd_chunked"] = lambda: ssd_chunked(xd, ad, Bm.detach(), Cm.detach(), 64)[0]
-            calls = {}
-            for name, fn in impls.items():
-                for mode in ("fwd", "fwdbwd"):
-                    if mode == "fwdbwd" and (name == "effsmall_ssd_chunked" or (name == "fla_simple_gla" and FLA_FORWARD_ONLY)):
-                        continue
-                    calls[(name, mode)] = fn if mode == "fwd" else (lambda fn=fn: fn().backward(dy))
-            # GPU time alone (launch overhead removed) and host time for ours and mamba_ssm
-            detail = [key for key in calls if key[0] in ("effsmall_ssd_triton", "mamba_ssm")]
-            for (name, mode), r in compare(calls, dev, detail=detail, warmup_ms=10, rep_ms=50).items():
-                if isinstance(r, Exception):
-                    _emit(rows, dict(impl=name, N=N, L=L, mode=mode, error=repr(r)[:300]))
-                    continue
-                ms, mult = r["s"] * 1e3, 1 if mode == "fwd" else 3  # fwd+bwd moves and computes ~3x
-                _emit(rows, dict(impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms,
-                                 graph_ms=r["graph"] and r["graph"] * 1e3, host_ms=r["host"] and r["host"] * 1e3,
-                                 gbps=cost["bytes_min"] * mult / ms / 1e6, tflops=cost["flops"] * mult / ms / 1e9,
-                                 floor_ms=floor_ms * mult, x_floor=ms / (floor_ms * mult), rounds=rounds_default(),
-                                 rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
-            del x, dt, A, Bm, Cm, dy, impls
-            torch.cuda.empty_cache()
+        ms, mult = r["s"] * 1e3, 1 if mode == "fwd" else 3  # fwd+bwd moves and computes ~3x
+        _emit(rows, dict(kind=kind, impl=name, N=N, L=L, B=Bsz, H=H, P=P, mode=mode, ms=ms,
+                         graph_ms=r["graph"] and r["graph"] * 1e3, host_ms=r["host"] and r["host"] * 1e3,
+                         gbps=cost["bytes_min"] * mult / ms / 1e6, tflops=cost["flops"] * mult / ms / 1e9,
+                         floor_ms=floor_ms * mult, x_floor=ms / (floor_ms * mult), rounds=rounds_default(),
+                         rel_err_vs_mamba=err_m if name == "effsmall_ssd_triton" else None))
+    del x, dt, A, Bm, Cm, dy, impls
+    torch.cuda.empty_cache()
+
+
+def _scan_vs_ssd_rows(rows: list, ours, quick: bool) -> None:
+    """Mamba-1's selective scan against Mamba-2's SSD at equal state size N (forward, inference).
+
+    Both with the book's own Triton kernels, on the same tokens and channels: d = H·P = 2048
+    channels of one batch of 16K tokens; the scan gives every channel its own N-dimensional
+    state with its own A (d, N), SSD gives each head of P = 64 channels one scalar decay and
+    shares B, C across heads — the restriction that turns the recurrence into matrix
+    multiplications (Mamba-2 paper §6, Fig. 10 makes the same comparison).
+    """
+    from effsmall.ssm.selective_scan_kernel import selective_scan_triton
+
+    dev, Bsz, L = "cuda", 4, TOKENS // 4
+    for N in ((16, 64) if quick else SCAN_STATES):
+        g = torch.Generator(device=dev).manual_seed(N)
+        d = H * P
+        u = torch.randn(Bsz, d, L, device=dev, dtype=torch.bfloat16, generator=g)       # (b, d, l)
+        delta = F.softplus(torch.randn(Bsz, d, L, device=dev, generator=g) - 4).to(torch.bfloat16)
+        A1 = -torch.exp(torch.rand(d, N, device=dev, generator=g))                       # (d, N)
+        B1 = torch.randn(Bsz, N, L, device=dev, dtype=torch.bfloat16, generator=g)       # (b, N, l)
+        C1 = torch.randn(Bsz, N, L, device=dev, dtype=torch.bfloat16, generator=g)       # (b, N, l)
+        args = _ssd_args(Bsz, L, N, requires_grad=False)
+        calls = {"effsmall_selective_scan_triton": lambda: selective_scan_triton(u, delta, A1, B1, C1),
+                 "effsmall_ssd_triton": lambda: ours(*args, 256)}
+        with torch.no_grad():
+            results = compare(calls, dev, detail=calls, warmup_ms=10, rep_ms=50)
+        for name, r in results.items():
+            if isinstance(r, Exception):
+                _emit(rows, dict(kind="mamba1", impl=name, N=N, L=L, mode="infer", error=repr(r)[:300]))
+                continue
+            _emit(rows, dict(kind="mamba1", impl=name, N=N, L=L, B=Bsz, channels=d, mode="infer",
+                             ms=r["s"] * 1e3, graph_ms=r["graph"] and r["graph"] * 1e3,
+                             host_ms=r["host"] and r["host"] * 1e3, rounds=rounds_default()))
+        del u, delta, A1, B1, C1, args, calls
+        torch.cuda.empty_cache()
 
 
 def _cpu_rows(rows: list, quick: bool) -> None:
@@ -241,15 +304,32 @@ def _speedups(times: dict, ours: str, base: str, mode: str, suffix: str, out: di
 
 
 def summarize(rows: list[dict]) -> dict:
-    ms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["ms"] for r in rows if "ms" in r}
+    main = [r for r in rows if r.get("kind", "peers") == "peers"]
+    ms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["ms"] for r in main if "ms" in r}
     out: dict = {}
     ours = "effsmall_ssd_triton"
     for base, mode in (("mamba_ssm", "fwd"), ("mamba_ssm", "fwdbwd"), ("fla_simple_gla", "fwd")):
         _speedups(ms, ours, base, mode, "", out)
     # CUDA-graph replay: GPU time without the host's launch overhead
-    gms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["graph_ms"] for r in rows if r.get("graph_ms")}
+    gms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["graph_ms"] for r in main if r.get("graph_ms")}
     for mode in ("fwd", "fwdbwd"):
         _speedups(gms, ours, "mamba_ssm", mode, "_graph", out)
+        floors = [r["graph_ms"] / r["floor_ms"] for r in main
+                  if r["impl"] == ours and r["mode"] == mode and r.get("graph_ms") and r.get("floor_ms")]
+        if floors:
+            out[f"graph_x_floor_{mode}_geomean"] = round(geomean(floors), 2)
+        eager_over_graph = [r["ms"] / r["graph_ms"] for r in main
+                            if r["impl"] == ours and r["mode"] == mode and r.get("graph_ms")]
+        if eager_over_graph:
+            out[f"eager_over_graph_{mode}_max"] = round(max(eager_over_graph), 3)
+    long = [r for r in rows if r.get("kind") == "long"]
+    lms = {(r["impl"], r.get("N"), r["L"], r["mode"]): r["graph_ms"] for r in long if r.get("graph_ms")}
+    for mode in ("fwd", "fwdbwd"):
+        _speedups(lms, ours, "mamba_ssm", mode, "_graph_long", out)
+    scan = {(r["impl"], r["N"]): r for r in rows if r.get("kind") == "mamba1" and r.get("graph_ms")}
+    for (impl, n), r in sorted(scan.items(), key=lambda kv: kv[0][1]):
+        if impl == ours and ("effsmall_selective_scan_triton", n) in scan:
+            out[f"ssd_vs_selective_scan_graph_N{n}"] = round(scan[("effsmall_selective_scan_triton", n)]["graph_ms"] / r["graph_ms"], 2)
     # the crossover: inference forwards ("infer") when measured, else training forwards ("fwd");
     # the slower of N = 64 and 128 counts
     cmode = "infer" if any(k[3] == "infer" for k in ms) else "fwd"
