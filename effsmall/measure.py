@@ -50,7 +50,7 @@ def benchmark(fn: Callable[[], object], device: str = "cpu", *, cuda_graph: bool
         if cuda_graph:
             import torch
 
-            torch.cuda.synchronize()   # do_bench_cudagraph runs fn on its own stream, which does not wait for ours
+            torch.cuda.synchronize(device)   # do_bench_cudagraph runs fn on its own stream, which does not wait for ours
             ms = tt.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
         else:
             ms = tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")

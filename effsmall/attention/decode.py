@@ -418,23 +418,24 @@ def split_candidates(batch: int, kv_heads: int, keys: int, sms: int, block_n: in
 
 
 def _gpu_time(fn, device=None) -> float:
-    """Milliseconds of GPU time per call of ``fn``: replayed from a CUDA graph (a decode step's
-    launches cost the host more than the GPU, so eager timing would measure only the host);
-    plain ``do_bench`` if the graph cannot be captured.
+    """Milliseconds of GPU time per call of ``fn``: replayed from a CUDA graph
+    (:func:`effsmall.measure.benchmark` with ``cuda_graph=True``; a decode step's launches cost the
+    host more than the GPU, so eager timing would measure only the host); eager timing if the
+    graph cannot be captured (e.g. while another capture is running).
 
-    ``do_bench_cudagraph`` calls ``fn`` on a stream of its own that does not wait for the
-    caller's stream, so the device is synchronized first: a caller that does not synchronize
-    (a decode step with ``validate=False``) may still have the kernels that write ``fn``'s inputs
-    queued (its lengths ``seqlens + 1``, its rotated q), and a length read from memory not yet
-    written sends the split kernel's loads anywhere."""
-    import triton.testing as tt
+    The device is synchronized first (``benchmark`` does it): ``do_bench_cudagraph`` calls ``fn``
+    on a stream of its own that does not wait for the caller's, and a caller that does not
+    synchronize (a decode step with ``validate=False``) may still have the kernels that write
+    ``fn``'s inputs queued (its lengths ``seqlens + 1``, its rotated q) — a length read from
+    memory not yet written sends the split kernel's loads anywhere."""
+    from effsmall.measure import benchmark
 
-    torch.cuda.synchronize(device)
+    dev = str(device) if device is not None else "cuda"
     try:
-        return tt.do_bench_cudagraph(fn, rep=10)
+        return benchmark(fn, dev, cuda_graph=True, rep_ms=10) * 1e3
     except Exception:  # noqa: BLE001 - e.g. called while another capture is running
         torch.cuda.synchronize(device)
-        return tt.do_bench(fn, warmup=3, rep=15)
+        return benchmark(fn, dev, warmup_ms=3, rep_ms=15) * 1e3
 
 
 def _capturing() -> bool:
