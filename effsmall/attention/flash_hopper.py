@@ -93,16 +93,19 @@ class HopperConfig(NamedTuple):
 
 
 #: Launch settings when none is given: (kernel, head dim, warp specialised) -> config. Starting
-#: points for the probe, not measured optima: tools/hopper_probe.py times the alternatives.
+#: points chosen from the sm90 compiler's resource report (no register spills: the backward at
+#: BLOCK_M = 64 spills at D = 128), not measured optima: tools/hopper_probe.py times the
+#: alternatives. Warp specialisation on sm90 needs num_warps = 4 (Triton adds a producer and a
+#: second consumer warp group: 12 warps run); with 8 it compiles as a plain pipelined loop.
 DEFAULT_CONFIGS = {
     ("fwd", 64, False): HopperConfig(128, 128, 8, 2),
     ("fwd", 128, False): HopperConfig(128, 128, 8, 2),
     ("fwd", 64, True): HopperConfig(128, 128, 4, 2),
     ("fwd", 128, True): HopperConfig(128, 64, 4, 2),
-    ("bwd", 64, False): HopperConfig(64, 128, 8, 2),
-    ("bwd", 128, False): HopperConfig(64, 128, 8, 2),
-    ("bwd", 64, True): HopperConfig(64, 128, 4, 2),
-    ("bwd", 128, True): HopperConfig(64, 128, 4, 2),
+    ("bwd", 64, False): HopperConfig(32, 128, 8, 2),
+    ("bwd", 128, False): HopperConfig(32, 128, 8, 2),
+    ("bwd", 64, True): HopperConfig(32, 128, 4, 2),
+    ("bwd", 128, True): HopperConfig(32, 128, 4, 2),
 }
 #: The interpreter runs one program at a time in numpy: small tiles, so that tests on small
 #: shapes cross several blocks, diagonals and ragged edges.
@@ -152,10 +155,11 @@ def hopper_supported(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Te
 # Index arithmetic
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _key_split(m0, m_last, n_len, OFF, LO, HI, BLOCK_N: tl.constexpr):
+def _key_split(m0, m_last, n_len, OFF, LO, HI, BLOCK_N: tl.constexpr, TO_PRE: tl.constexpr):
     """Key blocks of query rows [m0, m_last]: [start, full_lo) boundary (left window edge),
     [full_lo, full_hi) fully visible, [full_hi, end) boundary (diagonal, right edge, ragged
-    end). With no fully visible block everything goes to the last range."""
+    end). With no fully visible block everything goes to the first range (``TO_PRE``, a kernel
+    that has one) or to the last, so that a kernel compiles only the loops it needs."""
     k_lo = tl.maximum(m0 + OFF + LO, 0)
     k_hi = tl.maximum(tl.minimum(m_last + OFF + HI + 1, n_len), k_lo)
     start = (k_lo // BLOCK_N) * BLOCK_N
@@ -163,15 +167,17 @@ def _key_split(m0, m_last, n_len, OFF, LO, HI, BLOCK_N: tl.constexpr):
     full_hi = (tl.minimum(m0 + OFF + HI + 1, k_hi) // BLOCK_N) * BLOCK_N
     end = tl.cdiv(k_hi, BLOCK_N) * BLOCK_N
     no_full = full_hi <= full_lo
-    full_lo = tl.where(no_full, start, full_lo)
-    full_hi = tl.where(no_full, start, full_hi)
+    empty_at = end if TO_PRE else start
+    full_lo = tl.where(no_full, empty_at, full_lo)
+    full_hi = tl.where(no_full, empty_at, full_hi)
     return start, full_lo, full_hi, end
 
 
 @triton.jit
-def _query_split(n0, n_last, m_len, OFF, LO, HI, BLOCK_M: tl.constexpr):
+def _query_split(n0, n_last, m_len, OFF, LO, HI, BLOCK_M: tl.constexpr, TO_PRE: tl.constexpr):
     """Query blocks that see key rows [n0, n_last] (the transpose of ``_key_split``):
-    [start, full_lo) boundary (the diagonal), [full_lo, full_hi) full, [full_hi, end) boundary."""
+    [start, full_lo) boundary (the diagonal), [full_lo, full_hi) full, [full_hi, end) boundary
+    (left window edge, ragged end)."""
     q_lo = tl.maximum(n0 - OFF - HI, 0)
     q_hi = tl.maximum(tl.minimum(n_last - OFF - LO + 1, m_len), q_lo)
     start = (q_lo // BLOCK_M) * BLOCK_M
@@ -179,8 +185,9 @@ def _query_split(n0, n_last, m_len, OFF, LO, HI, BLOCK_M: tl.constexpr):
     full_hi = (tl.minimum(n0 - OFF - LO + 1, q_hi) // BLOCK_M) * BLOCK_M
     end = tl.cdiv(q_hi, BLOCK_M) * BLOCK_M
     no_full = full_hi <= full_lo
-    full_lo = tl.where(no_full, start, full_lo)
-    full_hi = tl.where(no_full, start, full_hi)
+    empty_at = end if TO_PRE else start
+    full_lo = tl.where(no_full, empty_at, full_lo)
+    full_hi = tl.where(no_full, empty_at, full_hi)
     return start, full_lo, full_hi, end
 
 
@@ -263,7 +270,7 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
               stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
               H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
               D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, SPLIT: tl.constexpr, HAS_PRE: tl.constexpr,
-              NEED_MASK: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+              HAS_POST: tl.constexpr, NEED_MASK: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Query block ``mb`` of head ``bh = b·H + h``: O rows and their log-sum-exp."""
     b = bh // H
@@ -291,16 +298,16 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)                # running max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)                              # running sum
     acc = tl.zeros([BLOCK_M, D], tl.float32)                           # unnormalised O
-    start, full_lo, full_hi, end = _key_split(m0, m_last, Nk, OFF, LO, HI, BLOCK_N)
+    start, full_lo, full_hi, end = _key_split(m0, m_last, Nk, OFF, LO, HI, BLOCK_N, HAS_PRE)
     if SPLIT:
         if HAS_PRE:   # left window edge
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, start, full_lo,
-                                      Nk, OFF, LO, HI, qk_scale, True, TMA, WS, D, PREC, BLOCK_N, INTERP)
+                                      Nk, OFF, LO, HI, qk_scale, True, TMA, False, D, PREC, BLOCK_N, INTERP)
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, full_lo, full_hi,
                                   Nk, OFF, LO, HI, qk_scale, False, TMA, WS, D, PREC, BLOCK_N, INTERP)
-        if NEED_MASK:  # diagonal, right window edge, ragged last block
+        if HAS_POST:  # diagonal, right window edge, ragged last block
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, full_hi, end,
-                                      Nk, OFF, LO, HI, qk_scale, True, TMA, WS, D, PREC, BLOCK_N, INTERP)
+                                      Nk, OFF, LO, HI, qk_scale, True, TMA, False, D, PREC, BLOCK_N, INTERP)
     else:             # one loop over every visible block, masked everywhere when any mask is needed
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, start, end,
                                   Nk, OFF, LO, HI, qk_scale, NEED_MASK, TMA, WS, D, PREC, BLOCK_N, INTERP)
@@ -311,10 +318,10 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / LOG2E)
     o = o.to(O_ptr.dtype.element_ty)
     o_head = O_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh
-    if TMA > 0:
+    if TMA > 0:   # two ifs, no else: Triton's Hopper warp specialisation skips functions with else blocks
         if m0 + BLOCK_M <= Nq:                                         # a full block: one TMA store
             O.store([q_row0 + m0, 0], o)
-        else:                                                          # ragged: rows past Nq are another head's
+        if m0 + BLOCK_M > Nq:                                          # ragged: rows past Nq are another head's
             _store_rows(o_head, o, offs_m, Nq, stride_on, D)
     else:
         _store_rows(o_head, o, offs_m, Nq, stride_on, D)
@@ -327,7 +334,8 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                        stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                        B, H, HK, GROUP, Nq, Nk, LO, HI, qk_scale, n_m, NUM_PROGS,
                        D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, SPLIT: tl.constexpr,
-                       HAS_PRE: tl.constexpr, NEED_MASK: tl.constexpr, GRID: tl.constexpr, PREC: tl.constexpr,
+                       HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, NEED_MASK: tl.constexpr, GRID: tl.constexpr,
+                       PREC: tl.constexpr,
                        INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     if TMA == 2:  # descriptors built on the device, over the flattened (rows, D) tensors
         Qd = tl.make_tensor_descriptor(Q, shape=[B * H * Nq, D], strides=[D, 1], block_shape=[BLOCK_M, D])
@@ -348,7 +356,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                           stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                           H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                          D, TMA, WS, SPLIT, HAS_PRE, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                          D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
                 tile += NUM_PROGS
         else:
             for tile in tl.range(tl.program_id(0), n_tiles, NUM_PROGS):
@@ -356,7 +364,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                           stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                           H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                          D, TMA, WS, SPLIT, HAS_PRE, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                          D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
     else:
         if GRID == 0:    # (query block, head), query blocks fastest
             mb = tl.program_id(0)
@@ -371,7 +379,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                   H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                  D, TMA, WS, SPLIT, HAS_PRE, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                  D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +446,7 @@ def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
                        stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
                        B, H, HK, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale,
                        D: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr, WS: tl.constexpr,
-                       HAS_PRE: tl.constexpr, NEED_MASK: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
+                       HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
                        INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block, batch, kv head): loops over the GROUP query heads and the
     query blocks that see this key block."""
@@ -481,7 +489,7 @@ def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
         v = tl.where(offs_n[:, None] < Nk, v, 0.0)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
-    start, full_lo, full_hi, end = _query_split(n0, n_last, Nq, OFF, LO, HI, BLOCK_M)
+    start, full_lo, full_hi, end = _query_split(n0, n_last, Nq, OFF, LO, HI, BLOCK_M, HAS_PRE)
     g = tl.full([], 0, tl.int32)
     while g < GROUP:                                                   # query heads of this kv head
         h = hk * GROUP + g
@@ -504,7 +512,7 @@ def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
         dk, dv = _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQAd, dqa_ptr, stride_qn,
                            stride_don, offs_n, full_lo, full_hi, Nq, Nk, OFF, LO, HI, qk_scale, sm_scale,
                            False, TMA, ATOMIC_TMA, WS, D, PREC, BLOCK_M, INTERP)
-        if NEED_MASK:  # left window edge, ragged last query block
+        if HAS_POST:   # left window edge, ragged last query block
             dk, dv = _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQAd, dqa_ptr, stride_qn,
                                stride_don, offs_n, full_hi, end, Nq, Nk, OFF, LO, HI, qk_scale, sm_scale,
                                True, TMA, ATOMIC_TMA, WS, D, PREC, BLOCK_M, INTERP)
@@ -524,7 +532,7 @@ class HopperPlan(NamedTuple):
     """Every choice of one call, fixed before launching (see the module docstring)."""
     tma: str                  # "off" | "host" | "device"
     warp_specialize: bool
-    causal_split: bool
+    causal_split: bool | None  # None: split unless warp-specialised
     grid: str                 # one of GRIDS
     config: HopperConfig | None         # forward tiles (None: DEFAULT_CONFIGS)
     backward: str             # "atomic" (this module) | "fa2" (flash_triton's kernels)
@@ -551,14 +559,15 @@ def _tma_mode(tma, warp_specialize: bool, name: str = "tma") -> str:
     return tma
 
 
-def make_plan(*, tma=True, warp_specialize: bool = True, causal_split: bool = True, grid: str = "m_rev",
+def make_plan(*, tma=True, warp_specialize: bool = True, causal_split: bool | None = None, grid: str = "m_rev",
               config=None, backward: str = "atomic", bwd_tma=None, bwd_warp_specialize: bool = False,
               bwd_config=None) -> HopperPlan:
     """Check the switches of :func:`flash_attention_hopper` and return them as a :class:`HopperPlan`.
     ``bwd_tma=None`` follows the forward's ``tma`` (``"host"`` when that is ``"device"`` but the
     backward is not warp-specialised)."""
-    for name, val in (("warp_specialize", warp_specialize), ("causal_split", causal_split),
-                      ("bwd_warp_specialize", bwd_warp_specialize)):
+    if causal_split is not None and not isinstance(causal_split, bool):
+        raise TypeError(f"causal_split must be a bool or None, got {causal_split!r}")
+    for name, val in (("warp_specialize", warp_specialize), ("bwd_warp_specialize", bwd_warp_specialize)):
         if not isinstance(val, bool):
             raise TypeError(f"{name} must be a bool, got {val!r}")
     if grid not in GRIDS:
@@ -572,6 +581,13 @@ def make_plan(*, tma=True, warp_specialize: bool = True, causal_split: bool = Tr
         bwd_tma = _tma_mode(bwd_tma, bwd_warp_specialize, "bwd_tma")
     return HopperPlan(fwd_tma, warp_specialize, causal_split, grid, _as_config(config, "config"), backward,
                       bwd_tma, bwd_warp_specialize, _as_config(bwd_config, "bwd_config"))
+
+
+def _split(plan: HopperPlan) -> bool:
+    """Whether the forward splits its key loop into unmasked and masked loops. Triton 3.6 warp-
+    specialises a function with one key loop only (a second loop fails to compile), so the
+    default (None) is to split exactly when not warp-specialised."""
+    return (not plan.warp_specialize) if plan.causal_split is None else plan.causal_split
 
 
 def _alloc(size: int, alignment: int, stream):
@@ -659,10 +675,10 @@ def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperP
         num_progs, grid = 0, (B * Hq, n_m)
     else:
         num_progs, grid = 0, (n_m, B * Hq)
-    has_left, has_right = lo > -_BIG, hi < _BIG
-    need_mask = has_left or has_right or Nk % BN != 0
-    kwargs = dict(D=D, TMA=tma, WS=plan.warp_specialize and not interpreting(), SPLIT=plan.causal_split,
-                  HAS_PRE=has_left, NEED_MASK=need_mask, GRID=grid_code, PREC=_dot_precision(q),
+    has_left, has_right, ragged = lo > -_BIG, hi < _BIG, Nk % BN != 0
+    kwargs = dict(D=D, TMA=tma, WS=plan.warp_specialize and not interpreting(), SPLIT=_split(plan),
+                  HAS_PRE=has_left, HAS_POST=has_right or ragged, NEED_MASK=has_left or has_right or ragged,
+                  GRID=grid_code, PREC=_dot_precision(q),
                   BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             B, Hq, Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, n_m, num_progs)
@@ -698,7 +714,7 @@ def launch_hopper_backward(do, q, k, v, o, lse, lo: int, hi: int, scale: float, 
         dqa_arg = dqa
     has_left, has_right = lo > -_BIG, hi < _BIG
     kwargs = dict(D=D, TMA=tma, ATOMIC_TMA=atomic_tma, WS=plan.bwd_warp_specialize and not interpreting(),
-                  HAS_PRE=has_right, NEED_MASK=has_left or has_right or Nq % BM != 0, EVEN_N=Nk % BN == 0,
+                  HAS_PRE=has_right, HAS_POST=has_left or Nq % BM != 0, EVEN_N=Nk % BN == 0,
                   PREC=_dot_precision(q), BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, dqa_arg, dqa, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
@@ -738,7 +754,7 @@ def _checked(q, k, v, causal, scale, window):
 
 
 def flash_attention_hopper(q, k, v, causal: bool = False, scale: float | None = None, *, window=None,
-                           tma=True, warp_specialize: bool = True, causal_split: bool = True, grid: str = "m_rev",
+                           tma=True, warp_specialize: bool = True, causal_split: bool | None = None, grid: str = "m_rev",
                            config=None, backward: str = "atomic", bwd_tma=None, bwd_warp_specialize: bool = False,
                            bwd_config=None):
     """Exact softmax attention ``softmax(Q Kᵀ · scale + mask) V`` with Hopper kernels.
@@ -766,7 +782,7 @@ def flash_attention_hopper(q, k, v, causal: bool = False, scale: float | None = 
 
 
 def flash_attention_hopper_forward(q, k, v, causal: bool = False, scale: float | None = None, *, window=None,
-                                   tma=True, warp_specialize: bool = True, causal_split: bool = True,
+                                   tma=True, warp_specialize: bool = True, causal_split: bool | None = None,
                                    grid: str = "m_rev", config=None):
     """Forward only, returning ``(O, lse)`` with lse ``(B, Hq, Nq)`` fp32 (natural log) and the
     package convention ``lse = -inf`` for a row that sees no key, as
