@@ -61,6 +61,7 @@ loops), and the backward's dQ adds go through pointer atomics.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -328,7 +329,9 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
     tl.store(LSE + bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
 
 
-@triton.jit(do_not_specialize=["Nq", "Nk", "LO", "HI", "n_m", "NUM_PROGS"])
+# Sizes are not specialised on (divisibility by 16, == 1): one compiled kernel serves every
+# sequence length and batch of a sweep.
+@triton.jit(do_not_specialize=["B", "H", "HK", "Nq", "Nk", "LO", "HI", "n_m", "NUM_PROGS"])
 def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                        stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                        stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
@@ -439,7 +442,7 @@ def _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, s
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["Nq", "Nk", "LO", "HI"])
+@triton.jit(do_not_specialize=["B", "H", "HK", "Nq", "Nk", "LO", "HI"])
 def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
                        stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
@@ -609,8 +612,7 @@ def _ensure_allocator() -> None:
 
 def _flat_ok(t: torch.Tensor) -> bool:
     """Whether a (B, H, N, D) tensor is one (B·H·N, D) row-major matrix, 16-byte aligned."""
-    B, H, N, D = t.shape
-    return t.stride() == (H * N * D, N * D, D, 1) and t.data_ptr() % 16 == 0
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
 
 
 def _config(plan_cfg, kind: str, D: int, ws: bool) -> HopperConfig:
@@ -628,10 +630,19 @@ def _strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Multiprocessors of ``device`` (4 for CPU tensors: the interpreter's persistent grid)."""
+    return _sm_count(device.index or 0) if device.type == "cuda" else 4
+
+
+#: The compiled kernel of the latest launch, by kernel name (registers, spills, warps after
+#: warp specialisation): read by tools/hopper_probe.py.
+last_compiled: dict = {}
 
 
 def _launch(kernel, grid, args, kwargs, cfg: HopperConfig, warmup: bool):
@@ -643,9 +654,9 @@ def _launch(kernel, grid, args, kwargs, cfg: HopperConfig, warmup: bool):
         return None
     _ensure_allocator()
     kw = dict(kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if warmup:
-        return kernel.warmup(*args, grid=grid, **kw)
-    return kernel[grid](*args, **kw)
+    compiled = kernel.warmup(*args, grid=grid, **kw) if warmup else kernel[grid](*args, **kw)
+    last_compiled[kernel.__name__] = compiled
+    return compiled
 
 
 def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, *, warmup: bool = False):
