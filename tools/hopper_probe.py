@@ -1,6 +1,6 @@
 """One run on a Hopper GPU that says what each switch of the Hopper FlashAttention rung pays.
 
-    python tools/hopper_probe.py --out $OUT/hopper.json            # on the H200, ~240 s
+    python tools/hopper_probe.py --out $OUT/hopper.json            # on the H200: <= ~230 s (--budget-s 220)
     python tools/hopper_probe.py --dry-run --out /tmp/hopper.json  # any CPU, interpreter, < 2 min
 
 What it does, in this order (the most informative rows first, a hard time budget on the rest):
@@ -101,8 +101,8 @@ def screen_fwd(D: int, causal: bool, dry: bool) -> list[dict]:
     """The forward variants screened for one (D, causal) group, most promising first."""
     if dry:
         return [fwd_variant("device", True, (16, 16, 4, 2)), fwd_variant("host", False, (16, 32, 8, 2)),
-                fwd_variant("off", False, (32, 16, 8, 2), True, "persistent"),
-                fwd_variant("device", False, (16, 16, 4, 2), False, "bh")]
+                fwd_variant("off", False, (16, 32, 8, 2)), fwd_variant("host", False, (16, 32, 8, 2), None, "persistent"),
+                fwd_variant("device", False, (32, 16, 4, 2), False, "bh")]
     big = (128, 128, 8, 2)
     ws_cfgs = [(128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 4, 2)] if D == 128 else \
         [(128, 128, 4, 2), (128, 64, 4, 2), (128, 128, 4, 3)]
@@ -443,6 +443,7 @@ class Probe:
         self.pool: CompilePool | None = None
         self.env: dict = {}
         self.shape_s: list[float] = []
+        self.current = "setting up"
 
     # -- set-up -------------------------------------------------------------------------------
     def setup(self):
@@ -510,7 +511,7 @@ class Probe:
     def wait_today(self, D, causal, N, mode, wait_s=60.0):
         """Let the compile workers finish today's autotuning candidates before its autotuner
         runs (then it loads them from the cache instead of compiling one after another)."""
-        if self.pool is None or self.dry:
+        if self.pool is None:
             return
         for jid in today_job_ids(self.jobs, D, causal, N, mode):
             rep = self.pool.wait(jid, wait_s)
@@ -573,6 +574,7 @@ class Probe:
     def time_row(self, impl, variant, fn, q, k, v, do, D, N, B, H, causal, mode, **extra) -> dict:
         """Warm up, time, and record one (implementation, shape, mode)."""
         row = dict(kind="time", impl=impl, variant=variant, D=D, N=N, B=B, H=H, causal=causal, mode=mode, **extra)
+        self.current = f"timing {impl} {variant} {mode} D={D} N={N} causal={causal}"
         call = self.call(fn, q, k, v, do, mode)
         try:
             t0 = time.time()
@@ -600,6 +602,7 @@ class Probe:
         import torch.nn.functional as F
 
         row = dict(kind="check", impl="hopper", variant=name, D=D, N=N, causal=causal, mode="fwd")
+        self.current = f"checking {name} fwd D={D} N={N} causal={causal}"
         try:
             with torch.no_grad():
                 out = fn(q, k, v)
@@ -619,6 +622,7 @@ class Probe:
         import torch
 
         row = dict(kind="check", impl="hopper", variant=name, D=D, N=N, causal=causal, mode="fwdbwd")
+        self.current = f"checking {name} fwdbwd D={D} N={N} causal={causal}"
         try:
             grads = torch.autograd.grad(fn(q, k, v), (q, k, v), do)
             rels = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(grads, ref_grads)]
@@ -674,6 +678,7 @@ class Probe:
             row = self.time_row("hopper", name, fn, q, k, v, do, D, N, B, H, causal, "fwd", switches=var,
                                 correct=chk.get("ok"), compiled_num_warps=chk.get("compiled_num_warps"),
                                 n_spills=chk.get("n_spills"))
+            self.save()
             if row.get("ms") and chk.get("ok"):
                 results.append((row["ms"], var, name))
                 log(f"  {name:42s} {row['tflops']:7.1f} TFLOP/s  {(t_today.get('ms') or 0) / row['ms']:.3f}x today")
@@ -901,10 +906,33 @@ class Probe:
         return "\n".join(lines)
 
 
+def start_watchdog(probe: Probe, limit_s: float) -> None:
+    """If the run is still going ``limit_s`` after its start (a hung kernel, a compile that never
+    ends), write the JSON and the table of what was measured, say where it hung, and exit."""
+    import threading
+
+    def watch():
+        while elapsed() < limit_s:
+            time.sleep(1.0)
+        log(f"WATCHDOG: still running after {limit_s:.0f} s, in: {probe.current}")
+        try:
+            probe.skipped.append(dict(what="run", reason=f"watchdog after {limit_s:.0f} s in: {probe.current}"))
+            probe.save()
+            print(probe.table(), flush=True)
+        finally:
+            if probe.pool is not None:
+                probe.pool.close()
+            os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="hopper.json", help="JSON file to write (default: hopper.json)")
-    ap.add_argument("--budget-s", type=float, default=240.0, help="no new shape or variant is started past this")
+    ap.add_argument("--budget-s", type=float, default=220.0,
+                    help="seconds from the start after which no shape or variant is started (default 220)")
+    ap.add_argument("--grace-s", type=float, default=45.0,
+                    help="past budget + grace a watchdog writes what was measured and exits (default 45)")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny shapes")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None, help="cpu: same as --dry-run")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles are slow)")
@@ -933,6 +961,7 @@ def main(argv=None):
         print("no CUDA device: use --dry-run (or --device cpu) on a CPU", file=sys.stderr)
         return 2
     probe = Probe(args)
+    start_watchdog(probe, args.budget_s + args.grace_s)
     try:
         probe.setup()
         probe.run()
