@@ -466,6 +466,7 @@ class Probe:
                 log(f"WARNING: compute capability {cc} is not Hopper: the Hopper rung is not meant for it")
         else:
             arch, smem = 90, 232448   # an H100/H200's opt-in shared memory per block
+            self.env["matmul_bf16_tflops_measured"] = self.matmul_ceiling()
         import effsmall.attention.flash_hopper as fh
 
         self.env["hopper_features_in_triton"] = fh._triton_has_hopper_features()
@@ -482,6 +483,20 @@ class Probe:
             self.tmp = Path(tempfile.mkdtemp(prefix="hopper_probe_"))
             self.pool = CompilePool(jobs, n_workers, arch, self.tmp)
             log(f"{len(jobs)} compile jobs in {n_workers} worker processes")
+
+    @staticmethod
+    def matmul_ceiling() -> float | None:
+        """bf16 8192³ matrix product on random data, TFLOP/s (how the card runs today; the
+        percentages use the fixed 790 measured before, METHOD.md)."""
+        import torch
+        import triton.testing as tt
+
+        try:
+            a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            ms = tt.do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+            return 2 * 8192 ** 3 / (ms * 1e-3) / 1e12
+        except Exception:  # noqa: BLE001 - informative only
+            return None
 
     def close(self):
         if self.pool is not None:

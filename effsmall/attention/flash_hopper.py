@@ -69,8 +69,8 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.attention.flash_triton import (LOG2E, _BIG, _bwd_preprocess, _dot_precision, _visible,
-                                             check_flash_inputs, flash_attention, launch_backward)
+from effsmall.attention.flash_triton import (LOG2E, _BIG, _bwd_preprocess, _dot_precision, check_flash_inputs,
+                                             flash_attention, launch_backward)
 from effsmall.runtime import cdiv, compute_capability, interp_flag, interpreting, warn_once
 
 __all__ = ["flash_attention_hopper", "flash_attention_hopper_forward", "hopper_supported", "hopper_unsupported_reason",
@@ -211,6 +211,27 @@ def _load_rows(src, row0, r0, n_rows, stride_r, MASKED: tl.constexpr, TMA: tl.co
     return tile
 
 
+@triton.jit
+def _mask(offs_m, offs_n, n_len, OFF, LO, HI, CHK: tl.constexpr):
+    """Visible (query, key) pairs of a tile: ``j - i - off`` within [LO, HI] and ``j < n_len``.
+    ``CHK`` says which of the three conditions can fail in this call (bits 1: LO, 2: HI, 4:
+    n_len), so a causal tile costs one comparison per score; (BLOCK_M, BLOCK_N), or (1, BLOCK_N)
+    when only the ragged end is checked."""
+    if CHK & 3:
+        rel = offs_n[None, :] - offs_m[:, None] - OFF                  # (BLOCK_M, BLOCK_N) j - i - off
+        if (CHK & 3) == 3:
+            vis = (rel >= LO) & (rel <= HI)
+        elif CHK & 2:
+            vis = rel <= HI
+        else:
+            vis = rel >= LO
+        if CHK & 4:
+            vis = vis & (offs_n[None, :] < n_len)
+    else:
+        vis = offs_n[None, :] < n_len                                  # (1, BLOCK_N)
+    return vis
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -223,13 +244,13 @@ def _store_rows(head_ptr, tile, offs_m, n_rows, stride_r, D: tl.constexpr):
 
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, n0, n_len, OFF, LO, HI, qk_scale,
-              MASKED: tl.constexpr, TMA: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+              MASKED: tl.constexpr, CHK: tl.constexpr, TMA: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """One key block of the online softmax (FA2 Algorithm 1, inner loop body)."""
     k = _load_rows(K, k_row0, n0, n_len, stride_kn, MASKED, TMA, BLOCK_N, D)  # (BLOCK_N, D)
     s = tl.dot(q, tl.trans(k), input_precision=PREC)                  # (BLOCK_M, BLOCK_N) q·k, fp32
     if MASKED:
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = tl.where(_visible(offs_m, offs_n, n_len, OFF, LO, HI), s * qk_scale, float("-inf"))
+        s = tl.where(_mask(offs_m, offs_n, n_len, OFF, LO, HI, CHK), s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))                          # (BLOCK_M,)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)           # a row with nothing visible yet
         p = tl.math.exp2(s - m_use[:, None])                           # (BLOCK_M, BLOCK_N)
@@ -247,7 +268,7 @@ def _fwd_step(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, n0, 
 
 @triton.jit
 def _fwd_loop(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, lo, hi, n_len, OFF, LO, HI, qk_scale,
-              MASKED: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+              MASKED: tl.constexpr, CHK: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
               BLOCK_N: tl.constexpr, INTERP: tl.constexpr):
     """Key blocks lo, lo + BLOCK_N, … < hi: a ``tl.range`` loop compiled (software-pipelined and,
     with WS, warp-specialised), a ``while`` loop interpreted."""
@@ -255,13 +276,13 @@ def _fwd_loop(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, lo, 
         n0 = lo
         while n0 < hi:
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, n0, n_len,
-                                      OFF, LO, HI, qk_scale, MASKED, TMA, D, PREC, BLOCK_N)
+                                      OFF, LO, HI, qk_scale, MASKED, CHK, TMA, D, PREC, BLOCK_N)
             n0 += BLOCK_N
     else:
         for n0 in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
             n0 = tl.multiple_of(n0, BLOCK_N)
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, k_row0, stride_kn, stride_vn, offs_m, n0, n_len,
-                                      OFF, LO, HI, qk_scale, MASKED, TMA, D, PREC, BLOCK_N)
+                                      OFF, LO, HI, qk_scale, MASKED, CHK, TMA, D, PREC, BLOCK_N)
     return acc, l_i, m_i
 
 
@@ -270,10 +291,14 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
               stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
               stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
               H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-              D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, SPLIT: tl.constexpr, HAS_PRE: tl.constexpr,
-              HAS_POST: tl.constexpr, NEED_MASK: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Query block ``mb`` of head ``bh = b·H + h``: O rows and their log-sum-exp."""
+              D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, SPLIT: tl.constexpr, CHK: tl.constexpr,
+              PREC: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query block ``mb`` of head ``bh = b·H + h``: O rows and their log-sum-exp. ``CHK`` (see
+    ``_mask``) also says which loops can have work: before the fully visible blocks only with a
+    left window edge, after them with a right edge (causal) or a ragged end."""
+    HAS_PRE: tl.constexpr = (CHK & 1) != 0
+    HAS_POST: tl.constexpr = (CHK & 6) != 0
+    NEED_MASK: tl.constexpr = CHK != 0
     b = bh // H
     h = bh % H
     hk = h // GROUP                                                    # GQA: index, never copy
@@ -303,15 +328,15 @@ def _fwd_tile(Q, K, V, O, O_ptr, LSE, mb, bh,
     if SPLIT:
         if HAS_PRE:   # left window edge
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, start, full_lo,
-                                      Nk, OFF, LO, HI, qk_scale, True, TMA, False, D, PREC, BLOCK_N, INTERP)
+                                      Nk, OFF, LO, HI, qk_scale, True, CHK, TMA, False, D, PREC, BLOCK_N, INTERP)
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, full_lo, full_hi,
-                                  Nk, OFF, LO, HI, qk_scale, False, TMA, WS, D, PREC, BLOCK_N, INTERP)
+                                  Nk, OFF, LO, HI, qk_scale, False, CHK, TMA, WS, D, PREC, BLOCK_N, INTERP)
         if HAS_POST:  # diagonal, right window edge, ragged last block
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, full_hi, end,
-                                      Nk, OFF, LO, HI, qk_scale, True, TMA, False, D, PREC, BLOCK_N, INTERP)
+                                      Nk, OFF, LO, HI, qk_scale, True, CHK, TMA, False, D, PREC, BLOCK_N, INTERP)
     else:             # one loop over every visible block, masked everywhere when any mask is needed
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, Kh, Vh, k_row0, stride_kn, stride_vn, offs_m, start, end,
-                                  Nk, OFF, LO, HI, qk_scale, NEED_MASK, TMA, WS, D, PREC, BLOCK_N, INTERP)
+                                  Nk, OFF, LO, HI, qk_scale, NEED_MASK, CHK, TMA, WS, D, PREC, BLOCK_N, INTERP)
 
     empty = l_i == 0.0                                                 # a row that saw no key
     l_safe = tl.where(empty, 1.0, l_i)
@@ -337,8 +362,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                        stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                        B, H, HK, GROUP, Nq, Nk, LO, HI, qk_scale, n_m, NUM_PROGS,
                        D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr, SPLIT: tl.constexpr,
-                       HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, NEED_MASK: tl.constexpr, GRID: tl.constexpr,
-                       PREC: tl.constexpr,
+                       CHK: tl.constexpr, GRID: tl.constexpr, PREC: tl.constexpr,
                        INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     if TMA == 2:  # descriptors built on the device, over the flattened (rows, D) tensors
         Qd = tl.make_tensor_descriptor(Q, shape=[B * H * Nq, D], strides=[D, 1], block_shape=[BLOCK_M, D])
@@ -359,7 +383,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                           stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                           H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                          D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                          D, TMA, WS, SPLIT, CHK, PREC, INTERP, BLOCK_M, BLOCK_N)
                 tile += NUM_PROGS
         else:
             for tile in tl.range(tl.program_id(0), n_tiles, NUM_PROGS):
@@ -367,7 +391,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                           stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                           H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                          D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                          D, TMA, WS, SPLIT, CHK, PREC, INTERP, BLOCK_M, BLOCK_N)
     else:
         if GRID == 0:    # (query block, head), query blocks fastest
             mb = tl.program_id(0)
@@ -382,7 +406,7 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                   H, HK, GROUP, Nq, Nk, LO, HI, qk_scale,
-                  D, TMA, WS, SPLIT, HAS_PRE, HAS_POST, NEED_MASK, PREC, INTERP, BLOCK_M, BLOCK_N)
+                  D, TMA, WS, SPLIT, CHK, PREC, INTERP, BLOCK_M, BLOCK_N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +415,8 @@ def _hopper_fwd_kernel(Q, K, V, O, O_ptr, LSE,
 @triton.jit
 def _bwd_step(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, stride_qn, stride_don,
               offs_n, m0, m_len, n_len, OFF, LO, HI, qk_scale, sm_scale,
-              MASKED: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr, D: tl.constexpr,
-              PREC: tl.constexpr, BLOCK_M: tl.constexpr):
+              MASKED: tl.constexpr, CHK: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr,
+              DQ_T: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr):
     """One query block's contribution to dK, dV (computed transposed: Sᵀ, Pᵀ) and to dQ."""
     offs_m = m0 + tl.arange(0, BLOCK_M)                                # (BLOCK_M,) query rows
     q = _load_rows(Qh, q_row0, m0, m_len, stride_qn, MASKED, TMA, BLOCK_M, D)     # (BLOCK_M, D)
@@ -406,12 +430,15 @@ def _bwd_step(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, s
     sT = tl.dot(k, tl.trans(q), input_precision=PREC)                 # (BLOCK_N, BLOCK_M) Sᵀ unscaled
     pT = tl.math.exp2(sT * qk_scale - lse2[None, :])                   # Pᵀ
     if MASKED:
-        pT = tl.where(tl.trans(_visible(offs_m, offs_n, n_len, OFF, LO, HI)), pT, 0.0)
+        pT = tl.where(tl.trans(_mask(offs_m, offs_n, n_len, OFF, LO, HI, CHK)), pT, 0.0)
     dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)            # (BLOCK_N, D)
     dpT = tl.dot(v, tl.trans(do), input_precision=PREC)                # (BLOCK_N, BLOCK_M) dPᵀ
     dsT = (pT * (dpT - delta[None, :])).to(q.dtype)                    # dSᵀ (unscaled)
     dk += tl.dot(dsT, q, input_precision=PREC)                         # (BLOCK_N, D)
-    dq = tl.dot(tl.trans(dsT), k, input_precision=PREC) * sm_scale     # (BLOCK_M, D) this tile's dS K
+    if DQ_T:   # (dS K)ᵀ = Kᵀ dSᵀ: D rows, so a Hopper warp group's wgmma has its 64 rows when BLOCK_M < 64
+        dq = tl.trans(tl.dot(tl.trans(k), dsT, input_precision=PREC)) * sm_scale  # (D, BLOCK_M) -> (BLOCK_M, D)
+    else:
+        dq = tl.dot(tl.trans(dsT), k, input_precision=PREC) * sm_scale  # (BLOCK_M, D) this tile's dS K
     if ATOMIC_TMA:   # a TMA reduction (rows past the end add zeros to the next head's rows)
         DQA.atomic_add([q_row0 + m0, 0], dq)
     else:
@@ -424,21 +451,22 @@ def _bwd_step(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, s
 @triton.jit
 def _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, stride_qn, stride_don,
               offs_n, lo, hi, m_len, n_len, OFF, LO, HI, qk_scale, sm_scale,
-              MASKED: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr, WS: tl.constexpr, D: tl.constexpr,
-              PREC: tl.constexpr, BLOCK_M: tl.constexpr, INTERP: tl.constexpr):
+              MASKED: tl.constexpr, CHK: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr,
+              DQ_T: tl.constexpr, WS: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+              INTERP: tl.constexpr):
     if INTERP:
         m0 = lo
         while m0 < hi:
             dk, dv = _bwd_step(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, stride_qn,
                                stride_don, offs_n, m0, m_len, n_len, OFF, LO, HI, qk_scale, sm_scale,
-                               MASKED, TMA, ATOMIC_TMA, D, PREC, BLOCK_M)
+                               MASKED, CHK, TMA, ATOMIC_TMA, DQ_T, D, PREC, BLOCK_M)
             m0 += BLOCK_M
     else:
         for m0 in tl.range(lo, hi, BLOCK_M, warp_specialize=WS):
             m0 = tl.multiple_of(m0, BLOCK_M)
             dk, dv = _bwd_step(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQA, DQA_ptr, stride_qn,
                                stride_don, offs_n, m0, m_len, n_len, OFF, LO, HI, qk_scale, sm_scale,
-                               MASKED, TMA, ATOMIC_TMA, D, PREC, BLOCK_M)
+                               MASKED, CHK, TMA, ATOMIC_TMA, DQ_T, D, PREC, BLOCK_M)
     return dk, dv
 
 
@@ -448,11 +476,15 @@ def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
                        stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
                        B, H, HK, GROUP, Nq, Nk, LO, HI, qk_scale, sm_scale,
-                       D: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr, WS: tl.constexpr,
-                       HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, EVEN_N: tl.constexpr, PREC: tl.constexpr,
+                       D: tl.constexpr, TMA: tl.constexpr, ATOMIC_TMA: tl.constexpr, DQ_T: tl.constexpr,
+                       WS: tl.constexpr, CHK: tl.constexpr, RAGGED_Q: tl.constexpr, PREC: tl.constexpr,
                        INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block, batch, kv head): loops over the GROUP query heads and the
-    query blocks that see this key block."""
+    query blocks that see this key block. Masked loops: before the fully visible query blocks
+    with a right edge (the causal diagonal), after them with a left edge or a ragged query end."""
+    HAS_PRE: tl.constexpr = (CHK & 2) != 0
+    HAS_POST: tl.constexpr = ((CHK & 1) != 0) or RAGGED_Q
+    EVEN_N: tl.constexpr = (CHK & 4) == 0
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HK
@@ -511,14 +543,14 @@ def _hopper_bwd_kernel(Q, K, V, DO, DQA, DQA_ptr, LSE, DELTA, DK, DV,
         if HAS_PRE:    # the diagonal (causal) / right window edge
             dk, dv = _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQAd, dqa_ptr, stride_qn,
                                stride_don, offs_n, start, full_lo, Nq, Nk, OFF, LO, HI, qk_scale, sm_scale,
-                               True, TMA, ATOMIC_TMA, WS, D, PREC, BLOCK_M, INTERP)
+                               True, CHK, TMA, ATOMIC_TMA, DQ_T, WS, D, PREC, BLOCK_M, INTERP)
         dk, dv = _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQAd, dqa_ptr, stride_qn,
                            stride_don, offs_n, full_lo, full_hi, Nq, Nk, OFF, LO, HI, qk_scale, sm_scale,
-                           False, TMA, ATOMIC_TMA, WS, D, PREC, BLOCK_M, INTERP)
+                           False, CHK, TMA, ATOMIC_TMA, DQ_T, WS, D, PREC, BLOCK_M, INTERP)
         if HAS_POST:   # left window edge, ragged last query block
             dk, dv = _bwd_loop(dk, dv, k, v, Qh, DOh, q_row0, lse_ptr, delta_ptr, DQAd, dqa_ptr, stride_qn,
                                stride_don, offs_n, full_hi, end, Nq, Nk, OFF, LO, HI, qk_scale, sm_scale,
-                               True, TMA, ATOMIC_TMA, WS, D, PREC, BLOCK_M, INTERP)
+                               True, CHK, TMA, ATOMIC_TMA, DQ_T, WS, D, PREC, BLOCK_M, INTERP)
         g += 1
     dk = dk * sm_scale                                                 # dS was unscaled
     kv_mask = offs_n[:, None] < Nk
@@ -671,7 +703,7 @@ def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperP
     o = torch.empty_like(q)                                            # (B, Hq, Nq, D)
     lse = torch.empty((B, Hq, Nq), device=q.device, dtype=torch.float32)  # (B, Hq, Nq)
     tma = _TMA_CODE[plan.tma]
-    if tma == 1:
+    if tma == 1:  # descriptors over the flattened (B·H·N, D) row matrices
         args4 = (_descriptor(q.view(B * Hq * Nq, D), BM), _descriptor(k.view(B * Hk * Nk, D), BN),
                  _descriptor(v.view(B * Hk * Nk, D), BN), _descriptor(o.view(B * Hq * Nq, D), BM))
     else:
@@ -688,7 +720,7 @@ def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperP
         num_progs, grid = 0, (n_m, B * Hq)
     has_left, has_right, ragged = lo > -_BIG, hi < _BIG, Nk % BN != 0
     kwargs = dict(D=D, TMA=tma, WS=plan.warp_specialize and not interpreting(), SPLIT=_split(plan),
-                  HAS_PRE=has_left, HAS_POST=has_right or ragged, NEED_MASK=has_left or has_right or ragged,
+                  CHK=int(has_left) | 2 * int(has_right) | 4 * int(ragged),
                   GRID=grid_code, PREC=_dot_precision(q),
                   BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
@@ -716,7 +748,7 @@ def launch_hopper_backward(do, q, k, v, o, lse, lo: int, hi: int, scale: float, 
     dqa = torch.zeros((B, Hq, Nq, D), device=q.device, dtype=torch.float32)  # fp32 dQ accumulator
     dk, dv = torch.empty_like(k), torch.empty_like(v)                  # (B, Hk, Nk, D)
     atomic_tma = tma > 0 and not interpreting()
-    if tma == 1:
+    if tma == 1:  # descriptors over the flattened (B·H·N, D) row matrices
         args4 = (_descriptor(q.view(B * Hq * Nq, D), BM), _descriptor(k.view(B * Hk * Nk, D), BN),
                  _descriptor(v.view(B * Hk * Nk, D), BN), _descriptor(do.view(B * Hq * Nq, D), BM))
         dqa_arg = _descriptor(dqa.view(B * Hq * Nq, D), BM) if atomic_tma else dqa
@@ -724,8 +756,8 @@ def launch_hopper_backward(do, q, k, v, o, lse, lo: int, hi: int, scale: float, 
         args4 = (q, k, v, do)
         dqa_arg = dqa
     has_left, has_right = lo > -_BIG, hi < _BIG
-    kwargs = dict(D=D, TMA=tma, ATOMIC_TMA=atomic_tma, WS=plan.bwd_warp_specialize and not interpreting(),
-                  HAS_PRE=has_right, HAS_POST=has_left or Nq % BM != 0, EVEN_N=Nk % BN == 0,
+    kwargs = dict(D=D, TMA=tma, ATOMIC_TMA=atomic_tma, DQ_T=BM < 64, WS=plan.bwd_warp_specialize and not interpreting(),
+                  CHK=int(has_left) | 2 * int(has_right) | 4 * int(Nk % BN != 0), RAGGED_Q=Nq % BM != 0,
                   PREC=_dot_precision(q), BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, dqa_arg, dqa, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),

@@ -42,6 +42,8 @@ FWD_CASES = [  # B, Hq, Hk, Nq, Nk, D, causal, window, switches
     (1, 2, 2, 40, 40, 64, True, None, dict(config=(32, 16, 4, 2), grid="persistent2")),
     (1, 2, 1, 35, 50, 128, True, None, dict(config=(16, 32, 4, 2), tma="off", causal_split=False)),
     (1, 2, 2, 24, 24, 64, False, (0, 0), dict(warp_specialize=True)),                # only the diagonal
+    (1, 2, 1, 25, 30, 64, False, (3, -1), dict(tma="off")),                          # left window edge only
+    (1, 2, 1, 32, 32, 64, False, (None, 3), dict(tma="host", grid="m")),             # right edge only, even N
 ]
 
 
@@ -61,6 +63,7 @@ GRAD_CASES = [
     (1, 2, 1, 33, 20, 128, True, None, dict(tma="device", bwd_tma="device")),          # rows that see no key
     (1, 2, 2, 40, 40, 64, False, (5, 3), dict(bwd_config=(16, 32, 4, 2))),
     (1, 2, 2, 37, 37, 64, True, None, dict(backward="fa2")),
+    (1, 2, 1, 32, 40, 64, False, (6, -1), dict(bwd_config=(16, 16, 4, 2))),           # left edge: masked tail loop
 ]
 
 
