@@ -737,6 +737,9 @@ class Probe:
                 log(f"  {name:60s} {row['tflops']:7.1f} TFLOP/s")
         bres.sort(key=lambda r: r[0])
         self.chosen[(D, causal)]["bwd"] = bres[0][1] if bres else None
+        # the best of the other backward kind too: the sweep times both (fixed costs differ with N)
+        other = [r for r in bres if bres and r[1]["backward"] != bres[0][1]["backward"]]
+        self.chosen[(D, causal)]["bwd_alt"] = other[0][1] if other else None
         self.baselines(D, N, B, H, causal, q, k, v, do, "fwdbwd")
 
     def baselines(self, D, N, B, H, causal, q, k, v, do, mode):
@@ -769,8 +772,9 @@ class Probe:
                           correct=chk.get("ok"))
         self.baselines(D, N, B, H, causal, q, k, v, do, "fwd")
         self.time_row("today", "flash_attention", today, q, k, v, do, D, N, B, H, causal, "fwdbwd")
-        if choice["bwd"] is not None:
-            bv = choice["bwd"]
+        for bv in (choice["bwd"], choice.get("bwd_alt")):
+            if bv is None:
+                continue
             fn = self.fn_hopper(causal, choice["fwd"][0], bv)
             self.time_row("hopper", f"{fwd_name(choice['fwd'][0])} + {bwd_name(bv)}", fn, q, k, v, do, D, N, B, H,
                           causal, "fwdbwd", switches=dict(choice["fwd"][0], **bv))
@@ -788,7 +792,11 @@ class Probe:
             if self.over_budget(reserve=30):
                 self.skipped.append(dict(what="screen", D=D, causal=causal, reason="time budget"))
                 continue
-            self.screen(D, causal)
+            try:
+                self.screen(D, causal)
+            except Exception as e:  # noqa: BLE001 - one group's failure must not end the run
+                log(f"screen D={D} causal={causal} FAILED: {err_head(e)}")
+                self.skipped.append(dict(what="screen", D=D, causal=causal, reason=err_head(e)))
             self.save()
         sweep = SWEEP_N if not self.dry else (32,)
         for N in sweep:
@@ -798,7 +806,11 @@ class Probe:
                     self.skipped.append(dict(what="shape", D=D, N=N, causal=causal, reason="time budget"))
                     continue
                 t = time.time()
-                self.sweep_shape(D, causal, N)
+                try:
+                    self.sweep_shape(D, causal, N)
+                except Exception as e:  # noqa: BLE001
+                    log(f"shape D={D} causal={causal} N={N} FAILED: {err_head(e)}")
+                    self.skipped.append(dict(what="shape", D=D, N=N, causal=causal, reason=err_head(e)))
                 self.shape_s.append(time.time() - t)
                 self.save()
         if self.dry and self.pool is not None:
@@ -864,7 +876,8 @@ class Probe:
                 out[f"{mode}_best_hopper_shape"] = dict(D=best["D"], N=best["N"], causal=best["causal"])
         out["feature_effects"] = self.feature_effects()
         out["chosen"] = {f"D{D}{'c' if c else 'n'}": dict(fwd=[fwd_name(v) for v in ch["fwd"]],
-                                                          bwd=bwd_name(ch["bwd"]) if ch["bwd"] else None)
+                                                          bwd=bwd_name(ch["bwd"]) if ch["bwd"] else None,
+                                                          bwd_alt=bwd_name(ch["bwd_alt"]) if ch.get("bwd_alt") else None)
                          for (D, c), ch in self.chosen.items()}
         return out
 
