@@ -43,13 +43,27 @@ times them against each other, cuDNN and FlexAttention):
 * ``warp_specialize`` — ``tl.range(..., warp_specialize=True)`` on the key loop: Triton splits
   it into a producer partition (TMA loads) and consumer partitions (matrix products, softmax).
 * ``causal_split`` — separate loops for the unmasked off-diagonal blocks and the masked
-  diagonal / edge blocks; off: one loop that builds the mask on every block.
+  diagonal / edge blocks; off: one loop that builds the mask on every block; None (the
+  default): split unless warp-specialised (see below). The mask is built only from the
+  conditions that can fail (one comparison per score under a plain causal mask).
 * ``grid`` — ``"m"``: program (query block, head) with query blocks fastest, so the programs
   running together share one head's K and V in L2; ``"m_rev"``: the same with the query blocks
   reversed, so under a causal mask the longest rows start first (longest-processing-time
   order); ``"bh"``: heads fastest (an L2-unfriendly control); ``"persistent"`` /
   ``"persistent2"``: one (two) programs per multiprocessor looping over (head, query block)
   tiles in heads-major, longest-first order.
+
+**What Triton 3.6 does with these on sm90** (read off its compiler for an sm90 target: the
+warps, registers and instructions of the compiled kernels, not timings). Warp specialisation
+turns the key loop into one TMA producer warp group and two consumer warp groups of 64 query
+rows each (12 warps, ``setmaxnreg``, 168 registers, no spills at BLOCK_M = 128) only when all
+of these hold: ``num_warps=4``; the function has a single key loop, so a causal or ragged
+forward runs one loop that masks every block (``causal_split=None`` picks that); no ``else``
+branch anywhere in the kernel; in-kernel (``"device"``) descriptors — host descriptors or
+pointer loads fail to compile, and a persistent grid (nested loops) fails too. With
+``num_warps=8`` the attribute is ignored and the loop is only software-pipelined. The backward
+is not warp-specialised; with BLOCK_M < 64 it forms ``(dS K)ᵀ = Kᵀ dSᵀ`` so that every product
+is a wgmma with 64-row warp groups.
 
 **Where it runs**: CUDA tensors on compute capability 9.x with Triton ≥ 3.4
 (:func:`hopper_supported` says whether the rung applies); fp16/bf16, head dim 64 or 128, dense
