@@ -468,7 +468,6 @@ class Probe:
                 log(f"WARNING: compute capability {cc} is not Hopper: the Hopper rung is not meant for it")
         else:
             arch, smem = 90, 232448   # an H100/H200's opt-in shared memory per block
-            self.env["matmul_bf16_tflops_measured"] = self.matmul_ceiling()
         import effsmall.attention.flash_hopper as fh
 
         self.env["hopper_features_in_triton"] = fh._triton_has_hopper_features()
@@ -485,6 +484,9 @@ class Probe:
             self.tmp = Path(tempfile.mkdtemp(prefix="hopper_probe_"))
             self.pool = CompilePool(jobs, n_workers, arch, self.tmp)
             log(f"{len(jobs)} compile jobs in {n_workers} worker processes")
+        if self.device == "cuda":   # while the workers start
+            self.env["matmul_bf16_tflops_measured"] = self.matmul_ceiling()
+            log(f"bf16 8192^3 matmul: {self.env['matmul_bf16_tflops_measured']} TFLOP/s")
 
     @staticmethod
     def matmul_ceiling() -> float | None:
