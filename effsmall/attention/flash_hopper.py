@@ -108,9 +108,9 @@ class HopperConfig(NamedTuple):
 
 
 #: Launch settings when none is given: (kernel, head dim, warp specialised) -> config. Starting
-#: points chosen from the sm90 compiler's resource report (no register spills: the backward at
-#: BLOCK_M = 64 spills at D = 128), not measured optima: tools/hopper_probe.py times the
-#: alternatives. Warp specialisation on sm90 needs num_warps = 4 (Triton adds a producer and a
+#: points chosen from the sm90 compiler's resource report (fewest register spills: at D = 128
+#: the backward spills 0.1-0.2 KB per thread at BLOCK_M = 32 and 0.2-0.8 KB at BLOCK_M = 64),
+#: not measured optima: tools/hopper_probe.py times the alternatives. Warp specialisation on sm90 needs num_warps = 4 (Triton adds a producer and a
 #: second consumer warp group: 12 warps run); with 8 it compiles as a plain pipelined loop.
 DEFAULT_CONFIGS = {
     ("fwd", 64, False): HopperConfig(128, 128, 8, 2),
