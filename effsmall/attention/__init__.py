@@ -31,6 +31,8 @@ _EXPORTS = {
     "flash_attention_fa1": "flash_minimal",
     # flash_triton.py — Triton forward + backward kernels in an autograd Function
     "flash_attention": "flash_triton",
+    # flash_hopper.py — the Hopper (sm90) rung: TMA descriptors, warp specialisation, atomic-dQ backward
+    "flash_attention_hopper": "flash_hopper",
     # varlen.py — packed sequences
     "flash_attention_varlen": "varlen",
     # merge.py — attention over disjoint key sets, combined (split-KV decoding, ring attention)
