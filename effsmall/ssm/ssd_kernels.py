@@ -57,7 +57,7 @@ reads on every launch (about 2 µs each on a slow host), and these kernels are l
   (Mamba's x·Δ folded into the kernel, so the scaled input is never written to memory):
   ``"none"``; ``"x"`` (forward: x ← x·Δ); ``"B"`` (dC pass: the B role holds X);
   ``"C"`` (dB pass: the C role holds X).
-* ``EPILOGUE`` — what the dX pass computes besides Y:
+* ``EPILOGUE`` — what the dX pass computes besides Y (:func:`_dx_epilogue`):
   ``"none"``; ``"grad_a"`` (also the per-step dA terms dy·y − x·dx);
   ``"grad_a_dt"`` (with Δ: the dA terms dy·y − x̃·dx̃ of the scanned input x̃ = x·Δ, dΔ = x·dx̃,
   and Y becomes dx = Δ·dx̃).
@@ -84,6 +84,38 @@ TUNING: dict = {}
 
 
 @triton.jit
+def _dx_epilogue(
+    y, x, t, t_valid, offs_x, mask_x,
+    X_FWD, Y_FWD, stride_x_seqlen, stride_x_dim,  # the forward's X and Y, at the x role's (dY's) strides
+    DT, stride_dt_seqlen,  # Δ (b, l, h), read when EPILOGUE == "grad_a_dt"
+    DA_TERMS, DDT, stride_epi_seqlen,  # outputs (b, l, h) fp32
+    EPILOGUE: tl.constexpr,
+):
+    """The dX pass's extra outputs for one chunk; returns the dX tile to store.
+
+    In this pass the x role holds dY and y is dx̃ = dh B (dx̃ = dx when there is no Δ). It stores,
+    per step t, the dA term dy_t·y_t − x̃_t·dx̃_t (its suffix sums are dA) and, with Δ, dΔ_t =
+    x_t·dx̃_t, and returns dx = Δ·dx̃ (else y unchanged). y (Q, BLOCK_X) fp32; x (Q, BLOCK_X) dY.
+    """
+    m2 = t_valid[:, None] & mask_x[None, :]
+    xo = tl.load(X_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
+                 mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's x
+    yf = tl.load(Y_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
+                 mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's y
+    if EPILOGUE == "grad_a_dt":
+        dte = tl.load(DT + t * stride_dt_seqlen, mask=t_valid, other=0.0).to(tl.float32)  # (Q,)
+        xe = xo * dte[:, None]  # x̃ = x·Δ
+    else:
+        xe = xo
+    # dy·y − x̃·dx̃ per step: its suffix sums are the log-decay gradient
+    tl.store(DA_TERMS + t * stride_epi_seqlen, tl.sum(x.to(tl.float32) * yf, 1) - tl.sum(xe * y, 1), mask=t_valid)
+    if EPILOGUE == "grad_a_dt":
+        tl.store(DDT + t * stride_epi_seqlen, tl.sum(xo * y, 1), mask=t_valid)  # dΔ_t = x_t·dx̃_t
+        y = y * dte[:, None]  # dx = Δ·dx̃
+    return y
+
+
+@triton.jit
 def _chunk_step(
     chunk, h, seq_prev, decay_total,  # carried: chunk index, state, sequence id before the chunk, product of decays
     X, stride_x_seqlen, stride_x_dim,  # x role, at this (batch, head)
@@ -93,7 +125,7 @@ def _chunk_step(
     Y, Y_fp32, stride_y_seqlen, stride_y_dim,  # output, and its fp32 copy when STORE_Y_FP32
     SEQ_IDX, stride_seq_idx_seqlen,  # sequence ids when HAS_SEQ_IDX
     DT, stride_dt_seqlen,  # Δ when SCALE_ROLE != "none" or EPILOGUE == "grad_a_dt"
-    X_FWD, Y_FWD, DA_TERMS, DDT, stride_epi_seqlen,  # dX-pass epilogue (EPILOGUE)
+    X_FWD, Y_FWD, DA_TERMS, DDT, stride_epi_seqlen,  # dX-pass epilogue (see _dx_epilogue)
     seqlen, offs_q, offs_x, offs_bc, mask_x, mask_bc,
     Q: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, SEGMENT_STATES_ONLY: tl.constexpr, IEEE_FP32: tl.constexpr,
     SCALE_ROLE: tl.constexpr, EPILOGUE: tl.constexpr, TIME_OFFSETS_INT64: tl.constexpr, STORE_Y_FP32: tl.constexpr,
@@ -150,22 +182,10 @@ def _chunk_step(
             y = tl.dot((cb * lmat).to(x.dtype), x)  # (Q, BLOCK_X)
             y += tl.dot(cm, tl.trans(h).to(cm.dtype)) * din[:, None]
         if EPILOGUE != "none":  # dX pass: y is dx̃ = dh B for the scanned input x̃ = x·Δ
-            m2 = t_valid[:, None] & mask_x[None, :]
-            xo = tl.load(X_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
-                         mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's x
-            yf = tl.load(Y_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
-                         mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's y
-            if EPILOGUE == "grad_a_dt":
-                dte = tl.load(DT + t * stride_dt_seqlen, mask=t_valid, other=0.0).to(tl.float32)  # (Q,)
-                xe = xo * dte[:, None]  # x̃ = x·Δ
-            else:
-                xe = xo
-            # dy·y − x̃·dx̃ per step: its suffix sums are the log-decay gradient
-            tl.store(DA_TERMS + t * stride_epi_seqlen, tl.sum(x.to(tl.float32) * yf, 1) - tl.sum(xe * y, 1),
-                     mask=t_valid)
-            if EPILOGUE == "grad_a_dt":
-                tl.store(DDT + t * stride_epi_seqlen, tl.sum(xo * y, 1), mask=t_valid)  # dΔ_t = x_t·dx̃_t
-                y = y * dte[:, None]  # dx = Δ·dx̃
+            y = _dx_epilogue(y=y, x=x, t=t, t_valid=t_valid, offs_x=offs_x, mask_x=mask_x,
+                             X_FWD=X_FWD, Y_FWD=Y_FWD, stride_x_seqlen=stride_x_seqlen, stride_x_dim=stride_x_dim,
+                             DT=DT, stride_dt_seqlen=stride_dt_seqlen,
+                             DA_TERMS=DA_TERMS, DDT=DDT, stride_epi_seqlen=stride_epi_seqlen, EPILOGUE=EPILOGUE)
         tl.store(Y + t[:, None] * stride_y_seqlen + offs_x[None, :] * stride_y_dim,
                  y.to(Y.dtype.element_ty), mask=t_valid[:, None] & mask_x[None, :])
         if STORE_Y_FP32:  # fp32 copy of y for the backward's dA (y·dy − x̃·dx̃ cancels: bf16 y cost 4% error)
