@@ -71,6 +71,7 @@ reads on every launch (about 2 µs each on a slow host), and these kernels are l
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -380,79 +381,108 @@ def _time_view(t: torch.Tensor, l: int, reverse: bool, shift: int = 0):
     return ((l - 1 + shift) * s, -s) if reverse else (0, s)
 
 
-def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtype, want_final, chunk_size,
-          dt=None, scale_role=0, epilogue=None, want_y32=None):
-    """Run the scan kernel on role tensors: x (b,l,·,DX), a (b,l,h), bm, cm (b,l,·,DS).
+class _DxEpilogue(NamedTuple):
+    """Inputs of the dX pass's fused epilogue (:func:`_dx_epilogue`), all contiguous."""
 
-    xd, bd, cd: head divisors (head i reads index i // d of that role's head axis). h0_t: read
-    the initial state transposed. dt (b, l, h): multiply role ``scale_role`` (1 x, 2 B, 3 C) by it
-    per step and head. epilogue = (X, Y, dt or None) turns on the dX-pass epilogue (x must be dY,
-    all three contiguous (b, l, h, p)): then Y holds dx = Δ·dx̃ and the call also returns
-    rc = dy·y − x̃·dx̃ and dΔ = x·dx̃ ``(b, l, h)`` fp32. Returns (Y (b, l, h, DX), final state (b, h, DX, DS) or None),
-    and, when ``want_y32`` is given, a third value: an fp32 copy of Y written by the same kernel if
-    ``want_y32`` is true and out_dtype is not fp32, else Y itself.
+    x: torch.Tensor  # the forward's X (b, l, h, p)
+    y: torch.Tensor  # the forward's Y (b, l, h, p), its fp32 copy when there is one
+    dt: torch.Tensor | None  # Δ (b, l, h), or None
+
+
+class _ScanOut(NamedTuple):
+    """What one :func:`_scan` returns; fields that were not asked for are None."""
+
+    y: torch.Tensor  # (b, l, h, dim_x) in out_dtype
+    final_state: torch.Tensor | None  # (b, h, dim_x, dim_bc) fp32, when want_final_state
+    y_fp32: torch.Tensor  # an fp32 copy of y when want_y_fp32 and out_dtype is not fp32, else y itself
+    da_terms: torch.Tensor | None  # (b, l, h) fp32 view of (b, h, l) memory: dy·y − x̃·dx̃, with dx_epilogue
+    ddt: torch.Tensor | None  # (b, l, h) fp32 view of (b, h, l) memory: dΔ = x·dx̃, with a dx_epilogue.dt
+
+
+def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor, nheads: int,
+          x_heads_per_group: int = 1, B_heads_per_group: int = 1, C_heads_per_group: int = 1,
+          seq_ids: torch.Tensor | None, initial_state: torch.Tensor | None, initial_state_transposed: bool = False,
+          reverse: bool, a_shift: int, out_dtype: torch.dtype, want_final_state: bool, chunk_size: int,
+          dt: torch.Tensor | None = None, scale_role: str = "none", dx_epilogue: _DxEpilogue | None = None,
+          want_y_fp32: bool = False) -> _ScanOut:
+    """Launch the scan kernel with tensors in its three roles (module docstring, "Roles").
+
+    x (b, l, ·, dim_x), B and C (b, l, ·, dim_bc), A (b, l, h) log decays. Kernel head i reads
+    index i // <role>_heads_per_group of a role's head axis. seq_ids (b, l) int32 or None.
+    initial_state (b, h, dim_x, dim_bc), or (b, h, dim_bc, dim_x) read transposed when
+    ``initial_state_transposed``. ``reverse`` runs time backwards; ``a_shift`` = 1 reads the
+    decays one step later (the adjoint recurrence). dt (b, l, h) multiplies the ``scale_role``
+    operand ("x", "B" or "C") per step and head. ``dx_epilogue`` turns on the dX-pass epilogue
+    (x must then be dY, contiguous (b, l, h, p) like the epilogue's tensors): y then holds
+    dx = Δ·dx̃ and the da_terms (and, with dt, ddt) fields are filled.
     """
     b, l = x.shape[:2]
-    DX, DS = x.shape[-1], bm.shape[-1]
-    cfg = _config(b, h, l, DX, DS, chunk_size, x.device.index or 0)
+    h = nheads
+    dim_x, dim_bc = x.shape[-1], B.shape[-1]
+    cfg = _config(b, h, l, dim_x, dim_bc, chunk_size, x.device.index or 0)
     dev = x.device
-    Y = torch.empty(b, l, h, DX, device=dev, dtype=out_dtype)  # (b, l, h, DX)
-    dual = bool(want_y32) and out_dtype != torch.float32
-    Y32 = torch.empty(b, l, h, DX, device=dev, dtype=torch.float32) if dual else Y  # (b, l, h, DX)
-    HF = torch.empty(b, h, DX, DS, device=dev, dtype=torch.float32) if want_final else Y
-    LOC = torch.empty(b * h * cfg["nseg"] * DX * DS if cfg["nseg"] > 1 else 1, device=dev, dtype=torch.float32)
-    FAC = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
-    xo, xs = _time_view(x, l, reverse)
-    ao, as_ = _time_view(a, l, reverse, shift=a_shift)
-    bo, bs = _time_view(bm, l, reverse)
-    co, cs = _time_view(cm, l, reverse)
-    yo, ys = _time_view(Y, l, reverse)
-    segt = seg if seg is not None else a
-    go, gs = _time_view(segt, l, reverse)
-    epi_dt = epilogue is not None and epilogue[2] is not None
-    dtt = dt if dt is not None else (epilogue[2] if epi_dt else a)
-    do, ds = _time_view(dtt, l, reverse)
-    if epilogue is not None:
-        XO, YF = epilogue[0], epilogue[1]
+    # Outputs and scratch; a pointer argument the kernel will not read gets any tensor as a placeholder.
+    Y = torch.empty(b, l, h, dim_x, device=dev, dtype=out_dtype)  # (b, l, h, dim_x)
+    store_y_fp32 = bool(want_y_fp32) and out_dtype != torch.float32
+    Y_fp32 = torch.empty(b, l, h, dim_x, device=dev, dtype=torch.float32) if store_y_fp32 else Y  # (b, l, h, dim_x)
+    final_state = torch.empty(b, h, dim_x, dim_bc, device=dev, dtype=torch.float32) if want_final_state else Y
+    # per time segment: end state (b·h, nseg, dim_x, dim_bc) and decay product (b·h, nseg); unread when nseg = 1
+    segment_states = torch.empty(b * h * cfg["nseg"] * dim_x * dim_bc if cfg["nseg"] > 1 else 1,
+                                 device=dev, dtype=torch.float32)
+    segment_decays = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
+    x_offset, x_stride_l = _time_view(x, l, reverse)
+    a_offset, a_stride_l = _time_view(A, l, reverse, shift=a_shift)
+    b_offset, b_stride_l = _time_view(B, l, reverse)
+    c_offset, c_stride_l = _time_view(C, l, reverse)
+    y_offset, y_stride_l = _time_view(Y, l, reverse)
+    seq_t = seq_ids if seq_ids is not None else A
+    seq_offset, seq_stride_l = _time_view(seq_t, l, reverse)
+    epilogue_dt = dx_epilogue is not None and dx_epilogue.dt is not None
+    dt_t = dt if dt is not None else (dx_epilogue.dt if epilogue_dt else A)
+    dt_offset, dt_stride_l = _time_view(dt_t, l, reverse)
+    if dx_epilogue is not None:
+        x_fwd, y_fwd = dx_epilogue.x, dx_epilogue.y
         # (b, l, h) views of (b, h, l) memory: the suffix sum over l then runs on the innermost dim
-        RC = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2)  # (b, l, h)
-        DDT = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2) if epi_dt else RC
+        da_terms = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2)  # (b, l, h)
+        ddt = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2) if epilogue_dt else da_terms
     else:
-        XO = YF = x
-        RC = DDT = a
-    eo, es = _time_view(RC, l, reverse)
-    if h0 is not None:
-        s0 = (h0.stride(0), h0.stride(1), h0.stride(3), h0.stride(2)) if h0_t else h0.stride()
+        x_fwd = y_fwd = x
+        da_terms = ddt = A
+    epi_offset, epi_stride_l = _time_view(da_terms, l, reverse)
+    if initial_state is not None:
+        s0 = initial_state
+        h0_strides = ((s0.stride(0), s0.stride(1), s0.stride(3), s0.stride(2)) if initial_state_transposed
+                      else s0.stride())
     else:
-        s0 = (0, 0, 0, 0)
-    sf = HF.stride() if want_final else (0, 0, 0, 0)
-    ieee = x.dtype == torch.float32 and bm.dtype == torch.float32
-    common = (x, xo, x.stride(0), xs, x.stride(2), x.stride(3), xd,
-              a, ao, a.stride(0), as_, a.stride(2), a_shift,
-              bm, bo, bm.stride(0), bs, bm.stride(2), bm.stride(3), bd,
-              cm, co, cm.stride(0), cs, cm.stride(2), cm.stride(3), cd,
-              Y, Y32, yo, Y.stride(0), ys, Y.stride(2), Y.stride(3),
-              segt, go, segt.stride(0), gs,
-              dtt, do, dtt.stride(0), ds, dtt.stride(2),
-              XO, YF, RC, DDT, eo, RC.stride(0), es, RC.stride(2),
-              h0 if h0 is not None else Y, *s0, HF, *sf, LOC, FAC,
-              l, h, DX, DS, cfg["cps"], cfg["nseg"])
-    meta = dict(Q=cfg["Q"], BLOCK_X=cfg["BX"], BLOCK_BC=cfg["BS"], HAS_INITIAL_STATE=h0 is not None,
-                HAS_SEQ_IDX=seg is not None, STORE_Y_FP32=dual, IEEE_FP32=ieee, FOR_LOOP=cfg["for_loop"],
-                SCALE_ROLE=("none", "x", "B", "C")[scale_role if dt is not None else 0],
-                EPILOGUE="none" if epilogue is None else ("grad_a_dt" if epi_dt else "grad_a"),
-                TIME_OFFSETS_INT64=max(abs(t.stride(1)) for t in (x, a, bm, cm, Y, segt, dtt, RC)) * (l + 1) >= 2**31,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        h0_strides = (0, 0, 0, 0)
+    hf_strides = final_state.stride() if want_final_state else (0, 0, 0, 0)
+    ieee = x.dtype == torch.float32 and B.dtype == torch.float32
+    args = (  # in the kernel's order, group by group
+        x, x_offset, x.stride(0), x_stride_l, x.stride(2), x.stride(3), x_heads_per_group,
+        A, a_offset, A.stride(0), a_stride_l, A.stride(2), a_shift,
+        B, b_offset, B.stride(0), b_stride_l, B.stride(2), B.stride(3), B_heads_per_group,
+        C, c_offset, C.stride(0), c_stride_l, C.stride(2), C.stride(3), C_heads_per_group,
+        Y, Y_fp32, y_offset, Y.stride(0), y_stride_l, Y.stride(2), Y.stride(3),
+        seq_t, seq_offset, seq_t.stride(0), seq_stride_l,
+        dt_t, dt_offset, dt_t.stride(0), dt_stride_l, dt_t.stride(2),
+        x_fwd, y_fwd, da_terms, ddt, epi_offset, da_terms.stride(0), epi_stride_l, da_terms.stride(2),
+        initial_state if initial_state is not None else Y, *h0_strides,
+        final_state, *hf_strides,
+        segment_states, segment_decays,
+        l, h, dim_x, dim_bc, cfg["cps"], cfg["nseg"])
+    int64 = max(abs(t.stride(1)) for t in (x, A, B, C, Y, seq_t, dt_t, da_terms)) * (l + 1) >= 2**31
+    modes = dict(Q=cfg["Q"], BLOCK_X=cfg["BX"], BLOCK_BC=cfg["BS"], HAS_INITIAL_STATE=initial_state is not None,
+                 HAS_SEQ_IDX=seq_ids is not None, STORE_Y_FP32=store_y_fp32, IEEE_FP32=ieee,
+                 FOR_LOOP=cfg["for_loop"], SCALE_ROLE=scale_role if dt is not None else "none",
+                 EPILOGUE="none" if dx_epilogue is None else ("grad_a_dt" if epilogue_dt else "grad_a"),
+                 TIME_OFFSETS_INT64=int64, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg["nseg"] > 1:
         _ssd_scan_kernel[(b * h, cfg["nseg"] - 1, cfg["nx"])](
-            *common, SEGMENT_STATES_ONLY=True, STORE_FINAL_STATE=False, **meta)
+            *args, SEGMENT_STATES_ONLY=True, STORE_FINAL_STATE=False, **modes)
     _ssd_scan_kernel[(b * h, cfg["nseg"], cfg["nx"])](
-        *common, SEGMENT_STATES_ONLY=False, STORE_FINAL_STATE=want_final, **meta)
-    if epilogue is not None:
-        return Y, (HF if want_final else None), RC, (DDT if epi_dt else None)
-    if want_y32 is not None:
-        return Y, (HF if want_final else None), Y32
-    return Y, (HF if want_final else None)
+        *args, SEGMENT_STATES_ONLY=False, STORE_FINAL_STATE=want_final_state, **modes)
+    return _ScanOut(y=Y, final_state=final_state if want_final_state else None, y_fp32=Y_fp32,
+                    da_terms=da_terms if dx_epilogue is not None else None, ddt=ddt if epilogue_dt else None)
 
 
 class _SSDTriton(torch.autograd.Function):
@@ -461,19 +491,20 @@ class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, A, B, C, chunk_size, initial_states, seq_idx, dt=None):
         b, l, h, p = X.shape
-        r = h // B.shape[2]
-        seg = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
+        r = h // B.shape[2]  # heads per group
+        seq_ids = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
         # the backward's dA needs y in fp32 (see _chunk_step): the kernel writes a copy when A needs a gradient
-        Y, hf, Y32 = _scan(X, 1, A, B, r, C, r, h, seg, initial_states, False, reverse=False, a_shift=0,
-                           out_dtype=X.dtype, want_final=True, chunk_size=chunk_size, dt=dt, scale_role=1,
-                           want_y32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
-        ctx.save_for_backward(X, A, B, C, initial_states, seg, Y32, hf, dt)
+        out = _scan(x=X, B=B, C=C, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                    seq_ids=seq_ids, initial_state=initial_states, reverse=False, a_shift=0,
+                    out_dtype=X.dtype, want_final_state=True, chunk_size=chunk_size, dt=dt, scale_role="x",
+                    want_y_fp32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
+        ctx.save_for_backward(X, A, B, C, initial_states, seq_ids, out.y_fp32, out.final_state, dt)
         ctx.chunk_size = chunk_size
-        return Y, hf
+        return out.y, out.final_state
 
     @staticmethod
     def backward(ctx, dY, dhf):
-        X, A, B, C, h0, seg, Y, hf, dt = ctx.saved_tensors
+        X, A, B, C, h0, seq_ids, Y, hf, dt = ctx.saved_tensors
         b, l, h, p = X.shape
         g, n = B.shape[2], B.shape[3]
         r = h // g
@@ -486,16 +517,21 @@ class _SSDTriton(torch.autograd.Function):
         # per-head dB, dC partials: fp32 when one head per group, else the inputs' dtype (summed in fp32)
         part = torch.float32 if (r == 1 or B.dtype == torch.float32) else B.dtype
         if need_x or need_a or need_h0 or need_dt:
-            # dx_t = dh_t B_t: reverse scan of (dY, C, B), decays shifted by one step.
-            if _config(b, h, l, p, n, Q, X.device.index or 0)["nx"] == 1:  # fused epilogue: dx, dΔ and dy·y − x̃·dx̃ in-kernel
+            # dx_t = dh_t B_t: reverse scan with roles (x, B, C) = (dY, C, B), decays shifted by one step.
+            # one x-block (p ≤ BLOCK_X): the fused epilogue computes dx, dΔ and dy·y − x̃·dx̃ in-kernel
+            if _config(b, h, l, p, n, Q, X.device.index or 0)["nx"] == 1:
                 dY = dY.contiguous()
-                dX, dh_first, rc, ddt = _scan(dY, 1, A, C, r, B, r, h, seg, dhf, False, reverse=True, a_shift=1,
-                                              out_dtype=X.dtype, want_final=True, chunk_size=Q,
-                                              epilogue=(X.contiguous(), Y, dt))
-                ddt = ddt.to(dt.dtype) if need_dt else None
+                out = _scan(x=dY, B=C, C=B, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                            seq_ids=seq_ids, initial_state=dhf, reverse=True, a_shift=1,
+                            out_dtype=X.dtype, want_final_state=True, chunk_size=Q,
+                            dx_epilogue=_DxEpilogue(x=X.contiguous(), y=Y, dt=dt))
+                dX, dh_first, rc = out.y, out.final_state, out.da_terms
+                ddt = out.ddt.to(dt.dtype) if need_dt else None
             else:  # head dim split over blocks: the same sums in torch
-                dXe, dh_first = _scan(dY, 1, A, C, r, B, r, h, seg, dhf, False, reverse=True, a_shift=1,
-                                      out_dtype=torch.float32, want_final=True, chunk_size=Q)  # (b, l, h, p)
+                out = _scan(x=dY, B=C, C=B, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                            seq_ids=seq_ids, initial_state=dhf, reverse=True, a_shift=1,
+                            out_dtype=torch.float32, want_final_state=True, chunk_size=Q)
+                dXe, dh_first = out.y, out.final_state  # (b, l, h, p) dx̃, (b, h, p, n)
                 Xe = X.float() if dt is None else X.float() * dt.float()[..., None]  # (b, l, h, p) scanned input
                 rc = (dY.float() * Y.float()).sum(-1) - (Xe * dXe).sum(-1)  # (b, l, h)
                 dX = (dXe if dt is None else dXe * dt.float()[..., None]).to(X.dtype)
@@ -511,14 +547,16 @@ class _SSDTriton(torch.autograd.Function):
                 dA = torch.flip(torch.cumsum(torch.flip(rc, [-1]), -1), [-1])  # (b, h, l) suffix sums
                 dA = dA.transpose(1, 2).to(A.dtype)  # (b, l, h)
         if need_b:
-            # dB_t = dh_tᵀ x_t: reverse scan of (C, dY, X); the state is dhᵀ.
-            dBh, _ = _scan(C, r, A, dY, 1, X, 1, h, seg, dhf, True, reverse=True, a_shift=1,
-                           out_dtype=part, want_final=False, chunk_size=Q, dt=dt, scale_role=3)
+            # dB_t = dh_tᵀ x_t: reverse scan with roles (C, dY, X); the state is dhᵀ.
+            dBh = _scan(x=C, B=dY, C=X, A=A, nheads=h, x_heads_per_group=r,
+                        seq_ids=seq_ids, initial_state=dhf, initial_state_transposed=True, reverse=True, a_shift=1,
+                        out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="C").y
             dB = dBh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(B.dtype)  # (b, l, g, n)
         if need_c:
-            # dC_t = h_tᵀ dy_t: forward scan of (B, X, dY); the state is hᵀ.
-            dCh, _ = _scan(B, r, A, X, 1, dY, 1, h, seg, h0, True, reverse=False, a_shift=0,
-                           out_dtype=part, want_final=False, chunk_size=Q, dt=dt, scale_role=2)
+            # dC_t = h_tᵀ dy_t: forward scan with roles (B, X, dY); the state is hᵀ.
+            dCh = _scan(x=B, B=X, C=dY, A=A, nheads=h, x_heads_per_group=r,
+                        seq_ids=seq_ids, initial_state=h0, initial_state_transposed=True, reverse=False, a_shift=0,
+                        out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="B").y
             dC = dCh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(C.dtype)  # (b, l, g, n)
         return dX, dA, dB, dC, None, dh0, None, ddt
 
