@@ -118,7 +118,7 @@ def _dx_epilogue(
 
 @triton.jit
 def _chunk_step(
-    chunk, h, seq_prev, decay_total,  # carried: chunk index, state, sequence id before the chunk, product of decays
+    chunk, h, seq_prev, decay_total,  # carried from chunk to chunk (docstring)
     X, stride_x_seqlen, stride_x_dim,  # x role, at this (batch, head)
     A, stride_a_seqlen, a_shift,  # log decays; logical steps < a_shift read 0
     B, stride_b_seqlen, stride_b_dim,  # B role
@@ -128,13 +128,15 @@ def _chunk_step(
     DT, stride_dt_seqlen,  # Δ when SCALE_ROLE != "none" or EPILOGUE == "grad_a_dt"
     X_FWD, Y_FWD, DA_TERMS, DDT, stride_epi_seqlen,  # dX-pass epilogue (see _dx_epilogue)
     seqlen, offs_q, offs_x, offs_bc, mask_x, mask_bc,
-    Q: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, SEGMENT_STATES_ONLY: tl.constexpr, IEEE_FP32: tl.constexpr,
-    SCALE_ROLE: tl.constexpr, EPILOGUE: tl.constexpr, TIME_OFFSETS_INT64: tl.constexpr, STORE_Y_FP32: tl.constexpr,
+    Q: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, SEGMENT_STATES_ONLY: tl.constexpr,
+    IEEE_FP32: tl.constexpr, SCALE_ROLE: tl.constexpr, EPILOGUE: tl.constexpr,
+    TIME_OFFSETS_INT64: tl.constexpr, STORE_Y_FP32: tl.constexpr,
 ):
     """One chunk: diagonal block, state to output (unless SEGMENT_STATES_ONLY), then the state update.
 
-    h (BLOCK_X, BLOCK_BC) fp32 is the state entering the chunk; returns the state leaving it, the
-    sequence id of its last step and decay_total times the chunk's total decay exp(Σ a).
+    Carried from chunk to chunk: the chunk index; h (BLOCK_X, BLOCK_BC) fp32, the state entering
+    the chunk; seq_prev, the sequence id of the step before it; decay_total, the product of the
+    decays so far. Returns the new h, seq_prev and decay_total.
     """
     t = chunk * Q + offs_q  # (Q,) logical time steps
     if TIME_OFFSETS_INT64:
@@ -147,7 +149,7 @@ def _chunk_step(
                 mask=t_valid[:, None] & mask_x[None, :], other=0.0)  # (Q, BLOCK_X)
     bm = tl.load(B + t[:, None] * stride_b_seqlen + offs_bc[None, :] * stride_b_dim,
                  mask=t_valid[:, None] & mask_bc[None, :], other=0.0)  # (Q, BLOCK_BC)
-    if SCALE_ROLE != "none":  # Mamba's x·Δ, folded in: scale the role that holds x (per step and head)
+    if SCALE_ROLE != "none":  # Mamba's x·Δ, folded in: scale the role that holds x, per step and head
         dt = tl.load(DT + t * stride_dt_seqlen, mask=t_valid, other=0.0).to(tl.float32)  # (Q,)
         if SCALE_ROLE == "x":
             x = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
