@@ -1,8 +1,9 @@
 """Chunked SSD in Triton: one fused scan kernel, used for the forward and for the backward.
 
-The kernel (:func:`_ssd_scan_kernel`) walks the chunks of one (batch, head, p-block) in order and
-keeps the state h ∈ R^{P×N} in registers (fp32). For each chunk of Q steps it does, in one pass
-over X, A, B, C (Mamba-2, Dao & Gu 2024, §6, with ``dA_cumsum`` = cumsum of a inside the chunk):
+**Forward.** The kernel (:func:`_ssd_scan_kernel`) walks the chunks of one (batch, head,
+x-block) in order and keeps the state h ∈ ℝ^{P×N} in registers (fp32). For each chunk of Q
+steps it does, in one pass over X, A, B, C (the chunked algorithm of Mamba-2, Dao & Gu 2024,
+"Transformers are SSMs", §6; ``dA_cumsum`` is the cumulative sum of a inside the chunk):
 
 1. ``dA_cumsum`` by ``tl.cumsum`` and the diagonal block Y = (L ∘ C Bᵀ) X with two ``tl.dot``;
 2. state to output: Y += exp(dA_cumsum) · C hᵀ (one ``tl.dot`` against the carried state);
@@ -11,17 +12,20 @@ over X, A, B, C (Mamba-2, Dao & Gu 2024, §6, with ``dA_cumsum`` = cumsum of a i
 Nothing but Y (and the final state) is written to memory: no chunk states, no C Bᵀ matrix, no
 cumsum tensor. When the decays need a gradient the same store also writes an fp32 copy of Y: the
 backward's dA is a sum of differences of nearly equal terms, and a bf16 Y cost it 4% accuracy.
-Sequential chunks give too little parallelism when b·h is small and L long, so the time axis is
-also split into ``nseg`` segments: a first launch computes each segment's local end state from
-zero (step 3 only), and the scan launch starts segment k from the prefix combination of the
-segments before it. Two launches at most; one when b·h alone fills the GPU.
 
-**Backward** uses the same kernel three more times. With the adjoint state
-dh_t = dy_t C_tᵀ + exp(a_{t+1}) dh_{t+1} (the recurrence run backwards in time):
+**Time segments.** Sequential chunks give too little parallelism when b·h is small and L long,
+so the time axis is also split into ``nsegments`` segments: a first launch
+(``SEGMENT_STATES_ONLY``) computes each segment's end state from a zero start (step 3 only),
+and the scan launch starts segment k from the prefix combination of the segments before it.
+Two launches at most; one when b·h alone fills the GPU.
 
-* dX = scan **in reverse** with inputs (dY, C, B) and decays shifted by one (dx_t = dh_t B_t);
-* dB = scan in reverse with inputs (C, dY, X) (dB_t = dh_tᵀ x_t), summed over a group's heads;
-* dC = scan forward with inputs (B, X, dY) (dC_t = h_tᵀ dy_t), summed over a group's heads;
+**Backward** uses the same kernel three more times, with the operands in other roles. With the
+adjoint state dh_t = dy_t C_tᵀ + exp(a_{t+1}) dh_{t+1} (the recurrence run backwards in time):
+
+* dX = scan **in reverse** with roles (x, B, C) = (dY, C, B) and decays shifted by one step
+  (dx_t = dh_t B_t);
+* dB = scan in reverse with roles (C, dY, X) (dB_t = dh_tᵀ x_t), summed over a group's heads;
+* dC = scan forward with roles (B, X, dY) (dC_t = h_tᵀ dy_t), summed over a group's heads;
 * dA: da_k = ⟨dh_final, h_final⟩ + Σ_{t≥k} (dy_t·y_t − x_t·dx_t), a reverse cumsum — the
   telescoped sum over the (t, s) pairs that a_k decays (s < k ≤ t);
 * d initial_states = exp(a_0) · dh_0 (the reverse scan's final state).
@@ -30,10 +34,44 @@ Reverse time is negative strides, so nothing is flipped or copied. Chunking (Q) 
 implementation parameter of this kernel: the result does not depend on it mathematically, so
 the ``chunk_size`` argument only sets Q when it is a power of two in [16, 128]; otherwise
 the tuned default is used (documented, tested).
+
+**Roles.** The kernel computes Y = SSD(x, a, B, C) on whatever tensors fill its three operand
+roles (x, B, C); the four passes fill them so:
+
+  pass      x role   B role   C role   time      a shift   state        Δ multiplies
+  forward   X        B        C        forward   0         h   (P×N)    the x role (X), on load
+  dX        dY       C        B        reverse   1         dh  (P×N)    dx̃, in the epilogue
+  dB        C        dY       X        reverse   1         dhᵀ (N×P)    the C role (X), on load
+  dC        B        X        dY       forward   0         hᵀ  (N×P)    the B role (X), on load
+
+with X (b, l, h, P), B and C (b, l, g, N), A (b, l, h). A role that holds B or C (g heads) is
+shared by h/g consecutive heads: Mamba-2's multi-input pattern (§7.2). The x role's last
+dimension is called ``dim_x`` (P in the forward) and the B and C roles' ``dim_bc`` (N in the
+forward); the state is dim_x × dim_bc.
+
+**Compile-time modes** of the kernel (``tl.constexpr``). The two with more than two values are
+strings rather than module-level constants: Triton re-checks every global constant a kernel
+reads on every launch (about 2 µs each on a slow host), and these kernels are launch-bound at small sizes.
+
+* ``SCALE_ROLE`` — which operand the per-step, per-head Δ (``dt``) multiplies as it is loaded
+  (Mamba's x·Δ folded into the kernel, so the scaled input is never written to memory):
+  ``"none"``; ``"x"`` (forward: x ← x·Δ); ``"B"`` (dC pass: the B role holds X);
+  ``"C"`` (dB pass: the C role holds X).
+* ``EPILOGUE`` — what the dX pass computes besides Y (:func:`_dx_epilogue`):
+  ``"none"``; ``"grad_a"`` (also the per-step dA terms dy·y − x·dx);
+  ``"grad_a_dt"`` (with Δ: the dA terms dy·y − x̃·dx̃ of the scanned input x̃ = x·Δ, dΔ = x·dx̃,
+  and Y becomes dx = Δ·dx̃).
+* booleans: ``HAS_INITIAL_STATE``; ``HAS_SEQ_IDX`` (packed sequences: decays cut where a new
+  sequence starts); ``SEGMENT_STATES_ONLY`` (the first launch of a split scan);
+  ``STORE_FINAL_STATE``; ``STORE_Y_FP32`` (the fp32 copy of Y); ``IEEE_FP32`` (fp32 operands:
+  exact fp32 dots instead of TF32); ``FOR_LOOP`` (compiled: a pipelined ``for`` over chunks;
+  interpreted: a ``while``); ``TIME_OFFSETS_INT64`` (time offsets past 2³¹ elements need 64-bit
+  address arithmetic).
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -47,170 +85,260 @@ TUNING: dict = {}
 
 
 @triton.jit
-def _chunk_step(c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, IEEE: tl.constexpr,
-                SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr, DUAL: tl.constexpr):
-    """One chunk c: diagonal block, state to output (unless STATE_ONLY), then the state update."""
-    t = c * Q + offs_q  # (Q,) logical time steps
-    if BIG:  # time offsets past 2**31 elements: 64-bit address arithmetic
+def _dx_epilogue(
+    y, x, t, t_valid, offs_x, mask_x,
+    X_FWD, Y_FWD, stride_x_seqlen, stride_x_dim,  # the forward's X and Y, at the x role's (dY's) strides
+    DT, stride_dt_seqlen,  # Δ (b, l, h), read when EPILOGUE == "grad_a_dt"
+    DA_TERMS, DDT, stride_epi_seqlen,  # outputs (b, l, h) fp32
+    EPILOGUE: tl.constexpr,
+):
+    """The dX pass's extra outputs for one chunk; returns the dX tile to store.
+
+    In this pass the x role holds dY and y is dx̃ = dh B (dx̃ = dx when there is no Δ). It stores,
+    per step t, the dA term dy_t·y_t − x̃_t·dx̃_t (its suffix sums are dA) and, with Δ, dΔ_t =
+    x_t·dx̃_t, and returns dx = Δ·dx̃ (else y unchanged). y (Q, BLOCK_X) fp32; x (Q, BLOCK_X) dY.
+    """
+    m2 = t_valid[:, None] & mask_x[None, :]
+    xo = tl.load(X_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
+                 mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's x
+    yf = tl.load(Y_FWD + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
+                 mask=m2, other=0.0).to(tl.float32)  # (Q, BLOCK_X) the forward's y
+    if EPILOGUE == "grad_a_dt":
+        dte = tl.load(DT + t * stride_dt_seqlen, mask=t_valid, other=0.0).to(tl.float32)  # (Q,)
+        xe = xo * dte[:, None]  # x̃ = x·Δ
+    else:
+        xe = xo
+    # dy·y − x̃·dx̃ per step: its suffix sums are the log-decay gradient
+    tl.store(DA_TERMS + t * stride_epi_seqlen, tl.sum(x.to(tl.float32) * yf, 1) - tl.sum(xe * y, 1), mask=t_valid)
+    if EPILOGUE == "grad_a_dt":
+        tl.store(DDT + t * stride_epi_seqlen, tl.sum(xo * y, 1), mask=t_valid)  # dΔ_t = x_t·dx̃_t
+        y = y * dte[:, None]  # dx = Δ·dx̃
+    return y
+
+
+@triton.jit
+def _chunk_step(
+    chunk, h, seq_prev, decay_total,  # carried from chunk to chunk (docstring)
+    X, stride_x_seqlen, stride_x_dim,  # x role, at this (batch, head)
+    A, stride_a_seqlen, a_shift,  # log decays; logical steps < a_shift read 0
+    B, stride_b_seqlen, stride_b_dim,  # B role
+    C, stride_c_seqlen, stride_c_dim,  # C role
+    Y, Y_fp32, stride_y_seqlen, stride_y_dim,  # output, and its fp32 copy when STORE_Y_FP32
+    SEQ_IDX, stride_seq_idx_seqlen,  # sequence ids when HAS_SEQ_IDX
+    DT, stride_dt_seqlen,  # Δ when SCALE_ROLE != "none" or EPILOGUE == "grad_a_dt"
+    X_FWD, Y_FWD, DA_TERMS, DDT, stride_epi_seqlen,  # dX-pass epilogue (see _dx_epilogue)
+    seqlen, offs_q, offs_x, offs_bc, mask_x, mask_bc,
+    Q: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, SEGMENT_STATES_ONLY: tl.constexpr,
+    IEEE_FP32: tl.constexpr, SCALE_ROLE: tl.constexpr, EPILOGUE: tl.constexpr,
+    TIME_OFFSETS_INT64: tl.constexpr, STORE_Y_FP32: tl.constexpr,
+):
+    """One chunk: diagonal block, state to output (unless SEGMENT_STATES_ONLY), then the state update.
+
+    Carried from chunk to chunk: the chunk index; h (BLOCK_X, BLOCK_BC) fp32, the state entering
+    the chunk; seq_prev, the sequence id of the step before it; decay_total, the product of the
+    decays so far. Returns the new h, seq_prev and decay_total.
+    """
+    t = chunk * Q + offs_q  # (Q,) logical time steps
+    if TIME_OFFSETS_INT64:
         t = t.to(tl.int64)
-    tv = t < L
-    a = tl.load(A + t * sal, mask=tv & (t >= A_LO), other=0.0).to(tl.float32)  # (Q,)
+    t_valid = t < seqlen
+    a = tl.load(A + t * stride_a_seqlen, mask=t_valid & (t >= a_shift), other=0.0).to(tl.float32)  # (Q,)
     cs = tl.cumsum(a, 0)  # (Q,) dA_cumsum
     cs_last = tl.sum(a, 0)
-    x = tl.load(X + t[:, None] * sxl + offs_x[None, :] * sxd, mask=tv[:, None] & mx[None, :], other=0.0)  # (Q, BX)
-    bm = tl.load(Bm + t[:, None] * sbl + offs_s[None, :] * sbd, mask=tv[:, None] & ms[None, :], other=0.0)  # (Q, BS)
-    if SCALE != 0:  # mamba's x·Δ, folded in: scale the role that holds x by dt (per step and head)
-        dt = tl.load(DT + t * sdl, mask=tv, other=0.0).to(tl.float32)  # (Q,)
-        if SCALE == 1:
+    x = tl.load(X + t[:, None] * stride_x_seqlen + offs_x[None, :] * stride_x_dim,
+                mask=t_valid[:, None] & mask_x[None, :], other=0.0)  # (Q, BLOCK_X)
+    bm = tl.load(B + t[:, None] * stride_b_seqlen + offs_bc[None, :] * stride_b_dim,
+                 mask=t_valid[:, None] & mask_bc[None, :], other=0.0)  # (Q, BLOCK_BC)
+    if SCALE_ROLE != "none":  # Mamba's x·Δ, folded in: scale the role that holds x, per step and head
+        dt = tl.load(DT + t * stride_dt_seqlen, mask=t_valid, other=0.0).to(tl.float32)  # (Q,)
+        if SCALE_ROLE == "x":
             x = (x.to(tl.float32) * dt[:, None]).to(x.dtype)
-        if SCALE == 2:
+        if SCALE_ROLE == "B":
             bm = (bm.to(tl.float32) * dt[:, None]).to(bm.dtype)
-    if HAS_SEG:
-        sg = tl.load(SEG + t * sgl, mask=tv, other=-1)  # (Q,)
-        sg_last = tl.load(SEG + (tl.minimum(c * Q + Q, L) - 1) * sgl)  # last valid step
-        w = tl.where(sg == sg_last, tl.exp(cs_last - cs), 0.0)  # (Q,) decay to the chunk's end
-        carry = tl.where(seg_prev == sg_last, tl.exp(cs_last), 0.0)
+    if HAS_SEQ_IDX:
+        sq = tl.load(SEQ_IDX + t * stride_seq_idx_seqlen, mask=t_valid, other=-1)  # (Q,)
+        sq_last = tl.load(SEQ_IDX + (tl.minimum(chunk * Q + Q, seqlen) - 1) * stride_seq_idx_seqlen)  # last valid step
+        w = tl.where(sq == sq_last, tl.exp(cs_last - cs), 0.0)  # (Q,) decay to the chunk's end
+        carry = tl.where(seq_prev == sq_last, tl.exp(cs_last), 0.0)
     else:
         w = tl.exp(cs_last - cs)
         carry = tl.exp(cs_last)
-    if not STATE_ONLY:
-        cm = tl.load(Cm + t[:, None] * scl + offs_s[None, :] * scd, mask=tv[:, None] & ms[None, :], other=0.0)  # (Q, BS)
-        if SCALE == 3:
+    if not SEGMENT_STATES_ONLY:
+        cm = tl.load(C + t[:, None] * stride_c_seqlen + offs_bc[None, :] * stride_c_dim,
+                     mask=t_valid[:, None] & mask_bc[None, :], other=0.0)  # (Q, BLOCK_BC)
+        if SCALE_ROLE == "C":
             cm = (cm.to(tl.float32) * dt[:, None]).to(cm.dtype)
-        if IEEE:
+        if IEEE_FP32:
             cb = tl.dot(cm, tl.trans(bm), input_precision="ieee")  # (Q, Q)
         else:
             cb = tl.dot(cm, tl.trans(bm))  # (Q, Q)
         keep = offs_q[:, None] >= offs_q[None, :]  # (Q, Q) causal
         din = tl.exp(cs)  # (Q,) decay from the chunk's start
-        if HAS_SEG:
-            keep = keep & (sg[:, None] == sg[None, :])
-            din = tl.where(sg == seg_prev, din, 0.0)
+        if HAS_SEQ_IDX:
+            keep = keep & (sq[:, None] == sq[None, :])
+            din = tl.where(sq == seq_prev, din, 0.0)
         lmat = tl.exp(tl.where(keep, cs[:, None] - cs[None, :], float("-inf")))  # (Q, Q) diagonal block of L
-        if IEEE:
-            y = tl.dot(cb * lmat, x.to(tl.float32), input_precision="ieee")  # (Q, BX)
+        if IEEE_FP32:
+            y = tl.dot(cb * lmat, x.to(tl.float32), input_precision="ieee")  # (Q, BLOCK_X)
             y += tl.dot(cm.to(tl.float32), tl.trans(h), input_precision="ieee") * din[:, None]
         else:
-            y = tl.dot((cb * lmat).to(x.dtype), x)  # (Q, BX)
+            y = tl.dot((cb * lmat).to(x.dtype), x)  # (Q, BLOCK_X)
             y += tl.dot(cm, tl.trans(h).to(cm.dtype)) * din[:, None]
-        if EPI != 0:  # backward dX pass: y is dx̃ = dh B for the scanned input x̃ = x·Δ
-            m2 = tv[:, None] & mx[None, :]
-            xo = tl.load(XO + t[:, None] * sxl + offs_x[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
-            yf = tl.load(YF + t[:, None] * sxl + offs_x[None, :] * sxd, mask=m2, other=0.0).to(tl.float32)
-            if EPI == 2:
-                dte = tl.load(DT + t * sdl, mask=tv, other=0.0).to(tl.float32)  # (Q,)
-                xe = xo * dte[:, None]
-            else:
-                xe = xo
-            # dy·y − x̃·dx̃ per step: its suffix sums are the log-decay gradient
-            tl.store(RC + t * sel, tl.sum(x.to(tl.float32) * yf, 1) - tl.sum(xe * y, 1), mask=tv)
-            if EPI == 2:
-                tl.store(DDT + t * sel, tl.sum(xo * y, 1), mask=tv)  # dΔ_t = x_t·dx̃_t
-                y = y * dte[:, None]  # dx = Δ·dx̃
-        tl.store(Y + t[:, None] * syl + offs_x[None, :] * syd,
-                 y.to(Y.dtype.element_ty), mask=tv[:, None] & mx[None, :])
-        if DUAL:  # fp32 copy of y for the backward's dA (y·dy − x̃·dx̃ cancels: bf16 y cost 4% error)
-            tl.store(Y32 + t[:, None] * syl + offs_x[None, :] * syd, y, mask=tv[:, None] & mx[None, :])
-    xw = x.to(tl.float32) * w[:, None]  # (Q, BX)
-    if IEEE:
-        h = h * carry + tl.dot(tl.trans(xw), bm.to(tl.float32), input_precision="ieee")  # (BX, BS)
+        if EPILOGUE != "none":  # dX pass: y is dx̃ = dh B for the scanned input x̃ = x·Δ
+            y = _dx_epilogue(y=y, x=x, t=t, t_valid=t_valid, offs_x=offs_x, mask_x=mask_x,
+                             X_FWD=X_FWD, Y_FWD=Y_FWD, stride_x_seqlen=stride_x_seqlen, stride_x_dim=stride_x_dim,
+                             DT=DT, stride_dt_seqlen=stride_dt_seqlen,
+                             DA_TERMS=DA_TERMS, DDT=DDT, stride_epi_seqlen=stride_epi_seqlen, EPILOGUE=EPILOGUE)
+        tl.store(Y + t[:, None] * stride_y_seqlen + offs_x[None, :] * stride_y_dim,
+                 y.to(Y.dtype.element_ty), mask=t_valid[:, None] & mask_x[None, :])
+        if STORE_Y_FP32:  # fp32 copy of y for the backward's dA (y·dy − x̃·dx̃ cancels: bf16 y cost 4% error)
+            tl.store(Y_fp32 + t[:, None] * stride_y_seqlen + offs_x[None, :] * stride_y_dim, y,
+                     mask=t_valid[:, None] & mask_x[None, :])
+    xw = x.to(tl.float32) * w[:, None]  # (Q, BLOCK_X)
+    if IEEE_FP32:
+        h = h * carry + tl.dot(tl.trans(xw), bm.to(tl.float32), input_precision="ieee")  # (BLOCK_X, BLOCK_BC)
     else:
-        h = h * carry + tl.dot(tl.trans(xw.to(bm.dtype)), bm)  # (BX, BS)
-    fac_total = fac_total * carry
-    if HAS_SEG:
-        seg_prev = sg_last
-    return h, seg_prev, fac_total
+        h = h * carry + tl.dot(tl.trans(xw.to(bm.dtype)), bm)  # (BLOCK_X, BLOCK_BC)
+    decay_total = decay_total * carry
+    if HAS_SEQ_IDX:
+        seq_prev = sq_last
+    return h, seq_prev, decay_total
 
 
 @triton.jit
 def _ssd_scan_kernel(
-    X, x_off, sxb, sxl, sxh, sxd, x_hdiv,  # "x" role: (b, l, ·, DX)
-    A, a_off, sab, sal, sah, A_LO,  # log decays (b, l, h); logical steps < A_LO read 0
-    Bm, b_off, sbb, sbl, sbh, sbd, b_hdiv,  # "B" role: (b, l, ·, DS)
-    Cm, c_off, scb, scl, sch, scd, c_hdiv,  # "C" role: (b, l, ·, DS)
-    Y, Y32, y_off, syb, syl, syh, syd,  # output (b, l, h, DX); Y32: its fp32 copy when DUAL
-    SEG, g_off, sgb, sgl,  # segment ids (b, l) int32
-    DT, d_off, sdb, sdl, sdh,  # optional per-step scale of the x-holding role (b, l, h)
-    XO, YF, RC, DDT, e_off, seb, sel, seh,  # dX-pass epilogue: X and Y (x-role strides), outputs (b, l, h)
-    H0, s0b, s0h, s0x, s0s,  # initial state (b, h, DX, DS)
-    HF, sfb, sfh, sfx, sfs,  # final state (b, h, DX, DS), fp32
-    LOC, FAC,  # per-segment local end states (b, h, nseg, DX, DS) and decay factors (b, h, nseg), fp32
-    L, H, DX, DS, chunks_per_seg, nseg,
-    Q: tl.constexpr, BX: tl.constexpr, BS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_SEG: tl.constexpr, STATE_ONLY: tl.constexpr, WRITE_HF: tl.constexpr,
-    IEEE: tl.constexpr, FOR_LOOP: tl.constexpr, SCALE: tl.constexpr, EPI: tl.constexpr, BIG: tl.constexpr,
-    DUAL: tl.constexpr,
+    # x role (b, l, ·, dim_x): heads read index head // x_heads_per_group of axis 2
+    X, x_offset, stride_x_batch, stride_x_seqlen, stride_x_head, stride_x_dim, x_heads_per_group,
+    # log decays a (b, l, h); logical steps < a_shift read 0
+    A, a_offset, stride_a_batch, stride_a_seqlen, stride_a_head, a_shift,
+    # B role (b, l, ·, dim_bc)
+    B, b_offset, stride_b_batch, stride_b_seqlen, stride_b_head, stride_b_dim, b_heads_per_group,
+    # C role (b, l, ·, dim_bc)
+    C, c_offset, stride_c_batch, stride_c_seqlen, stride_c_head, stride_c_dim, c_heads_per_group,
+    # output (b, l, h, dim_x); Y_fp32: its fp32 copy when STORE_Y_FP32 (same strides)
+    Y, Y_fp32, y_offset, stride_y_batch, stride_y_seqlen, stride_y_head, stride_y_dim,
+    # sequence ids (b, l) int32 when HAS_SEQ_IDX
+    SEQ_IDX, seq_idx_offset, stride_seq_idx_batch, stride_seq_idx_seqlen,
+    # Δ (b, l, h): scales the SCALE_ROLE operand, or read by the "grad_a_dt" epilogue
+    DT, dt_offset, stride_dt_batch, stride_dt_seqlen, stride_dt_head,
+    # dX-pass epilogue: the forward's X and Y (b, l, h, dim_x) at the x role's strides and x_offset;
+    # outputs DA_TERMS, DDT (b, l, h) fp32
+    X_FWD, Y_FWD, DA_TERMS, DDT, epi_offset, stride_epi_batch, stride_epi_seqlen, stride_epi_head,
+    # initial state (b, h, dim_x, dim_bc) when HAS_INITIAL_STATE
+    INITIAL_STATE, stride_h0_batch, stride_h0_head, stride_h0_x, stride_h0_bc,
+    # final state (b, h, dim_x, dim_bc) fp32 when STORE_FINAL_STATE
+    FINAL_STATE, stride_hf_batch, stride_hf_head, stride_hf_x, stride_hf_bc,
+    # per time segment, contiguous fp32: end state from a zero start (b·h, nsegments, dim_x, dim_bc)
+    # and product of its decays (b·h, nsegments); written by SEGMENT_STATES_ONLY, read by the scan
+    SEGMENT_STATES, SEGMENT_DECAYS,
+    # sizes
+    seqlen, nheads, dim_x, dim_bc, chunks_per_segment, nsegments,
+    # tiles: Q steps per chunk, BLOCK_X of dim_x per program, BLOCK_BC ≥ dim_bc
+    Q: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_BC: tl.constexpr,
+    # modes (module docstring)
+    HAS_INITIAL_STATE: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, SEGMENT_STATES_ONLY: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, IEEE_FP32: tl.constexpr, FOR_LOOP: tl.constexpr,
+    SCALE_ROLE: tl.constexpr, EPILOGUE: tl.constexpr, TIME_OFFSETS_INT64: tl.constexpr,
+    STORE_Y_FP32: tl.constexpr,
 ):
+    """Grid (b·h, time segments, x-blocks): one program scans its segment's chunks in order."""
+    tl.static_assert(SCALE_ROLE == "none" or SCALE_ROLE == "x" or SCALE_ROLE == "B" or SCALE_ROLE == "C",
+                     "SCALE_ROLE is one of 'none', 'x', 'B', 'C'")
+    tl.static_assert(EPILOGUE == "none" or EPILOGUE == "grad_a" or EPILOGUE == "grad_a_dt",
+                     "EPILOGUE is one of 'none', 'grad_a', 'grad_a_dt'")
     pid_bh = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    pid_seg = tl.program_id(1)
     pid_x = tl.program_id(2)
-    bi = pid_bh // H
-    hi = pid_bh % H
-    offs_x = pid_x * BX + tl.arange(0, BX)  # (BX,)
-    offs_s = tl.arange(0, BS)  # (BS,)
-    mx = offs_x < DX
-    ms = offs_s < DS
+    pid_b = pid_bh // nheads
+    pid_h = pid_bh % nheads
+    offs_x = pid_x * BLOCK_X + tl.arange(0, BLOCK_X)  # (BLOCK_X,)
+    offs_bc = tl.arange(0, BLOCK_BC)  # (BLOCK_BC,)
+    mask_x = offs_x < dim_x
+    mask_bc = offs_bc < dim_bc
     offs_q = tl.arange(0, Q)  # (Q,)
 
-    X = X + x_off + bi.to(tl.int64) * sxb + (hi // x_hdiv) * sxh
-    A = A + a_off + bi.to(tl.int64) * sab + hi * sah
-    Bm = Bm + b_off + bi.to(tl.int64) * sbb + (hi // b_hdiv) * sbh
-    Cm = Cm + c_off + bi.to(tl.int64) * scb + (hi // c_hdiv) * sch
-    SEG = SEG + g_off + bi.to(tl.int64) * sgb
-    DT = DT + d_off + bi.to(tl.int64) * sdb + hi * sdh
-    XO = XO + x_off + bi.to(tl.int64) * sxb + hi * sxh
-    YF = YF + x_off + bi.to(tl.int64) * sxb + hi * sxh
-    RC = RC + e_off + bi.to(tl.int64) * seb + hi * seh
-    DDT = DDT + e_off + bi.to(tl.int64) * seb + hi * seh
-    st_off = (pid_bh * nseg + pid_s).to(tl.int64)
+    # Every pointer to this program's (batch, head); a grouped role's head is head // heads_per_group.
+    X = X + x_offset + pid_b.to(tl.int64) * stride_x_batch + (pid_h // x_heads_per_group) * stride_x_head
+    A = A + a_offset + pid_b.to(tl.int64) * stride_a_batch + pid_h * stride_a_head
+    B = B + b_offset + pid_b.to(tl.int64) * stride_b_batch + (pid_h // b_heads_per_group) * stride_b_head
+    C = C + c_offset + pid_b.to(tl.int64) * stride_c_batch + (pid_h // c_heads_per_group) * stride_c_head
+    SEQ_IDX = SEQ_IDX + seq_idx_offset + pid_b.to(tl.int64) * stride_seq_idx_batch
+    DT = DT + dt_offset + pid_b.to(tl.int64) * stride_dt_batch + pid_h * stride_dt_head
+    X_FWD = X_FWD + x_offset + pid_b.to(tl.int64) * stride_x_batch + pid_h * stride_x_head
+    Y_FWD = Y_FWD + x_offset + pid_b.to(tl.int64) * stride_x_batch + pid_h * stride_x_head
+    DA_TERMS = DA_TERMS + epi_offset + pid_b.to(tl.int64) * stride_epi_batch + pid_h * stride_epi_head
+    DDT = DDT + epi_offset + pid_b.to(tl.int64) * stride_epi_batch + pid_h * stride_epi_head
+    segment = (pid_bh * nsegments + pid_seg).to(tl.int64)  # this program's row of SEGMENT_STATES/DECAYS
 
-    # The state entering this segment: initial state, then the earlier segments' local states.
-    h = tl.zeros((BX, BS), dtype=tl.float32)  # (BX, BS)
-    if not STATE_ONLY:
-        if HAS_H0:
-            h = tl.load(H0 + bi * s0b + hi * s0h + offs_x[:, None] * s0x + offs_s[None, :] * s0s,
-                        mask=mx[:, None] & ms[None, :], other=0.0).to(tl.float32)
+    # The state entering this segment: initial state, then the earlier segments' end states.
+    h = tl.zeros((BLOCK_X, BLOCK_BC), dtype=tl.float32)  # (BLOCK_X, BLOCK_BC)
+    if not SEGMENT_STATES_ONLY:
+        if HAS_INITIAL_STATE:
+            h = tl.load(INITIAL_STATE + pid_b * stride_h0_batch + pid_h * stride_h0_head
+                        + offs_x[:, None] * stride_h0_x + offs_bc[None, :] * stride_h0_bc,
+                        mask=mask_x[:, None] & mask_bc[None, :], other=0.0).to(tl.float32)
         j = 0
-        while j < pid_s:  # earlier segments, in order
-            fac = tl.load(FAC + pid_bh * nseg + j)
-            loc = tl.load(LOC + (pid_bh * nseg + j).to(tl.int64) * DX * DS + offs_x[:, None] * DS + offs_s[None, :],
-                          mask=mx[:, None] & ms[None, :], other=0.0)
-            h = fac * h + loc
+        while j < pid_seg:  # earlier segments, in order
+            decay = tl.load(SEGMENT_DECAYS + pid_bh * nsegments + j)
+            state = tl.load(SEGMENT_STATES + (pid_bh * nsegments + j).to(tl.int64) * dim_x * dim_bc
+                            + offs_x[:, None] * dim_bc + offs_bc[None, :],
+                            mask=mask_x[:, None] & mask_bc[None, :], other=0.0)
+            h = decay * h + state
             j += 1
-    c_start = pid_s * chunks_per_seg
-    seg_prev = 0
-    if HAS_SEG:
-        seg_prev = tl.load(SEG + tl.maximum(c_start * Q - 1, 0) * sgl)
-    fac_total = tl.full((), 1.0, tl.float32)
+    c_start = pid_seg * chunks_per_segment
+    seq_prev = 0
+    if HAS_SEQ_IDX:
+        seq_prev = tl.load(SEQ_IDX + tl.maximum(c_start * Q - 1, 0) * stride_seq_idx_seqlen)
+    decay_total = tl.full((), 1.0, tl.float32)
 
-    Y = Y + y_off + bi.to(tl.int64) * syb + hi * syh
-    Y32 = Y32 + y_off + bi.to(tl.int64) * syb + hi * syh
+    Y = Y + y_offset + pid_b.to(tl.int64) * stride_y_batch + pid_h * stride_y_head
+    Y_fp32 = Y_fp32 + y_offset + pid_b.to(tl.int64) * stride_y_batch + pid_h * stride_y_head
     if FOR_LOOP:  # compiled only: a for loop lets Triton pipeline the next chunk's loads
-        for k in range(0, chunks_per_seg):  # chunks past the end are all-masked no-ops
-            h, seg_prev, fac_total = _chunk_step(
-                c_start + k, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG, DUAL)
+        for k in range(0, chunks_per_segment):  # chunks past the end are all-masked no-ops
+            h, seq_prev, decay_total = _chunk_step(
+                chunk=c_start + k, h=h, seq_prev=seq_prev, decay_total=decay_total,
+                X=X, stride_x_seqlen=stride_x_seqlen, stride_x_dim=stride_x_dim,
+                A=A, stride_a_seqlen=stride_a_seqlen, a_shift=a_shift,
+                B=B, stride_b_seqlen=stride_b_seqlen, stride_b_dim=stride_b_dim,
+                C=C, stride_c_seqlen=stride_c_seqlen, stride_c_dim=stride_c_dim,
+                Y=Y, Y_fp32=Y_fp32, stride_y_seqlen=stride_y_seqlen, stride_y_dim=stride_y_dim,
+                SEQ_IDX=SEQ_IDX, stride_seq_idx_seqlen=stride_seq_idx_seqlen,
+                DT=DT, stride_dt_seqlen=stride_dt_seqlen,
+                X_FWD=X_FWD, Y_FWD=Y_FWD, DA_TERMS=DA_TERMS, DDT=DDT, stride_epi_seqlen=stride_epi_seqlen,
+                seqlen=seqlen, offs_q=offs_q, offs_x=offs_x, offs_bc=offs_bc, mask_x=mask_x, mask_bc=mask_bc,
+                Q=Q, HAS_SEQ_IDX=HAS_SEQ_IDX, SEGMENT_STATES_ONLY=SEGMENT_STATES_ONLY, IEEE_FP32=IEEE_FP32,
+                SCALE_ROLE=SCALE_ROLE, EPILOGUE=EPILOGUE, TIME_OFFSETS_INT64=TIME_OFFSETS_INT64,
+                STORE_Y_FP32=STORE_Y_FP32)
     else:  # while, not range(): the interpreter under numpy 2 rejects runtime range() bounds
         c = c_start
-        c_end = tl.minimum(c_start + chunks_per_seg, tl.cdiv(L, Q))
+        c_end = tl.minimum(c_start + chunks_per_segment, tl.cdiv(seqlen, Q))
         while c < c_end:
-            h, seg_prev, fac_total = _chunk_step(
-                c, h, seg_prev, fac_total, X, sxl, sxd, A, sal, A_LO, Bm, sbl, sbd, Cm, scl, scd,
-                Y, Y32, syl, syd, SEG, sgl, DT, sdl, XO, YF, RC, DDT, sel, L, offs_q, offs_x, offs_s, mx, ms,
-                Q, HAS_SEG, STATE_ONLY, IEEE, SCALE, EPI, BIG, DUAL)
+            h, seq_prev, decay_total = _chunk_step(
+                chunk=c, h=h, seq_prev=seq_prev, decay_total=decay_total,
+                X=X, stride_x_seqlen=stride_x_seqlen, stride_x_dim=stride_x_dim,
+                A=A, stride_a_seqlen=stride_a_seqlen, a_shift=a_shift,
+                B=B, stride_b_seqlen=stride_b_seqlen, stride_b_dim=stride_b_dim,
+                C=C, stride_c_seqlen=stride_c_seqlen, stride_c_dim=stride_c_dim,
+                Y=Y, Y_fp32=Y_fp32, stride_y_seqlen=stride_y_seqlen, stride_y_dim=stride_y_dim,
+                SEQ_IDX=SEQ_IDX, stride_seq_idx_seqlen=stride_seq_idx_seqlen,
+                DT=DT, stride_dt_seqlen=stride_dt_seqlen,
+                X_FWD=X_FWD, Y_FWD=Y_FWD, DA_TERMS=DA_TERMS, DDT=DDT, stride_epi_seqlen=stride_epi_seqlen,
+                seqlen=seqlen, offs_q=offs_q, offs_x=offs_x, offs_bc=offs_bc, mask_x=mask_x, mask_bc=mask_bc,
+                Q=Q, HAS_SEQ_IDX=HAS_SEQ_IDX, SEGMENT_STATES_ONLY=SEGMENT_STATES_ONLY, IEEE_FP32=IEEE_FP32,
+                SCALE_ROLE=SCALE_ROLE, EPILOGUE=EPILOGUE, TIME_OFFSETS_INT64=TIME_OFFSETS_INT64,
+                STORE_Y_FP32=STORE_Y_FP32)
             c += 1
 
-    if STATE_ONLY:
-        tl.store(LOC + st_off * DX * DS + offs_x[:, None] * DS + offs_s[None, :], h, mask=mx[:, None] & ms[None, :])
+    if SEGMENT_STATES_ONLY:
+        tl.store(SEGMENT_STATES + segment * dim_x * dim_bc + offs_x[:, None] * dim_bc + offs_bc[None, :], h,
+                 mask=mask_x[:, None] & mask_bc[None, :])
         if pid_x == 0:
-            tl.store(FAC + st_off, fac_total)
-    elif WRITE_HF:
-        if pid_s == nseg - 1:
-            tl.store(HF + bi * sfb + hi * sfh + offs_x[:, None] * sfx + offs_s[None, :] * sfs, h,
-                     mask=mx[:, None] & ms[None, :])
+            tl.store(SEGMENT_DECAYS + segment, decay_total)
+    elif STORE_FINAL_STATE:
+        if pid_seg == nsegments - 1:
+            tl.store(FINAL_STATE + pid_b * stride_hf_batch + pid_h * stride_hf_head
+                     + offs_x[:, None] * stride_hf_x + offs_bc[None, :] * stride_hf_bc, h,
+                     mask=mask_x[:, None] & mask_bc[None, :])
 
 
 @functools.lru_cache(maxsize=None)
@@ -221,7 +349,11 @@ def _num_sms(device_index: int) -> int:
 
 
 def _config(b: int, h: int, l: int, DX: int, DS: int, chunk_size: int, device_index: int = 0) -> dict:
-    """Tile sizes and the number of time segments (see the module docstring); cached per shape."""
+    """Tile sizes and the number of time segments (see the module docstring); cached per shape.
+
+    Keys: Q, BX (the kernel's BLOCK_X), BS (BLOCK_BC), nx (x-blocks), nseg (time segments),
+    cps (chunks per segment), num_warps, num_stages, for_loop.
+    """
     return dict(_config_cached(b, h, l, DX, DS, chunk_size, device_index, tuple(sorted(TUNING.items())),
                                interpreting()))
 
@@ -251,75 +383,108 @@ def _time_view(t: torch.Tensor, l: int, reverse: bool, shift: int = 0):
     return ((l - 1 + shift) * s, -s) if reverse else (0, s)
 
 
-def _scan(x, xd, a, bm, bd, cm, cd, h, seg, h0, h0_t, reverse, a_shift, out_dtype, want_final, chunk_size,
-          dt=None, scale_role=0, epilogue=None, want_y32=None):
-    """Run the scan kernel on role tensors: x (b,l,·,DX), a (b,l,h), bm, cm (b,l,·,DS).
+class _DxEpilogue(NamedTuple):
+    """Inputs of the dX pass's fused epilogue (:func:`_dx_epilogue`), all contiguous."""
 
-    xd, bd, cd: head divisors (head i reads index i // d of that role's head axis). h0_t: read
-    the initial state transposed. dt (b, l, h): multiply role ``scale_role`` (1 x, 2 B, 3 C) by it
-    per step and head. epilogue = (X, Y, dt or None) turns on the dX-pass epilogue (x must be dY,
-    all three contiguous (b, l, h, p)): then Y holds dx = Δ·dx̃ and the call also returns
-    rc = dy·y − x̃·dx̃ and dΔ = x·dx̃ ``(b, l, h)`` fp32. Returns (Y (b, l, h, DX), final state (b, h, DX, DS) or None),
-    and, when ``want_y32`` is given, a third value: an fp32 copy of Y written by the same kernel if
-    ``want_y32`` is true and out_dtype is not fp32, else Y itself.
+    x: torch.Tensor  # the forward's X (b, l, h, p)
+    y: torch.Tensor  # the forward's Y (b, l, h, p), its fp32 copy when there is one
+    dt: torch.Tensor | None  # Δ (b, l, h), or None
+
+
+class _ScanOut(NamedTuple):
+    """What one :func:`_scan` returns; fields that were not asked for are None."""
+
+    y: torch.Tensor  # (b, l, h, dim_x) in out_dtype
+    final_state: torch.Tensor | None  # (b, h, dim_x, dim_bc) fp32, when want_final_state
+    y_fp32: torch.Tensor  # an fp32 copy of y when want_y_fp32 and out_dtype is not fp32, else y itself
+    da_terms: torch.Tensor | None  # (b, l, h) fp32 view of (b, h, l) memory: dy·y − x̃·dx̃, with dx_epilogue
+    ddt: torch.Tensor | None  # (b, l, h) fp32 view of (b, h, l) memory: dΔ = x·dx̃, with a dx_epilogue.dt
+
+
+def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor, nheads: int,
+          x_heads_per_group: int = 1, B_heads_per_group: int = 1, C_heads_per_group: int = 1,
+          seq_ids: torch.Tensor | None, initial_state: torch.Tensor | None, initial_state_transposed: bool = False,
+          reverse: bool, a_shift: int, out_dtype: torch.dtype, want_final_state: bool, chunk_size: int,
+          dt: torch.Tensor | None = None, scale_role: str = "none", dx_epilogue: _DxEpilogue | None = None,
+          want_y_fp32: bool = False) -> _ScanOut:
+    """Launch the scan kernel with tensors in its three roles (module docstring, "Roles").
+
+    x (b, l, ·, dim_x), B and C (b, l, ·, dim_bc), A (b, l, h) log decays. Kernel head i reads
+    index i // <role>_heads_per_group of a role's head axis. seq_ids (b, l) int32 or None.
+    initial_state (b, h, dim_x, dim_bc), or (b, h, dim_bc, dim_x) read transposed when
+    ``initial_state_transposed``. ``reverse`` runs time backwards; ``a_shift`` = 1 reads the
+    decays one step later (the adjoint recurrence). dt (b, l, h) multiplies the ``scale_role``
+    operand ("x", "B" or "C") per step and head. ``dx_epilogue`` turns on the dX-pass epilogue
+    (x must then be dY, contiguous (b, l, h, p) like the epilogue's tensors): y then holds
+    dx = Δ·dx̃ and the da_terms (and, with dt, ddt) fields are filled.
     """
     b, l = x.shape[:2]
-    DX, DS = x.shape[-1], bm.shape[-1]
-    cfg = _config(b, h, l, DX, DS, chunk_size, x.device.index or 0)
+    h = nheads
+    dim_x, dim_bc = x.shape[-1], B.shape[-1]
+    cfg = _config(b, h, l, dim_x, dim_bc, chunk_size, x.device.index or 0)
     dev = x.device
-    Y = torch.empty(b, l, h, DX, device=dev, dtype=out_dtype)  # (b, l, h, DX)
-    dual = bool(want_y32) and out_dtype != torch.float32
-    Y32 = torch.empty(b, l, h, DX, device=dev, dtype=torch.float32) if dual else Y  # (b, l, h, DX)
-    HF = torch.empty(b, h, DX, DS, device=dev, dtype=torch.float32) if want_final else Y
-    LOC = torch.empty(b * h * cfg["nseg"] * DX * DS if cfg["nseg"] > 1 else 1, device=dev, dtype=torch.float32)
-    FAC = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
-    xo, xs = _time_view(x, l, reverse)
-    ao, as_ = _time_view(a, l, reverse, shift=a_shift)
-    bo, bs = _time_view(bm, l, reverse)
-    co, cs = _time_view(cm, l, reverse)
-    yo, ys = _time_view(Y, l, reverse)
-    segt = seg if seg is not None else a
-    go, gs = _time_view(segt, l, reverse)
-    epi_dt = epilogue is not None and epilogue[2] is not None
-    dtt = dt if dt is not None else (epilogue[2] if epi_dt else a)
-    do, ds = _time_view(dtt, l, reverse)
-    if epilogue is not None:
-        XO, YF = epilogue[0], epilogue[1]
+    # Outputs and scratch; a pointer argument the kernel will not read gets any tensor as a placeholder.
+    Y = torch.empty(b, l, h, dim_x, device=dev, dtype=out_dtype)  # (b, l, h, dim_x)
+    store_y_fp32 = bool(want_y_fp32) and out_dtype != torch.float32
+    Y_fp32 = torch.empty(b, l, h, dim_x, device=dev, dtype=torch.float32) if store_y_fp32 else Y  # (b, l, h, dim_x)
+    final_state = torch.empty(b, h, dim_x, dim_bc, device=dev, dtype=torch.float32) if want_final_state else Y
+    # per time segment: end state (b·h, nseg, dim_x, dim_bc) and decay product (b·h, nseg); unread when nseg = 1
+    segment_states = torch.empty(b * h * cfg["nseg"] * dim_x * dim_bc if cfg["nseg"] > 1 else 1,
+                                 device=dev, dtype=torch.float32)
+    segment_decays = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
+    x_offset, x_stride_l = _time_view(x, l, reverse)
+    a_offset, a_stride_l = _time_view(A, l, reverse, shift=a_shift)
+    b_offset, b_stride_l = _time_view(B, l, reverse)
+    c_offset, c_stride_l = _time_view(C, l, reverse)
+    y_offset, y_stride_l = _time_view(Y, l, reverse)
+    seq_t = seq_ids if seq_ids is not None else A
+    seq_offset, seq_stride_l = _time_view(seq_t, l, reverse)
+    epilogue_dt = dx_epilogue is not None and dx_epilogue.dt is not None
+    dt_t = dt if dt is not None else (dx_epilogue.dt if epilogue_dt else A)
+    dt_offset, dt_stride_l = _time_view(dt_t, l, reverse)
+    if dx_epilogue is not None:
+        x_fwd, y_fwd = dx_epilogue.x, dx_epilogue.y
         # (b, l, h) views of (b, h, l) memory: the suffix sum over l then runs on the innermost dim
-        RC = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2)  # (b, l, h)
-        DDT = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2) if epi_dt else RC
+        da_terms = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2)  # (b, l, h)
+        ddt = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2) if epilogue_dt else da_terms
     else:
-        XO = YF = x
-        RC = DDT = a
-    eo, es = _time_view(RC, l, reverse)
-    if h0 is not None:
-        s0 = (h0.stride(0), h0.stride(1), h0.stride(3), h0.stride(2)) if h0_t else h0.stride()
+        x_fwd = y_fwd = x
+        da_terms = ddt = A
+    epi_offset, epi_stride_l = _time_view(da_terms, l, reverse)
+    if initial_state is not None:
+        s0 = initial_state
+        h0_strides = ((s0.stride(0), s0.stride(1), s0.stride(3), s0.stride(2)) if initial_state_transposed
+                      else s0.stride())
     else:
-        s0 = (0, 0, 0, 0)
-    sf = HF.stride() if want_final else (0, 0, 0, 0)
-    ieee = x.dtype == torch.float32 and bm.dtype == torch.float32
-    common = (x, xo, x.stride(0), xs, x.stride(2), x.stride(3), xd,
-              a, ao, a.stride(0), as_, a.stride(2), a_shift,
-              bm, bo, bm.stride(0), bs, bm.stride(2), bm.stride(3), bd,
-              cm, co, cm.stride(0), cs, cm.stride(2), cm.stride(3), cd,
-              Y, Y32, yo, Y.stride(0), ys, Y.stride(2), Y.stride(3),
-              segt, go, segt.stride(0), gs,
-              dtt, do, dtt.stride(0), ds, dtt.stride(2),
-              XO, YF, RC, DDT, eo, RC.stride(0), es, RC.stride(2),
-              h0 if h0 is not None else Y, *s0, HF, *sf, LOC, FAC,
-              l, h, DX, DS, cfg["cps"], cfg["nseg"])
-    meta = dict(Q=cfg["Q"], BX=cfg["BX"], BS=cfg["BS"], HAS_H0=h0 is not None, HAS_SEG=seg is not None, DUAL=dual,
-                IEEE=ieee, FOR_LOOP=cfg["for_loop"], SCALE=scale_role if dt is not None else 0,
-                EPI=0 if epilogue is None else (2 if epi_dt else 1),
-                BIG=max(abs(t.stride(1)) for t in (x, a, bm, cm, Y, segt, dtt, RC)) * (l + 1) >= 2**31, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        h0_strides = (0, 0, 0, 0)
+    hf_strides = final_state.stride() if want_final_state else (0, 0, 0, 0)
+    ieee = x.dtype == torch.float32 and B.dtype == torch.float32
+    args = (  # in the kernel's order, group by group
+        x, x_offset, x.stride(0), x_stride_l, x.stride(2), x.stride(3), x_heads_per_group,
+        A, a_offset, A.stride(0), a_stride_l, A.stride(2), a_shift,
+        B, b_offset, B.stride(0), b_stride_l, B.stride(2), B.stride(3), B_heads_per_group,
+        C, c_offset, C.stride(0), c_stride_l, C.stride(2), C.stride(3), C_heads_per_group,
+        Y, Y_fp32, y_offset, Y.stride(0), y_stride_l, Y.stride(2), Y.stride(3),
+        seq_t, seq_offset, seq_t.stride(0), seq_stride_l,
+        dt_t, dt_offset, dt_t.stride(0), dt_stride_l, dt_t.stride(2),
+        x_fwd, y_fwd, da_terms, ddt, epi_offset, da_terms.stride(0), epi_stride_l, da_terms.stride(2),
+        initial_state if initial_state is not None else Y, *h0_strides,
+        final_state, *hf_strides,
+        segment_states, segment_decays,
+        l, h, dim_x, dim_bc, cfg["cps"], cfg["nseg"])
+    int64 = max(abs(t.stride(1)) for t in (x, A, B, C, Y, seq_t, dt_t, da_terms)) * (l + 1) >= 2**31
+    modes = dict(Q=cfg["Q"], BLOCK_X=cfg["BX"], BLOCK_BC=cfg["BS"], HAS_INITIAL_STATE=initial_state is not None,
+                 HAS_SEQ_IDX=seq_ids is not None, STORE_Y_FP32=store_y_fp32, IEEE_FP32=ieee,
+                 FOR_LOOP=cfg["for_loop"], SCALE_ROLE=scale_role if dt is not None else "none",
+                 EPILOGUE="none" if dx_epilogue is None else ("grad_a_dt" if epilogue_dt else "grad_a"),
+                 TIME_OFFSETS_INT64=int64, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg["nseg"] > 1:
-        _ssd_scan_kernel[(b * h, cfg["nseg"] - 1, cfg["nx"])](*common, STATE_ONLY=True, WRITE_HF=False, **meta)
-    _ssd_scan_kernel[(b * h, cfg["nseg"], cfg["nx"])](*common, STATE_ONLY=False, WRITE_HF=want_final, **meta)
-    if epilogue is not None:
-        return Y, (HF if want_final else None), RC, (DDT if epi_dt else None)
-    if want_y32 is not None:
-        return Y, (HF if want_final else None), Y32
-    return Y, (HF if want_final else None)
+        _ssd_scan_kernel[(b * h, cfg["nseg"] - 1, cfg["nx"])](
+            *args, SEGMENT_STATES_ONLY=True, STORE_FINAL_STATE=False, **modes)
+    _ssd_scan_kernel[(b * h, cfg["nseg"], cfg["nx"])](
+        *args, SEGMENT_STATES_ONLY=False, STORE_FINAL_STATE=want_final_state, **modes)
+    return _ScanOut(y=Y, final_state=final_state if want_final_state else None, y_fp32=Y_fp32,
+                    da_terms=da_terms if dx_epilogue is not None else None, ddt=ddt if epilogue_dt else None)
 
 
 class _SSDTriton(torch.autograd.Function):
@@ -328,19 +493,20 @@ class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, A, B, C, chunk_size, initial_states, seq_idx, dt=None):
         b, l, h, p = X.shape
-        r = h // B.shape[2]
-        seg = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
+        r = h // B.shape[2]  # heads per group
+        seq_ids = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
         # the backward's dA needs y in fp32 (see _chunk_step): the kernel writes a copy when A needs a gradient
-        Y, hf, Y32 = _scan(X, 1, A, B, r, C, r, h, seg, initial_states, False, reverse=False, a_shift=0,
-                           out_dtype=X.dtype, want_final=True, chunk_size=chunk_size, dt=dt, scale_role=1,
-                           want_y32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
-        ctx.save_for_backward(X, A, B, C, initial_states, seg, Y32, hf, dt)
+        out = _scan(x=X, B=B, C=C, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                    seq_ids=seq_ids, initial_state=initial_states, reverse=False, a_shift=0,
+                    out_dtype=X.dtype, want_final_state=True, chunk_size=chunk_size, dt=dt, scale_role="x",
+                    want_y_fp32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
+        ctx.save_for_backward(X, A, B, C, initial_states, seq_ids, out.y_fp32, out.final_state, dt)
         ctx.chunk_size = chunk_size
-        return Y, hf
+        return out.y, out.final_state
 
     @staticmethod
     def backward(ctx, dY, dhf):
-        X, A, B, C, h0, seg, Y, hf, dt = ctx.saved_tensors
+        X, A, B, C, h0, seq_ids, Y, hf, dt = ctx.saved_tensors
         b, l, h, p = X.shape
         g, n = B.shape[2], B.shape[3]
         r = h // g
@@ -353,16 +519,21 @@ class _SSDTriton(torch.autograd.Function):
         # per-head dB, dC partials: fp32 when one head per group, else the inputs' dtype (summed in fp32)
         part = torch.float32 if (r == 1 or B.dtype == torch.float32) else B.dtype
         if need_x or need_a or need_h0 or need_dt:
-            # dx_t = dh_t B_t: reverse scan of (dY, C, B), decays shifted by one step.
-            if _config(b, h, l, p, n, Q, X.device.index or 0)["nx"] == 1:  # fused epilogue: dx, dΔ and dy·y − x̃·dx̃ in-kernel
+            # dx_t = dh_t B_t: reverse scan with roles (x, B, C) = (dY, C, B), decays shifted by one step.
+            # one x-block (p ≤ BLOCK_X): the fused epilogue computes dx, dΔ and dy·y − x̃·dx̃ in-kernel
+            if _config(b, h, l, p, n, Q, X.device.index or 0)["nx"] == 1:
                 dY = dY.contiguous()
-                dX, dh_first, rc, ddt = _scan(dY, 1, A, C, r, B, r, h, seg, dhf, False, reverse=True, a_shift=1,
-                                              out_dtype=X.dtype, want_final=True, chunk_size=Q,
-                                              epilogue=(X.contiguous(), Y, dt))
-                ddt = ddt.to(dt.dtype) if need_dt else None
+                out = _scan(x=dY, B=C, C=B, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                            seq_ids=seq_ids, initial_state=dhf, reverse=True, a_shift=1,
+                            out_dtype=X.dtype, want_final_state=True, chunk_size=Q,
+                            dx_epilogue=_DxEpilogue(x=X.contiguous(), y=Y, dt=dt))
+                dX, dh_first, rc = out.y, out.final_state, out.da_terms
+                ddt = out.ddt.to(dt.dtype) if need_dt else None
             else:  # head dim split over blocks: the same sums in torch
-                dXe, dh_first = _scan(dY, 1, A, C, r, B, r, h, seg, dhf, False, reverse=True, a_shift=1,
-                                      out_dtype=torch.float32, want_final=True, chunk_size=Q)  # (b, l, h, p)
+                out = _scan(x=dY, B=C, C=B, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
+                            seq_ids=seq_ids, initial_state=dhf, reverse=True, a_shift=1,
+                            out_dtype=torch.float32, want_final_state=True, chunk_size=Q)
+                dXe, dh_first = out.y, out.final_state  # (b, l, h, p) dx̃, (b, h, p, n)
                 Xe = X.float() if dt is None else X.float() * dt.float()[..., None]  # (b, l, h, p) scanned input
                 rc = (dY.float() * Y.float()).sum(-1) - (Xe * dXe).sum(-1)  # (b, l, h)
                 dX = (dXe if dt is None else dXe * dt.float()[..., None]).to(X.dtype)
@@ -378,14 +549,16 @@ class _SSDTriton(torch.autograd.Function):
                 dA = torch.flip(torch.cumsum(torch.flip(rc, [-1]), -1), [-1])  # (b, h, l) suffix sums
                 dA = dA.transpose(1, 2).to(A.dtype)  # (b, l, h)
         if need_b:
-            # dB_t = dh_tᵀ x_t: reverse scan of (C, dY, X); the state is dhᵀ.
-            dBh, _ = _scan(C, r, A, dY, 1, X, 1, h, seg, dhf, True, reverse=True, a_shift=1,
-                           out_dtype=part, want_final=False, chunk_size=Q, dt=dt, scale_role=3)
+            # dB_t = dh_tᵀ x_t: reverse scan with roles (C, dY, X); the state is dhᵀ.
+            dBh = _scan(x=C, B=dY, C=X, A=A, nheads=h, x_heads_per_group=r,
+                        seq_ids=seq_ids, initial_state=dhf, initial_state_transposed=True, reverse=True, a_shift=1,
+                        out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="C").y
             dB = dBh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(B.dtype)  # (b, l, g, n)
         if need_c:
-            # dC_t = h_tᵀ dy_t: forward scan of (B, X, dY); the state is hᵀ.
-            dCh, _ = _scan(B, r, A, X, 1, dY, 1, h, seg, h0, True, reverse=False, a_shift=0,
-                           out_dtype=part, want_final=False, chunk_size=Q, dt=dt, scale_role=2)
+            # dC_t = h_tᵀ dy_t: forward scan with roles (B, X, dY); the state is hᵀ.
+            dCh = _scan(x=B, B=X, C=dY, A=A, nheads=h, x_heads_per_group=r,
+                        seq_ids=seq_ids, initial_state=h0, initial_state_transposed=True, reverse=False, a_shift=0,
+                        out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="B").y
             dC = dCh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(C.dtype)  # (b, l, g, n)
         return dX, dA, dB, dC, None, dh0, None, ddt
 

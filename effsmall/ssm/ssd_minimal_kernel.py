@@ -13,9 +13,9 @@ with ``cs_t = a_0 + … + a_t`` the cumulative log decay inside the chunk:
 Steps 2 and 3 are one line (one ``tl.dot``); step 4 runs before them because it needs the state
 entering the chunk. Only ``Y`` and the final state are written to HBM. The production kernel
 adds what this one refuses: any length (masked loads), sequence boundaries (``seq_idx``),
-initial states, Mamba's ``x·Δ`` scaling folded in (``SCALE``), the backward passes' epilogues
-(``EPI``, ``DUAL``), 64-bit offsets (``BIG``), exact fp32 dots (``IEEE``) and a split of the
-time axis into segments for parallelism.
+initial states, Mamba's ``x·Δ`` scaling folded in (``SCALE_ROLE``), the backward passes'
+epilogues (``EPILOGUE``, ``STORE_Y_FP32``), 64-bit offsets (``TIME_OFFSETS_INT64``), exact fp32
+dots (``IEEE_FP32``) and a split of the time axis into segments for parallelism.
 
 Restrictions: contiguous inputs, ``l`` a multiple of ``chunk_size``, ``chunk_size``, ``p`` and
 ``n`` powers of two ≥ 16, fp32 or fp16 (bf16 is computed in fp32 under the interpreter). ``L``

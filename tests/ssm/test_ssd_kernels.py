@@ -144,3 +144,14 @@ def test_half_precision_decay_gradient_is_as_accurate_as_the_others():
     err_dA, err_dX = rel(args[1].grad, ref[1].grad), rel(args[0].grad, ref[0].grad)
     assert err_dA < 1.5e-3, err_dA  # was 3.5e-3 with y rounded to fp16
     assert err_dA < 3 * err_dX + 1e-4, (err_dA, err_dX)
+
+
+def test_misspelt_kernel_mode_fails_to_compile():
+    """The kernel's multi-valued modes are strings; one the kernel does not know is a compile-time
+    error (tl.static_assert), not a silently skipped branch."""
+    X, A, B, C, _ = ssd_inputs(b=1, l=5, h=2, g=1, p=8, n=8, dtype=torch.float32)
+    dt = torch.ones(1, 5, 2)
+    with pytest.raises(Exception, match="SCALE_ROLE"):
+        on_device(st._scan)(x=X, B=B, C=C, A=A, nheads=2, B_heads_per_group=2, C_heads_per_group=2,
+                            seq_ids=None, initial_state=None, reverse=False, a_shift=0, out_dtype=X.dtype,
+                            want_final_state=False, chunk_size=16, dt=dt, scale_role="X")
