@@ -38,13 +38,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from effsmall.measure import count_ops
 from effsmall.models.layers import KVCache
 from effsmall.nn import apply_rope, rope_tables
 from effsmall.runtime import compute_dtype
 from effsmall.ssm.mamba2_block import Mamba2Cache
 
 __all__ = ["StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
-           "bytes_per_token", "count_ops"]
+           "bytes_per_token", "count_ops", "decode_op_counts"]
 
 
 @dataclass
@@ -153,6 +154,13 @@ class _Position(NamedTuple):
     sin: torch.Tensor
 
 
+def _position(state: DecodeState) -> _Position:
+    """This step's position (and RoPE tables there), read from ``state.seqlens`` on the device."""
+    pos = state.seqlens.long()                                        # (B,) this token's position
+    return _Position(pos, state.seqlens + 1,                          # lens (B,): tokens after this one
+                     state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
+
+
 def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position", kernels: bool) -> torch.Tensor:
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
     key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
@@ -210,25 +218,31 @@ def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
     return x, norm(x)
 
 
+def _layer_step(layer, x: torch.Tensor, y: torch.Tensor | None, cache, at: "_Position", kernels: bool):
+    """One layer of the step: ``x += y`` (the previous block's pending output, if any), then the
+    mixer and the MLP; returns the residual stream ``x (B, d_model)`` and the last block's output
+    ``y (B, d_model)``, not yet added."""
+    x, u = _add_norm(x, y, layer.norm1, kernels)                      # x += y; u = norm1(x)
+    if layer.is_attention:
+        y = _attention_step(layer.mixer, u, cache, at, kernels)
+    else:
+        y = _mamba_step(layer.mixer, u, cache, kernels)
+    if layer.mlp is not None:
+        x, u = _add_norm(x, y, layer.norm2, kernels)
+        y = layer.mlp(u)
+    return x, y
+
+
 def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     """Logits ``(B, vocab)`` of the next token after ``token (B,)``; appends it to every layer's
     cache and advances ``state.seqlens`` — all on the device, nothing read back to the host, no
     allocation that depends on the context. The same layers as ``SequenceLM.step``, with each
     residual add carried into the norm after it (``_add_norm``)."""
     kernels = model._use_decode_kernels()
-    pos = state.seqlens.long()                                        # (B,) this token's position
-    at = _Position(pos, state.seqlens + 1,                            # lens (B,): tokens after this one
-                   state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
+    at = _position(state)
     x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
     for layer, cache in zip(model.layers, state.caches):
-        x, u = _add_norm(x, y, layer.norm1, kernels)                  # x += y; u = norm1(x)
-        if layer.is_attention:
-            y = _attention_step(layer.mixer, u, cache, at, kernels)
-        else:
-            y = _mamba_step(layer.mixer, u, cache, kernels)
-        if layer.mlp is not None:
-            x, u = _add_norm(x, y, layer.norm2, kernels)
-            y = layer.mlp(u)
+        x, y = _layer_step(layer, x, y, cache, at, kernels)
     state.seqlens.copy_(at.lens)
     _, u = _add_norm(x, y, model.norm, kernels)
     return model.lm_head(u)                                           # (B, vocab)
@@ -372,37 +386,30 @@ def bytes_per_token(model, batch: int, context: int) -> dict:
     return dict(weights=weights, kv=kv, state=state, total=weights + kv + state)
 
 
-def count_ops(fn) -> dict:
-    """What ``fn()`` launches: ``{"torch": tensor operations dispatched (views and empty
-    allocations, which launch nothing, not counted), "triton": Triton kernel launches, "total":
-    both}``. On a GPU each is a kernel launch and several microseconds of host work."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from triton.runtime.jit import KernelInterface
+@torch.no_grad()
+def decode_op_counts(model, batch: int = 1, temperature: float = 0.0) -> dict:
+    """The operations one decoded token issues (:func:`count_ops`: PyTorch operations plus Triton
+    launches; on a GPU each is a kernel), on the path ``model._use_decode_kernels()`` picks:
 
-    counts = {"torch": 0, "triton": 0}
-    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not (func.is_view or inside[0] or func.__name__.startswith(("empty", "new_empty"))):
-                counts["torch"] += 1
-            return func(*args, **(kwargs or {}))
-
-    def launch(kernel, grid):
-        def run(*args, **kwargs):
-            counts["triton"] += 1
-            inside[0] += 1
-            try:
-                return kernel.run(*args, grid=grid, warmup=False, **kwargs)
-            finally:
-                inside[0] -= 1
-        return run
-
-    original = KernelInterface.__getitem__
-    KernelInterface.__getitem__ = launch
-    try:
-        with _Count():
-            fn()
-    finally:
-        KernelInterface.__getitem__ = original
-    return dict(counts, total=counts["torch"] + counts["triton"])
+    ``{"token": one :class:`TokenDecoder` call (the step and sampling — what a CUDA graph
+    replays), "step": :func:`decode_step` alone, "layers": one entry per layer, "per_layer": the
+    most of any layer by kind (``{"attention": n, "mamba2": n}``), "fixed": token − Σ layers (the
+    embedding, positions, final norm, output projection, sampling)}``, each a total. Counted on a
+    fresh state after one warm-up token (a GPU's one-time tuning launches are not counted)."""
+    state = DecodeState(model, batch, capacity=8)
+    dec = TokenDecoder(model, state, temperature=temperature,
+                       generator=torch.Generator(device=state.seqlens.device).manual_seed(0))
+    dec()                                                             # warm-up: compile, tune
+    kernels = model._use_decode_kernels()
+    token_ops = count_ops(dec)["total"]
+    step_ops = count_ops(lambda: decode_step(model, dec.token, state))["total"]
+    x = model.embed(dec.token)                                        # (B, d_model)
+    at = _position(state)
+    layers = []
+    for layer, cache in zip(model.layers, state.caches):
+        layers.append(count_ops(lambda: _layer_step(layer, x, x, cache, at, kernels))["total"])
+    per_layer: dict = {}
+    for layer, n in zip(model.layers, layers):
+        kind = "attention" if layer.is_attention else "mamba2"
+        per_layer[kind] = max(per_layer.get(kind, 0), n)
+    return dict(token=token_ops, step=step_ops, layers=layers, per_layer=per_layer, fixed=token_ops - sum(layers))
