@@ -10,6 +10,8 @@ costs is their number. Here each is one Triton program per row:
   layer's input in one pass;
 * :func:`gated_rmsnorm`: Mamba-2's ``RMSNorm(y ⊙ SiLU(z)) · w`` over groups of channels
   (:class:`effsmall.ssm.mamba2_block.GatedRMSNorm`);
+* :func:`swiglu_packed`: the SwiGLU gate ``SiLU(a) ⊙ b`` of a row ``[a | b]`` — the output of the
+  gate and up projections multiplied as one matrix (two kernels in PyTorch);
 * :func:`rope_append`: RoPE of the new token's queries and keys and the write of its key and value
   into a fixed-capacity cache at each row's position (PyTorch: a dozen kernels).
 
@@ -23,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from effsmall.runtime import next_power_of_2, require_triton_tensor
+from effsmall.runtime import cdiv, next_power_of_2, require_triton_tensor
 
-__all__ = ["add_rmsnorm", "gated_rmsnorm", "rope_append"]
+__all__ = ["add_rmsnorm", "gated_rmsnorm", "swiglu_packed", "rope_append"]
 
 
 @triton.jit
@@ -52,7 +54,7 @@ def _rows(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
     if t.shape[-1] != n:
         raise ValueError(f"{name} must end in a dimension of {n}, got shape {tuple(t.shape)}")
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"{name}: the fused norms run float16, bfloat16 or float32, got {t.dtype}")
+        raise TypeError(f"{name}: the fused kernels run float16, bfloat16 or float32, got {t.dtype}")
     t2 = t.reshape(-1, n)
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
@@ -111,6 +113,35 @@ def gated_rmsnorm(norm, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                                                         out.stride(0), gs, float(norm.eps),
                                                         BLOCK=next_power_of_2(gs))
     return out.view(y.shape)
+
+
+@triton.jit
+def _swiglu_kernel(H, O, stride_h, stride_o, F, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < F
+    a = tl.load(H + row * stride_h + cols, mask=ok, other=0.0)                    # gate
+    b = tl.load(H + row * stride_h + F + cols, mask=ok, other=0.0).to(tl.float32)  # up
+    af = a.to(tl.float32)
+    gate = (af / (1.0 + tl.exp(-af))).to(a.dtype).to(tl.float32)                 # SiLU(a), rounded as F.silu
+    tl.store(O + row * stride_o + cols, (gate * b).to(O.dtype.element_ty), mask=ok)
+
+
+def swiglu_packed(h: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """``effsmall.nn.swiglu(a, b) = SiLU(a) ⊙ b`` of ``h = [a | b]`` ``(..., 2·F)`` → ``(..., F)``
+    in h's dtype, one kernel (one program per row and block of F columns)."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.dim() < 1 or h.shape[-1] % 2:
+        raise ValueError(f"h must end in an even dimension [gate | up], got shape {tuple(h.shape)}")
+    F = h.shape[-1] // 2
+    h2 = _rows(h, "h", 2 * F)                                                      # (rows, 2F)
+    require_triton_tensor("h", h2, "swiglu_packed")
+    out = torch.empty(h2.shape[0], F, dtype=h.dtype, device=h.device)             # (rows, F)
+    if out.numel():
+        blk = min(next_power_of_2(F), block)
+        _swiglu_kernel[(h2.shape[0], cdiv(F, blk))](h2, out, h2.stride(0), out.stride(0), F, BLOCK=blk)
+    return out.view(*h.shape[:-1], F)
 
 
 @triton.jit

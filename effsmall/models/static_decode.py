@@ -44,8 +44,22 @@ from effsmall.nn import apply_rope, rope_tables
 from effsmall.runtime import compute_dtype
 from effsmall.ssm.mamba2_block import Mamba2Cache
 
-__all__ = ["StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
+__all__ = ["StepWeights", "step_weights", "StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
            "bytes_per_token", "count_ops", "decode_op_counts"]
+
+
+class StepWeights(NamedTuple):
+    """One layer's matrices as the decode-kernel path multiplies them: the projections that read
+    the same input concatenated once, when the :class:`DecodeState` is built, so each pair is one
+    matrix product per token (the model's own parameters are left as they are)."""
+    qkv: torch.Tensor | None        # attention: [W_q; W_kv]  ((h + 2·hk)·D, d_model), else None
+    gate_up: torch.Tensor | None    # SwiGLU: [W_gate; W_up]  (2·d_ff, d_model), None without an MLP
+
+
+def step_weights(layer) -> StepWeights:
+    """The :class:`StepWeights` of one ``Layer`` (copies of its current weights)."""
+    return StepWeights(layer.mixer.qkv_weight() if layer.is_attention else None,
+                       layer.mlp.gate_up_weight() if layer.mlp is not None else None)
 
 
 @dataclass
@@ -59,8 +73,9 @@ class StaticKVCache:
 class DecodeState:
     """Everything a decoding step reads and writes, allocated once: one cache per layer
     (:class:`StaticKVCache` or ``Mamba2Cache``), ``seqlens (B,) int32`` — the tokens stored per
-    row, i.e. the position of the next one — and the RoPE tables for every position up to
-    ``capacity``.
+    row, i.e. the position of the next one — the RoPE tables for every position up to
+    ``capacity``, and each layer's :class:`StepWeights` (concatenated copies of the model's
+    weights as they are when the state is built: the decode-kernel path reads these).
 
     ``length`` is the host's copy of the longest row: :meth:`reserve` checks capacity on the host
     before a token is decoded (a replayed graph cannot raise)."""
@@ -83,6 +98,7 @@ class DecodeState:
         self.seqlens = torch.zeros(batch, dtype=torch.int32, device=w.device)          # (B,)
         self.rope_cos, self.rope_sin = rope_tables(capacity, cfg.d_head, cfg.rope_base, device=w.device,
                                                    dtype=compute_dtype(w.dtype))      # (capacity, D/2) each
+        self.weights = [step_weights(layer) for layer in model.layers]
 
     @classmethod
     def from_prefill(cls, model, caches: list, length: int, capacity: int) -> "DecodeState":
@@ -161,15 +177,17 @@ def _position(state: DecodeState) -> _Position:
                      state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
 
 
-def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position", kernels: bool) -> torch.Tensor:
+def _attention_step(attn, w: StepWeights, u: torch.Tensor, cache: StaticKVCache, at: "_Position",
+                    kernels: bool) -> torch.Tensor:
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
     key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
     B = u.shape[0]
-    if kernels:  # RoPE and the cache write in one kernel, then split-KV attention over the buffer
+    if kernels:  # q, k, v in one product; RoPE and the cache write in one kernel; split-KV attention
         from effsmall.attention import flash_decode
         from effsmall.models.fused import rope_append
 
-        q = rope_append(attn.wq(u), attn.wkv(u), at.cos, at.sin, at.pos, cache.k, cache.v)   # (B, h, D)
+        q, kv = F.linear(u, w.qkv).split([attn.h * attn.d, 2 * attn.hk * attn.d], dim=-1)   # (B, h·D), (B, 2·hk·D)
+        q = rope_append(q, kv, at.cos, at.sin, at.pos, cache.k, cache.v)                    # (B, h, D)
         y = flash_decode(q, cache.k, cache.v, at.lens, validate=False)                       # (B, h, D)
         return attn.wo(y.reshape(B, attn.h * attn.d))                                        # (B, d_model)
     # the reference: the same steps in PyTorch
@@ -187,6 +205,16 @@ def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position"
     seen = torch.arange(keys.shape[2], device=u.device)[None, :] < at.lens[:, None]   # (B, capacity)
     y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]  # (B, h, D)
     return attn.wo(y.reshape(B, attn.h * attn.d))                               # (B, d_model)
+
+
+def _mlp_step(mlp, w: StepWeights, u: torch.Tensor, kernels: bool) -> torch.Tensor:
+    """The SwiGLU MLP of one token, u ``(B, d_model)`` → ``(B, d_model)``; on the kernel path the
+    gate and up projections are one product and ``SiLU(gate) ⊙ up`` one kernel."""
+    if not kernels:
+        return mlp(u)
+    from effsmall.models.fused import swiglu_packed
+
+    return mlp.down(swiglu_packed(F.linear(u, w.gate_up)))           # (B, 2·d_ff) → (B, d_ff) → (B, d_model)
 
 
 def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, kernels: bool) -> torch.Tensor:
@@ -218,18 +246,19 @@ def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
     return x, norm(x)
 
 
-def _layer_step(layer, x: torch.Tensor, y: torch.Tensor | None, cache, at: "_Position", kernels: bool):
+def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, cache, at: "_Position",
+                kernels: bool):
     """One layer of the step: ``x += y`` (the previous block's pending output, if any), then the
     mixer and the MLP; returns the residual stream ``x (B, d_model)`` and the last block's output
     ``y (B, d_model)``, not yet added."""
     x, u = _add_norm(x, y, layer.norm1, kernels)                      # x += y; u = norm1(x)
     if layer.is_attention:
-        y = _attention_step(layer.mixer, u, cache, at, kernels)
+        y = _attention_step(layer.mixer, w, u, cache, at, kernels)
     else:
         y = _mamba_step(layer.mixer, u, cache, kernels)
     if layer.mlp is not None:
         x, u = _add_norm(x, y, layer.norm2, kernels)
-        y = layer.mlp(u)
+        y = _mlp_step(layer.mlp, w, u, kernels)
     return x, y
 
 
@@ -241,8 +270,8 @@ def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     kernels = model._use_decode_kernels()
     at = _position(state)
     x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
-    for layer, cache in zip(model.layers, state.caches):
-        x, y = _layer_step(layer, x, y, cache, at, kernels)
+    for layer, w, cache in zip(model.layers, state.weights, state.caches):
+        x, y = _layer_step(layer, w, x, y, cache, at, kernels)
     state.seqlens.copy_(at.lens)
     _, u = _add_norm(x, y, model.norm, kernels)
     return model.lm_head(u)                                           # (B, vocab)
@@ -406,8 +435,8 @@ def decode_op_counts(model, batch: int = 1, temperature: float = 0.0) -> dict:
     x = model.embed(dec.token)                                        # (B, d_model)
     at = _position(state)
     layers = []
-    for layer, cache in zip(model.layers, state.caches):
-        layers.append(count_ops(lambda: _layer_step(layer, x, x, cache, at, kernels))["total"])
+    for layer, w, cache in zip(model.layers, state.weights, state.caches):
+        layers.append(count_ops(lambda: _layer_step(layer, w, x, x, cache, at, kernels))["total"])
     per_layer: dict = {}
     for layer, n in zip(model.layers, layers):
         kind = "attention" if layer.is_attention else "mamba2"

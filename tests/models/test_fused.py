@@ -90,3 +90,48 @@ def test_rope_append_equals_apply_rope_and_cache_write(h, hk, D):
     assert torch.equal(vc, vc_ref)
     with pytest.raises(ValueError, match="kv"):
         rope_append(q, kv[:, :-1], cos[pos], sin[pos], pos, kc, vc)
+
+
+@given(rows=st.integers(1, 4), F=st.integers(1, 70), block=st.sampled_from([16, 1024]))
+def test_swiglu_packed_equals_swiglu(rows, F, block):
+    from effsmall.models.fused import swiglu_packed
+    from effsmall.nn import swiglu
+
+    torch.manual_seed(rows * 100 + F)
+    h = torch.randn(rows, 2 * F + 3, device=DEVICE)[:, 1:2 * F + 1] * 4    # a row-strided view, odd width
+    gate, up = h.chunk(2, dim=-1)
+    out = swiglu_packed(h, block=block)                                  # block 16: several column blocks
+    assert out.shape == (rows, F)
+    assert (out - swiglu(gate, up)).abs().max().item() < 1e-5
+
+
+def test_swiglu_packed_half_leading_dims_extremes_and_bad_input():
+    from effsmall.models.fused import swiglu_packed
+    from effsmall.nn import swiglu
+
+    dtype = torch.float16 if torch.device(DEVICE).type == "cpu" else torch.bfloat16
+    h = torch.randn(2, 3, 2 * 40, device=DEVICE).to(dtype)
+    h[0, 0, :5] = torch.tensor([-100.0, 100.0, 0.0, -20.0, 60.0])       # SiLU's saturated ends
+    out = swiglu_packed(h)
+    ref = swiglu(*h.chunk(2, dim=-1))
+    assert out.shape == (2, 3, 40) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref.float()).abs().max().item() <= 1e-2 * ref.float().abs().max().item()
+    with pytest.raises(ValueError, match="even"):
+        swiglu_packed(torch.randn(2, 7, device=DEVICE))
+    with pytest.raises(TypeError, match="float"):
+        swiglu_packed(torch.randn(2, 8, device=DEVICE, dtype=torch.float64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_swiglu_packed_realistic(dtype):
+    from effsmall.models.fused import swiglu_packed
+    from effsmall.nn import swiglu
+
+    torch.manual_seed(0)
+    h = torch.randn(16, 2 * 2816, device="cuda", dtype=dtype)          # the bench model's d_ff, batch 16
+    out = swiglu_packed(h)
+    ref = swiglu(*h.chunk(2, dim=-1))                                    # torch's kernels, the same roundings
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 1e-6                 # at most one last bit apart (exp)
+    assert ((out.float() - ref.float()).abs() <= ulp * ref.float().abs() + 1e-6).all()
