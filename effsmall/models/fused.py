@@ -145,15 +145,15 @@ def swiglu_packed(h: torch.Tensor, block: int = 1024) -> torch.Tensor:
 
 
 @triton.jit
-def _rope_append_kernel(Q, KV, COS, SIN, POS, QO, KC, VC,
-                        stride_qb, stride_kvb, stride_cb, stride_qob, stride_qoh,
+def _rope_append_kernel(Q, KV, COS, SIN, LENS, QO, KC, VC,
+                        stride_qb, stride_kvb, stride_cn, stride_qob, stride_qoh,
                         stride_kcb, stride_kch, stride_kcn, stride_vcb, stride_vch, stride_vcn,
                         H: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0)
     j = tl.program_id(1)                      # query heads 0..H-1, then key heads, then value heads
     offs = tl.arange(0, BLOCK)
     ok = offs < HALF
-    pos = tl.load(POS + b).to(tl.int64)
+    pos = tl.load(LENS + b).to(tl.int64) - 1  # the new token is the lens[b]-th of its row
     if j < H + HK:                            # rotate: (x1, x2) → (x1·c − x2·s, x1·s + x2·c)
         if j < H:
             src = Q + b * stride_qb + j * 2 * HALF
@@ -161,8 +161,8 @@ def _rope_append_kernel(Q, KV, COS, SIN, POS, QO, KC, VC,
             src = KV + b * stride_kvb + (j - H) * 2 * HALF
         x1 = tl.load(src + offs, mask=ok, other=0.0)
         x2 = tl.load(src + HALF + offs, mask=ok, other=0.0).to(tl.float32)
-        c = tl.load(COS + b * stride_cb + offs, mask=ok, other=0.0)
-        s = tl.load(SIN + b * stride_cb + offs, mask=ok, other=0.0)
+        c = tl.load(COS + pos * stride_cn + offs, mask=ok, other=0.0)        # the tables' row at pos
+        s = tl.load(SIN + pos * stride_cn + offs, mask=ok, other=0.0)
         x1f = x1.to(tl.float32)
         o1 = (x1f * c - x2 * s).to(x1.dtype)
         o2 = (x1f * s + x2 * c).to(x1.dtype)
@@ -179,34 +179,39 @@ def _rope_append_kernel(Q, KV, COS, SIN, POS, QO, KC, VC,
         tl.store(dst + HALF + offs, tl.load(src + HALF + offs, mask=ok), mask=ok)
 
 
-def rope_append(q: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+def rope_append(q: torch.Tensor, kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, lens: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-    """One new token per row: returns RoPE(q) ``(B, h, D)`` and writes RoPE(k) and v into
-    ``k_cache, v_cache (B, hk, capacity, D)`` at position ``pos[b]`` of row b.
+    """One new token per row, the ``lens[b]``-th of row b (its position ``p = lens[b] − 1``):
+    returns RoPE(q) ``(B, h, D)`` at p and writes RoPE(k) and v into ``k_cache, v_cache (B, hk,
+    capacity, D)`` at slot p of row b.
 
     q ``(B, h·D)`` and kv ``(B, 2·hk·D)`` are the projections' outputs (kv: the hk keys, then
-    the hk values); cos, sin: the RoPE tables at each row's position, ``(B, …, D/2)`` float32
-    (:func:`effsmall.nn.rope_tables`); pos ``(B,)`` integer. Equal to ``effsmall.nn.apply_rope``
-    on q and k followed by writing the cache slots. Positions are not checked against the
-    capacity on the device (:class:`~effsmall.models.static_decode.DecodeState` checks on the host).
+    the hk values; row-strided views of one product are fine); cos, sin: the RoPE tables of
+    every position, ``(n, D/2)`` float32 (:func:`effsmall.nn.rope_tables`), read at row p in the
+    kernel; lens ``(B,)`` integer — the row lengths *after* this token, as ``flash_decode`` takes
+    them, so one device tensor serves both. Equal to ``effsmall.nn.apply_rope`` on q and k at p
+    followed by writing the cache slots. Lengths are not checked against the capacity on the
+    device (:class:`~effsmall.models.static_decode.DecodeState` checks on the host).
     """
     B, hk, cap, D = k_cache.shape
     if v_cache.shape != k_cache.shape or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError("k_cache and v_cache must have one shape and q's dtype")
     if D % 2 or q.shape[0] != B or q.shape[-1] % D or kv.shape != (B, 2 * hk * D):
         raise ValueError(f"q must be (B={B}, h·{D}) and kv (B, 2·{hk}·{D}), got {tuple(q.shape)} and {tuple(kv.shape)}")
+    if not isinstance(lens, torch.Tensor) or lens.shape != (B,) or lens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"lens must be an int32/int64 tensor of shape ({B},)")
     h = q.shape[-1] // D
     for name, t in (("q", q), ("kv", kv), ("k_cache", k_cache), ("v_cache", v_cache)):
         require_triton_tensor(name, t, "rope_append")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension")
-    cos2, sin2 = cos.reshape(B, D // 2), sin.reshape(B, D // 2)
-    if cos2.dtype != torch.float32 or cos2.stride(-1) != 1 or sin2.stride() != cos2.stride():
-        raise ValueError("cos and sin must be float32 tables (B, D/2) with one layout")
-    out = torch.empty(B, h, D, dtype=q.dtype, device=q.device)
+    if (cos.dim() != 2 or cos.shape[1] != D // 2 or cos.dtype != torch.float32 or cos.stride(-1) != 1
+            or sin.shape != cos.shape or sin.stride() != cos.stride() or sin.dtype != cos.dtype):
+        raise ValueError(f"cos and sin must be float32 tables (n, D/2 = {D // 2}) with one layout")
+    out = torch.empty(B, h, D, dtype=q.dtype, device=q.device)                     # (B, h, D)
     _rope_append_kernel[(B, h + 2 * hk)](
-        q, kv, cos2, sin2, pos, out, k_cache, v_cache,
-        q.stride(0), kv.stride(0), cos2.stride(0), out.stride(0), out.stride(1),
+        q, kv, cos, sin, lens, out, k_cache, v_cache,
+        q.stride(0), kv.stride(0), cos.stride(0), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), H=h, HK=hk, HALF=D // 2, BLOCK=next_power_of_2(D // 2))
     return out

@@ -162,47 +162,35 @@ class DecodeState:
 # ---------------------------------------------------------------------------------------------
 # One step, in place: the work a CUDA graph captures
 # ---------------------------------------------------------------------------------------------
-class _Position(NamedTuple):
-    """Where this step writes, computed once per step for every attention layer."""
-    pos: torch.Tensor       # (B,) int64 position of the new token
-    lens: torch.Tensor      # (B,) int32 tokens stored after the step
-    cos: torch.Tensor       # (B, 1, 1, D/2) RoPE tables at pos
-    sin: torch.Tensor
-
-
-def _position(state: DecodeState) -> _Position:
-    """This step's position (and RoPE tables there), read from ``state.seqlens`` on the device."""
-    pos = state.seqlens.long()                                        # (B,) this token's position
-    return _Position(pos, state.seqlens + 1,                          # lens (B,): tokens after this one
-                     state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
-
-
-def _attention_step(attn, w: StepWeights, u: torch.Tensor, cache: StaticKVCache, at: "_Position",
+def _attention_step(attn, w: StepWeights, u: torch.Tensor, cache: StaticKVCache, state: DecodeState,
                     kernels: bool) -> torch.Tensor:
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
-    key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
-    B = u.shape[0]
+    key and value at position ``lens[b] − 1`` (``lens = state.seqlens``, already advanced by the
+    step) and attends over the ``lens[b]`` stored tokens."""
+    B, lens = u.shape[0], state.seqlens
     if kernels:  # q, k, v in one product; RoPE and the cache write in one kernel; split-KV attention
         from effsmall.attention import flash_decode
         from effsmall.models.fused import rope_append
 
         q, kv = F.linear(u, w.qkv).split([attn.h * attn.d, 2 * attn.hk * attn.d], dim=-1)   # (B, h·D), (B, 2·hk·D)
-        q = rope_append(q, kv, at.cos, at.sin, at.pos, cache.k, cache.v)                    # (B, h, D)
-        y = flash_decode(q, cache.k, cache.v, at.lens, validate=False)                       # (B, h, D)
+        q = rope_append(q, kv, state.rope_cos, state.rope_sin, lens, cache.k, cache.v)      # (B, h, D)
+        y = flash_decode(q, cache.k, cache.v, lens, validate=False)                          # (B, h, D)
         return attn.wo(y.reshape(B, attn.h * attn.d))                                        # (B, d_model)
     # the reference: the same steps in PyTorch
+    pos = lens.long() - 1                                                       # (B,) this token's position
+    cos, sin = state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None]   # (B, 1, 1, D/2)
     q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
     k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
-    qk = apply_rope(torch.cat([q, k], dim=1), at.cos, at.sin)                   # (B, h+hk, 1, D): one rotation
+    qk = apply_rope(torch.cat([q, k], dim=1), cos, sin)                         # (B, h+hk, 1, D): one rotation
     q, k = qk.split([attn.h, attn.hk], dim=1)                                   # (B, h, 1, D), (B, hk, 1, D)
-    slot = at.pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                # (B, hk, 1, D)
+    slot = pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                   # (B, hk, 1, D)
     cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
     cache.v.scatter_(2, slot, v)
     # attention over the whole buffer, slots past each row's length masked out
     rep = attn.h // attn.hk
     keys = cache.k.repeat_interleave(rep, dim=1)                                # (B, h, capacity, D)
     vals = cache.v.repeat_interleave(rep, dim=1)
-    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < at.lens[:, None]   # (B, capacity)
+    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < lens[:, None]   # (B, capacity)
     y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]  # (B, h, D)
     return attn.wo(y.reshape(B, attn.h * attn.d))                               # (B, d_model)
 
@@ -246,14 +234,14 @@ def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
     return x, norm(x)
 
 
-def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, cache, at: "_Position",
+def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, cache, state: DecodeState,
                 kernels: bool):
     """One layer of the step: ``x += y`` (the previous block's pending output, if any), then the
     mixer and the MLP; returns the residual stream ``x (B, d_model)`` and the last block's output
     ``y (B, d_model)``, not yet added."""
     x, u = _add_norm(x, y, layer.norm1, kernels)                      # x += y; u = norm1(x)
     if layer.is_attention:
-        y = _attention_step(layer.mixer, w, u, cache, at, kernels)
+        y = _attention_step(layer.mixer, w, u, cache, state, kernels)
     else:
         y = _mamba_step(layer.mixer, u, cache, kernels)
     if layer.mlp is not None:
@@ -266,25 +254,28 @@ def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     """Logits ``(B, vocab)`` of the next token after ``token (B,)``; appends it to every layer's
     cache and advances ``state.seqlens`` — all on the device, nothing read back to the host, no
     allocation that depends on the context. The same layers as ``SequenceLM.step``, with each
-    residual add carried into the norm after it (``_add_norm``)."""
+    residual add carried into the norm after it (``_add_norm``).
+
+    ``state.seqlens`` is advanced first (one in-place add): from then on it holds each row's
+    length *with* this token, which the attention layers read (the token's position is one less)."""
     kernels = model._use_decode_kernels()
-    at = _position(state)
+    state.seqlens.add_(1)                                             # (B,) lengths with this token
     x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
     for layer, w, cache in zip(model.layers, state.weights, state.caches):
-        x, y = _layer_step(layer, w, x, y, cache, at, kernels)
-    state.seqlens.copy_(at.lens)
+        x, y = _layer_step(layer, w, x, y, cache, state, kernels)
     _, u = _add_norm(x, y, model.norm, kernels)
     return model.lm_head(u)                                           # (B, vocab)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                  noise: torch.Tensor | None = None) -> torch.Tensor:
+                  noise: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The next token per row, on the device: ``argmax`` when ``temperature <= 0``; otherwise a
     sample of softmax(logits / T) (restricted to the ``top_k`` largest) by the Gumbel-max trick,
     ``argmax(logits / T + g)`` with ``g = −log(−log U)``, U ~ uniform from ``noise (B, vocab)``
-    (drawn by the caller, so a captured graph reads fresh noise from a fixed buffer)."""
+    (drawn by the caller, so a captured graph reads fresh noise from a fixed buffer). ``out``:
+    a ``(B,)`` int64 buffer to write the tokens into (the decoder's token, without a copy)."""
     if temperature <= 0:
-        return logits.argmax(-1)                                      # (B,)
+        return torch.argmax(logits, -1, out=out)                      # (B,)
     if noise is None or noise.shape != logits.shape:
         raise ValueError(f"sampling with temperature > 0 needs uniform noise of the logits' shape "
                          f"{tuple(logits.shape)}, got {None if noise is None else tuple(noise.shape)}")
@@ -293,7 +284,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | N
         kth = z.topk(min(top_k, z.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         z = z.masked_fill(z < kth, float("-inf"))
     gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))  # (B, vocab)
-    return (z + gumbel).argmax(-1)                                    # (B,)
+    return torch.argmax(z + gumbel, -1, out=out)                      # (B,)
 
 
 class TokenDecoder:
@@ -323,12 +314,11 @@ class TokenDecoder:
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample from ``logits (B, vocab)`` into ``self.token`` (e.g. the prompt's last logits)."""
         self.draw_noise()
-        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
-        return self.token
+        return sample_tokens(logits, self.temperature, self.top_k, self.noise, out=self.token)
 
     def _run(self) -> None:                                          # the captured work of one token
         logits = decode_step(self.model, self.token, self.state)      # (B, vocab)
-        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
+        sample_tokens(logits, self.temperature, self.top_k, self.noise, out=self.token)
 
     @torch.no_grad()
     def capture(self, warmup: int = 1) -> None:
@@ -433,10 +423,10 @@ def decode_op_counts(model, batch: int = 1, temperature: float = 0.0) -> dict:
     token_ops = count_ops(dec)["total"]
     step_ops = count_ops(lambda: decode_step(model, dec.token, state))["total"]
     x = model.embed(dec.token)                                        # (B, d_model)
-    at = _position(state)
+    state.seqlens.add_(1)                                             # as decode_step does before its layers
     layers = []
     for layer, w, cache in zip(model.layers, state.weights, state.caches):
-        layers.append(count_ops(lambda: _layer_step(layer, w, x, x, cache, at, kernels))["total"])
+        layers.append(count_ops(lambda: _layer_step(layer, w, x, x, cache, state, kernels))["total"])
     per_layer: dict = {}
     for layer, n in zip(model.layers, layers):
         kind = "attention" if layer.is_attention else "mamba2"

@@ -70,17 +70,18 @@ def test_rope_append_equals_apply_rope_and_cache_write(h, hk, D):
 
     torch.manual_seed(h * D)
     B, cap = 3, 10
-    pos = torch.tensor([0, 7, 9], device=DEVICE)
+    lens = torch.tensor([1, 8, 10], device=DEVICE, dtype=torch.int32)   # the new token is the lens[b]-th
+    pos = lens.long() - 1
     cos, sin = rope_tables(cap, D, device=DEVICE)                     # (cap, D/2)
-    q = torch.randn(B, h * D, device=DEVICE)
-    kv = torch.randn(B, 2 * hk * D, device=DEVICE)
+    qkv = torch.randn(B, (h + 2 * hk) * D, device=DEVICE)             # one product: row-strided q and kv
+    q, kv = qkv.split([h * D, 2 * hk * D], dim=-1)
     kc = torch.randn(B, hk, cap, D, device=DEVICE)
     vc = torch.randn(B, hk, cap, D, device=DEVICE)
     kc_ref, vc_ref = kc.clone(), vc.clone()
-    out = rope_append(q, kv, cos[pos], sin[pos], pos, kc, vc)
+    out = rope_append(q, kv, cos, sin, lens, kc, vc)
     c, s = cos[pos][:, None, None], sin[pos][:, None, None]           # (B, 1, 1, D/2)
-    q_ref = apply_rope(q.view(B, h, 1, D), c, s)[:, :, 0]
-    k, v = kv.view(B, 2, hk, D).unbind(1)
+    q_ref = apply_rope(q.reshape(B, h, 1, D), c, s)[:, :, 0]
+    k, v = kv.reshape(B, 2, hk, D).unbind(1)
     k_ref = apply_rope(k[:, :, None], c, s)[:, :, 0]
     for b in range(B):
         kc_ref[b, :, pos[b]] = k_ref[b]
@@ -89,7 +90,11 @@ def test_rope_append_equals_apply_rope_and_cache_write(h, hk, D):
     assert (kc - kc_ref).abs().max().item() < 1e-5                    # only the new slots changed
     assert torch.equal(vc, vc_ref)
     with pytest.raises(ValueError, match="kv"):
-        rope_append(q, kv[:, :-1], cos[pos], sin[pos], pos, kc, vc)
+        rope_append(q, kv[:, :-1], cos, sin, lens, kc, vc)
+    with pytest.raises(ValueError, match="lens"):
+        rope_append(q, kv, cos, sin, lens[:2], kc, vc)
+    with pytest.raises(ValueError, match="tables"):
+        rope_append(q, kv, cos[:, :-1], sin[:, :-1], lens, kc, vc)
 
 
 @given(rows=st.integers(1, 4), F=st.integers(1, 70), block=st.sampled_from([16, 1024]))
