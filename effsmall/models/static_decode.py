@@ -43,6 +43,7 @@ from effsmall.models.layers import KVCache
 from effsmall.nn import apply_rope, rope_tables
 from effsmall.runtime import compute_dtype
 from effsmall.ssm.mamba2_block import Mamba2Cache
+from effsmall.ssm.mamba2_step_kernel import ring_from_window, window_from_ring
 
 __all__ = ["StepWeights", "step_weights", "StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
            "bytes_per_token", "count_ops", "decode_op_counts"]
@@ -77,6 +78,10 @@ class DecodeState:
     ``capacity``, and each layer's :class:`StepWeights` (concatenated copies of the model's
     weights as they are when the state is built: the decode-kernel path reads these).
 
+    A Mamba-2 layer's conv window is kept as a **ring**: input j of row b in slot j mod d_conv
+    (:func:`~effsmall.ssm.mamba2_step_kernel.window_from_ring` reads it out oldest first), so
+    that a step writes one slot in place instead of shifting the window into a copy.
+
     ``length`` is the host's copy of the longest row: :meth:`reserve` checks capacity on the host
     before a token is decoded (a replayed graph cannot raise)."""
 
@@ -109,14 +114,14 @@ class DecodeState:
             raise ValueError(f"the prompt has {length} tokens, more than capacity={capacity}")
         batch = next(c.k.shape[0] if isinstance(c, KVCache) else c.ssm_state.shape[0] for c in caches)
         state = cls(model, batch, capacity)
+        state.set_length(length)
         for dst, src in zip(state.caches, caches):
             if isinstance(src, KVCache):
                 dst.k[:, :, :length] = src.k                               # (B, Hk, length, D)
                 dst.v[:, :, :length] = src.v
             else:
-                dst.conv_state.copy_(src.conv_state)
+                ring_from_window(src.conv_state, state.seqlens, out=dst.conv_state)   # window → ring
                 dst.ssm_state.copy_(src.ssm_state)
-        state.set_length(length)
         return state
 
     def set_length(self, n: int) -> None:
@@ -205,21 +210,23 @@ def _mlp_step(mlp, w: StepWeights, u: torch.Tensor, kernels: bool) -> torch.Tens
     return mlp.down(swiglu_packed(F.linear(u, w.gate_up)))           # (B, 2·d_ff) → (B, d_ff) → (B, d_model)
 
 
-def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, kernels: bool) -> torch.Tensor:
-    """One token of one Mamba-2 layer, states updated in place: u ``(B, d_model)`` → ``(B, d_model)``."""
-    if not kernels:
-        y, new = block.step(u, cache)
-        cache.conv_state.copy_(new.conv_state)
+def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, state: DecodeState, kernels: bool) -> torch.Tensor:
+    """One token of one Mamba-2 layer, states updated in place: u ``(B, d_model)`` → ``(B, d_model)``.
+    The conv window is the state's ring (``state.seqlens`` inputs per row, with this token)."""
+    if not kernels:  # the reference: Mamba2Block.step on the window read out of the ring
+        window = window_from_ring(cache.conv_state, state.seqlens - 1)    # (B, conv_dim, d_conv) before the token
+        y, new = block.step(u, Mamba2Cache(window, cache.ssm_state))
+        ring_from_window(new.conv_state, state.seqlens, out=cache.conv_state)
         cache.ssm_state.copy_(new.ssm_state)
         return y
     from effsmall.models.fused import gated_rmsnorm
     from effsmall.ssm.mamba2_step_kernel import mamba2_step
 
     z, xBC, dt = block._split_proj(block.in_proj(u))      # (B, d_inner), (B, conv_dim), (B, h): views
-    y, conv, _ = mamba2_step(xBC, dt, cache.conv_state, cache.ssm_state, block.conv1d.weight, block.conv1d.bias,
-                             block.dt_bias, block.A_log, block.D, nheads=block.nheads, headdim=block.headdim,
-                             ngroups=block.ngroups, d_state=block.d_state, inplace_ssm=True)   # y (B, h, P)
-    cache.conv_state.copy_(conv)
+    y, _, _ = mamba2_step(xBC, dt, cache.conv_state, cache.ssm_state, block.conv1d.weight, block.conv1d.bias,
+                          block.dt_bias, block.A_log, block.D, nheads=block.nheads, headdim=block.headdim,
+                          ngroups=block.ngroups, d_state=block.d_state, inplace_ssm=True,
+                          ring_lens=state.seqlens)       # y (B, h, P); window and state updated in place
     return block.out_proj(gated_rmsnorm(block.norm, y.flatten(-2), z))   # (B, d_model)
 
 
@@ -243,7 +250,7 @@ def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, 
     if layer.is_attention:
         y = _attention_step(layer.mixer, w, u, cache, state, kernels)
     else:
-        y = _mamba_step(layer.mixer, u, cache, kernels)
+        y = _mamba_step(layer.mixer, u, cache, state, kernels)
     if layer.mlp is not None:
         x, u = _add_norm(x, y, layer.norm2, kernels)
         y = _mlp_step(layer.mlp, w, u, kernels)
