@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from effsmall.models import LMConfig, build_model
-from effsmall.models.static_decode import (DecodeState, StaticKVCache, TokenDecoder, bytes_per_token, decode_step,
-                                           generate_static, sample_tokens)
+from effsmall.models.static_decode import (DecodeState, StaticKVCache, TokenDecoder, bytes_per_token, decode_op_counts,
+                                           decode_step, generate_static, sample_tokens)
 from effsmall.testing import DEVICE
 
 ARCHS = ("transformer", "mamba2", "hybrid")
@@ -84,6 +84,28 @@ def test_shipped_weights_decode_the_reference_tokens(arch):
     ref = model.generate(prompt, 6)                           # the eager reference (growing caches)
     model.decode_kernels = True
     assert torch.equal(generate_static(model, prompt, 6), ref)
+
+
+# Operations (PyTorch ops + Triton launches) one token issues on the decode-kernel path, as
+# count_ops counts them; a regression that adds a kernel per layer fails here. Attention: norm,
+# qkv, rope_append, flash_decode (+ its merge when it splits the keys: not at this capacity),
+# wo; Mamba-2: norm, in_proj, mamba2_step, gated norm, out_proj; the MLP: norm, gate_up, swiglu,
+# down. Fixed: seqlens += 1, embedding, final norm, lm_head, argmax.
+MAX_OPS_PER_LAYER = {"attention": 9, "mamba2": 9}
+MAX_FIXED_OPS = 5
+
+
+@pytest.mark.parametrize("arch,batches", [("transformer", (1,)), ("mamba2", (1,)), ("hybrid", (1, 3))])
+def test_decode_ops_per_layer_stay_bounded(arch, batches):
+    model = _model(arch).to(DEVICE)
+    model.decode_kernels = True                       # interpreted on a CPU: the same launches
+    for batch in batches:
+        c = decode_op_counts(model, batch)
+        assert c["token"] == sum(c["layers"]) + c["fixed"] and c["step"] < c["token"]
+        assert set(c["per_layer"]) == {"attention" if layer.is_attention else "mamba2" for layer in model.layers}
+        for kind, n in c["per_layer"].items():
+            assert n <= MAX_OPS_PER_LAYER[kind], (kind, n)
+        assert c["fixed"] <= MAX_FIXED_OPS, c
 
 
 def test_cuda_graph_needs_cuda():
