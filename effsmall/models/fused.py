@@ -32,7 +32,7 @@ __all__ = ["add_rmsnorm", "gated_rmsnorm", "swiglu_packed", "rope_append"]
 
 @triton.jit
 def _add_rmsnorm_kernel(X, R, W, Y, S, stride_x, stride_r, stride_y, stride_s, N, eps,
-                        HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                        HAS_RES: tl.constexpr, WRITE_S: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
@@ -40,6 +40,7 @@ def _add_rmsnorm_kernel(X, R, W, Y, S, stride_x, stride_r, stride_y, stride_s, N
     if HAS_RES:
         r = tl.load(R + row * stride_r + cols, mask=ok, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)                 # s = x + r, rounded as torch's add
+    if WRITE_S:                                   # the row was read above: S may be X itself (in place)
         tl.store(S + row * stride_s + cols, x, mask=ok)
     xf = x.to(tl.float32)
     rms = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
@@ -59,28 +60,43 @@ def _rows(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+def add_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+                out: tuple[torch.Tensor, torch.Tensor] | None = None):
     """``(s, RMSNorm(s))`` with ``s = x + residual`` (``s = x`` when ``residual`` is None), over the
     last dimension of x ``(..., N)``; equal to ``s = x + residual; norm(s)`` with an
-    :class:`effsmall.nn.RMSNorm` of weight ``weight`` in x's dtype."""
+    :class:`effsmall.nn.RMSNorm` of weight ``weight`` in x's dtype.
+
+    ``out = (s_out, y_out)``: contiguous tensors of x's shape to write s and the norm into
+    (a decoder's preallocated buffers); ``s_out`` may be x itself — the residual stream updated in
+    place, each row read before it is written. Without ``out`` both are new tensors (s is x
+    itself when there is no residual)."""
     n = weight.shape[0]
-    x2 = _rows(x, "x", n)
+    x2 = _rows(x, "x", n)                                                          # (rows, N)
     require_triton_tensor("x", x2, "add_rmsnorm")
     if residual is not None:
         if residual.shape != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}), got "
                              f"({tuple(residual.shape)}, {residual.dtype})")
         r2 = _rows(residual, "residual", n)
-        s2 = torch.empty_like(x2)
     else:
-        r2 = s2 = x2
-    y2 = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+        r2 = x2
+    y_dtype = torch.promote_types(x.dtype, weight.dtype)
+    if out is None:
+        s2 = torch.empty_like(x2) if residual is not None else x2                  # (rows, N)
+        y2 = torch.empty(x2.shape, dtype=y_dtype, device=x.device)                 # (rows, N)
+        s, y = (s2.view(x.shape) if residual is not None else x), y2.view(x.shape)
+    else:
+        s, y = out
+        for name, t, dtype in (("out[0]", s, x.dtype), ("out[1]", y, y_dtype)):
+            if not isinstance(t, torch.Tensor) or t.shape != x.shape or t.dtype != dtype or not t.is_contiguous():
+                raise ValueError(f"{name} must be a contiguous {dtype} tensor of x's shape {tuple(x.shape)}")
+        s2, y2 = s.view(-1, n), y.view(-1, n)                                      # (rows, N) each
     if x2.shape[0]:
         _add_rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, y2, s2, x2.stride(0), r2.stride(0), y2.stride(0),
                                             s2.stride(0), n, float(eps), HAS_RES=residual is not None,
+                                            WRITE_S=residual is not None or s2.data_ptr() != x2.data_ptr(),
                                             BLOCK=next_power_of_2(n))
-    s = s2.view(x.shape) if residual is not None else x
-    return s, y2.view(*x.shape[:-1], n)
+    return s, y
 
 
 @triton.jit

@@ -75,8 +75,9 @@ class DecodeState:
     """Everything a decoding step reads and writes, allocated once: one cache per layer
     (:class:`StaticKVCache` or ``Mamba2Cache``), ``seqlens (B,) int32`` — the tokens stored per
     row, i.e. the position of the next one — the RoPE tables for every position up to
-    ``capacity``, and each layer's :class:`StepWeights` (concatenated copies of the model's
-    weights as they are when the state is built: the decode-kernel path reads these).
+    ``capacity``, each layer's :class:`StepWeights` (concatenated copies of the model's weights
+    as they are when the state is built: the decode-kernel path reads these), and the buffers
+    ``x``, ``u (B, d_model)`` its fused norms write the residual stream and their output into.
 
     A Mamba-2 layer's conv window is kept as a **ring**: input j of row b in slot j mod d_conv
     (:func:`~effsmall.ssm.mamba2_step_kernel.window_from_ring` reads it out oldest first), so
@@ -104,6 +105,8 @@ class DecodeState:
         self.rope_cos, self.rope_sin = rope_tables(capacity, cfg.d_head, cfg.rope_base, device=w.device,
                                                    dtype=compute_dtype(w.dtype))      # (capacity, D/2) each
         self.weights = [step_weights(layer) for layer in model.layers]
+        self.x = w.new_zeros(batch, cfg.d_model)     # (B, d_model) the residual stream (decode-kernel path)
+        self.u = w.new_zeros(batch, cfg.d_model)     # (B, d_model) the normalized input of the next block
 
     @classmethod
     def from_prefill(cls, model, caches: list, length: int, capacity: int) -> "DecodeState":
@@ -230,13 +233,14 @@ def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, state: DecodeState, 
     return block.out_proj(gated_rmsnorm(block.norm, y.flatten(-2), z))   # (B, d_model)
 
 
-def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
+def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, state: DecodeState, kernels: bool):
     """The residual add and the next norm: ``(x + y, norm(x + y))`` (``y = None``: nothing to add).
-    One fused kernel on the decode-kernel path instead of nine."""
+    One fused kernel on the decode-kernel path instead of nine, writing into the state's buffers
+    ``state.x`` (the residual stream, in place) and ``state.u``."""
     if kernels:
         from effsmall.models.fused import add_rmsnorm
 
-        return add_rmsnorm(x, norm.weight, norm.eps, residual=y)
+        return add_rmsnorm(x, norm.weight, norm.eps, residual=y, out=(state.x, state.u))
     x = x if y is None else x + y
     return x, norm(x)
 
@@ -246,13 +250,13 @@ def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, 
     """One layer of the step: ``x += y`` (the previous block's pending output, if any), then the
     mixer and the MLP; returns the residual stream ``x (B, d_model)`` and the last block's output
     ``y (B, d_model)``, not yet added."""
-    x, u = _add_norm(x, y, layer.norm1, kernels)                      # x += y; u = norm1(x)
+    x, u = _add_norm(x, y, layer.norm1, state, kernels)               # x += y; u = norm1(x)
     if layer.is_attention:
         y = _attention_step(layer.mixer, w, u, cache, state, kernels)
     else:
         y = _mamba_step(layer.mixer, u, cache, state, kernels)
     if layer.mlp is not None:
-        x, u = _add_norm(x, y, layer.norm2, kernels)
+        x, u = _add_norm(x, y, layer.norm2, state, kernels)
         y = _mlp_step(layer.mlp, w, u, kernels)
     return x, y
 
@@ -270,7 +274,7 @@ def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
     for layer, w, cache in zip(model.layers, state.weights, state.caches):
         x, y = _layer_step(layer, w, x, y, cache, state, kernels)
-    _, u = _add_norm(x, y, model.norm, kernels)
+    _, u = _add_norm(x, y, model.norm, state, kernels)
     return model.lm_head(u)                                           # (B, vocab)
 
 

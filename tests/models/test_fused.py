@@ -140,3 +140,22 @@ def test_gpu_swiglu_packed_realistic(dtype):
     ref = swiglu(*h.chunk(2, dim=-1))                                    # torch's kernels, the same roundings
     ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 1e-6                 # at most one last bit apart (exp)
     assert ((out.float() - ref.float()).abs() <= ulp * ref.float().abs() + 1e-6).all()
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_add_rmsnorm_into_preallocated_buffers_and_in_place(residual):
+    norm = _norm(24, torch.float32)
+    x = torch.randn(3, 24, device=DEVICE)
+    r = torch.randn(3, 24, device=DEVICE) if residual else None
+    s_ref = x + r if residual else x.clone()
+    y_ref = norm(s_ref)
+    s_buf, y_buf = torch.empty_like(x), torch.empty_like(x)
+    s, y = add_rmsnorm(x, norm.weight, norm.eps, residual=r, out=(s_buf, y_buf))     # into buffers
+    assert s is s_buf and y is y_buf and torch.equal(s, s_ref)
+    assert (y - y_ref).abs().max().item() < 1e-5
+    x_in = x.clone()
+    s, y = add_rmsnorm(x_in, norm.weight, norm.eps, residual=r, out=(x_in, y_buf))   # the stream in place
+    assert s is x_in and torch.equal(x_in, s_ref)
+    assert (y - y_ref).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="out"):
+        add_rmsnorm(x, norm.weight, norm.eps, residual=r, out=(s_buf[:2], y_buf))
