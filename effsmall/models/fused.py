@@ -7,7 +7,7 @@ costs is their number. Here each is one Triton program per row:
 
 * :func:`add_rmsnorm`: ``s = x + r`` (rounded to x's dtype, as PyTorch's add) and
   ``RMSNorm(s) = (s / √(mean(s²) + ε)).to(dtype) · g`` — the residual stream and the next
-  layer's input in one pass;
+  layer's input in one pass (optionally into preallocated buffers, the stream in place);
 * :func:`gated_rmsnorm`: Mamba-2's ``RMSNorm(y ⊙ SiLU(z)) · w`` over groups of channels
   (:class:`effsmall.ssm.mamba2_block.GatedRMSNorm`);
 * :func:`swiglu_packed`: the SwiGLU gate ``SiLU(a) ⊙ b`` of a row ``[a | b]`` — the output of the
