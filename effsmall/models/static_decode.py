@@ -43,7 +43,7 @@ layer is as few launches as the pieces allow (:func:`decode_op_counts` counts th
 
 That is 9 operations per layer with an MLP (attention or Mamba-2) and 5 more per token: 113 for
 the 12-layer benchmark models, against 154 with one product per projection and PyTorch's SiLU and
-multiply, and about 500 with the PyTorch layers. Elsewhere the same step runs the PyTorch layers
+multiply, and 540 to 740 with the PyTorch layers. Elsewhere the same step runs the PyTorch layers
 (attention over the buffer with the unused slots masked), the reference the kernels are tested
 against.
 """
