@@ -13,6 +13,9 @@ The small library the chapters, the benchmark suites (:mod:`effsmall.bench`) and
 * :func:`benchmark_rounds` and :func:`compare` — several implementations timed fairly against
   each other on a shared machine.
 
+**Launches**: :func:`count_ops` — the tensor operations and Triton kernels a call issues (on a
+GPU each is a kernel launch; counted on any device).
+
 **Memory**: :func:`peak_memory` — the CUDA allocator's peak on a GPU; on a CPU the exact peak of
 live tensor storage.
 
@@ -32,7 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["benchmark", "host_time", "benchmark_rounds", "compare", "peak_memory", "environment",
+__all__ = ["benchmark", "host_time", "benchmark_rounds", "compare", "count_ops", "peak_memory", "environment",
            "save_result", "load_result", "list_results", "plot_rows", "geomean"]
 
 RESULTS_PACKAGE = "effsmall.results"
@@ -139,6 +142,55 @@ def compare(fns: dict, device: str = "cuda", *, detail=(), host: bool = True, **
                 graph = None
         out[key] = dict(s=t, graph=graph, host=host_s)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Launches
+# ---------------------------------------------------------------------------------------------
+def count_ops(fn: Callable[[], object]) -> dict:
+    """What ``fn()`` launches: ``{"torch": tensor operations dispatched, "triton": Triton kernel
+    launches, "total": both}``. On a GPU each is a kernel launch and several microseconds of host
+    work; the count is the same on every device (on a CPU the Triton kernels run in the
+    interpreter, whose own tensor operations are not counted).
+
+    Not counted, as they launch nothing: views, ``empty`` allocations and operations that return
+    no tensor (``promote_types``). A matrix product counts once, whatever library kernel(s) it
+    becomes on a GPU.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.jit import KernelInterface
+
+    counts = {"torch": 0, "triton": 0}
+    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            launches = isinstance(out, torch.Tensor) or (
+                isinstance(out, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in out))
+            if launches and not (func.is_view or inside[0] or func.__name__.startswith(("empty", "new_empty"))):
+                counts["torch"] += 1
+            return out
+
+    def launch(kernel, grid):
+        def run(*args, **kwargs):
+            counts["triton"] += 1
+            inside[0] += 1
+            try:
+                return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+            finally:
+                inside[0] -= 1
+        return run
+
+    original = KernelInterface.__getitem__
+    KernelInterface.__getitem__ = launch
+    try:
+        with _Count():
+            fn()
+    finally:
+        KernelInterface.__getitem__ = original
+    return dict(counts, total=counts["torch"] + counts["triton"])
 
 
 # ---------------------------------------------------------------------------------------------

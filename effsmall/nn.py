@@ -79,3 +79,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(swiglu(self.gate(x), self.up(x)))
+
+    def gate_up_weight(self) -> torch.Tensor:
+        """``[W_gate; W_up]`` ``(2·d_ff, d_model)``, a copy: ``x Wᵀ = [W_gate x | W_up x]``, both
+        hidden projections in one matrix product (a decoder builds it once, before decoding)."""
+        return torch.cat([self.gate.weight, self.up.weight]).detach()

@@ -18,6 +18,10 @@ with attention in every 4th layer, vocabulary 4096, bf16; batch 1 and 16, contex
   device-to-device copy rate measured at the start of the run
   (:func:`effsmall.hardware.measure_ceilings`). ``graph_over_floor`` / ``eager_over_floor`` are
   latency ÷ floor; tokens/s count all rows of the batch.
+* ``ops_per_token``: the PyTorch operations and Triton launches of one token
+  (:func:`effsmall.measure.count_ops`; on a GPU each is a kernel launch), and on CUDA
+  ``cuda_kernels_per_token``: the kernels (and device copies) the profiler sees for one eager
+  token — a matrix product that cuBLAS splits along K is two.
 * ``reference`` rows: ``SequenceLM.step`` at batch 1 after a real prefill of 1K tokens — the eager
   path with a growing cache, and with the paged cache + decode kernels — for comparison.
 
@@ -95,6 +99,7 @@ def _measure(model, batch: int, context: int, cuda: bool, copy_Bps: float, quick
                floor_ms=floor_s * 1e3, floor_tokens_per_s=batch / floor_s)
     for _ in range(2):                                   # warm-up: Triton compiles, flash_decode tunes
         dec()
+    row.update(_launch_counts(dec, cuda))
     state.set_length(context)
     eager = _per_token_s(dec, n_eager, sync)
     row.update(eager_ms=eager * 1e3, eager_tokens_per_s=batch / eager, eager_over_floor=eager / floor_s)
@@ -111,6 +116,25 @@ def _measure(model, batch: int, context: int, cuda: bool, copy_Bps: float, quick
         dec.graph = None
     row["state_bytes_allocated"] = state.nbytes()
     return row
+
+
+def _launch_counts(dec, cuda: bool) -> dict:
+    """``ops_per_token`` (:func:`~effsmall.measure.count_ops` of one token) and, on CUDA,
+    ``cuda_kernels_per_token`` (the CUDA kernels and copies ``torch.profiler`` records for one token)."""
+    from effsmall.measure import count_ops
+
+    out = {"ops_per_token": count_ops(dec)["total"]}
+    if cuda:
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                dec()
+                torch.cuda.synchronize()
+            out["cuda_kernels_per_token"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
+        except Exception as e:  # noqa: BLE001 - the profiler is optional; the timings stand without it
+            out["kernel_count_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
 
 
 @torch.no_grad()
@@ -217,6 +241,10 @@ def summarize(rows: list[dict]) -> dict:
                  "errors": sum(1 for r in rows if r.get("error") or r.get("graph_error"))}
     out["graph_over_floor"] = {f"{r['arch']} B={r['batch']} {r['context'] // 1024}K": round(r["graph_over_floor"], 2)
                                for r in gen if r.get("graph_over_floor")}
+    for key in ("ops_per_token", "cuda_kernels_per_token"):   # per architecture, at the first shape measured
+        counts = {r["arch"]: r[key] for r in reversed(gen) if r.get(key)}
+        if counts:
+            out[key] = counts
     # crossover: the transformer's floor passes Mamba-2's where its KV bytes make up the difference
     t1 = [r for r in gen if r["arch"] == "transformer" and r["batch"] == 1]
     m1 = [r for r in gen if r["arch"] == "mamba2" and r["batch"] == 1]
@@ -234,13 +262,14 @@ def summarize(rows: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'arch':>11} {'B':>3} {'ctx':>6} {'floor ms':>9} {'eager ms':>9} {'graph ms':>9} "
-             f"{'eager/fl':>9} {'graph/fl':>9} {'graph tok/s':>12}"]
+             f"{'eager/fl':>9} {'graph/fl':>9} {'graph tok/s':>12} {'ops/tok':>8} {'kern/tok':>8}"]
     f = lambda x, w, p=3: f"{x:{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}"  # noqa: E731
     for r in rows:
         if r.get("kind") == "generate":
             lines.append(f"{r['arch']:>11} {r['batch']:>3} {r['context']:>6} {f(r.get('floor_ms'), 9)} "
                          f"{f(r.get('eager_ms'), 9)} {f(r.get('graph_ms'), 9)} {f(r.get('eager_over_floor'), 9, 2)} "
-                         f"{f(r.get('graph_over_floor'), 9, 2)} {f(r.get('graph_tokens_per_s'), 12, 0)}"
+                         f"{f(r.get('graph_over_floor'), 9, 2)} {f(r.get('graph_tokens_per_s'), 12, 0)} "
+                         f"{f(r.get('ops_per_token'), 8, 0)} {f(r.get('cuda_kernels_per_token'), 8, 0)}"
                          + (f"  {r.get('error') or r.get('graph_error')}" if r.get("error") or r.get("graph_error")
                             else ""))
         elif r.get("kind") == "reference":

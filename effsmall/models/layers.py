@@ -102,6 +102,12 @@ class CausalSelfAttention(nn.Module):
         self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.d, bias=False)
         self.wo = nn.Linear(n_heads * self.d, d_model, bias=False)
 
+    def qkv_weight(self) -> torch.Tensor:
+        """``[W_q; W_kv]`` ``((h + 2·hk)·D, d_model)``, a copy: ``x Wᵀ = [q | k | v]`` (queries,
+        then the keys and values as ``wkv`` lays them out) in one matrix product (a decoder builds
+        it once, before decoding)."""
+        return torch.cat([self.wq.weight, self.wkv.weight]).detach()
+
     def forward(self, x: torch.Tensor, cache: KVCache | PagedKVCache | None = None):
         """x ``(b, l, d_model)`` → ``(y (b, l, d_model), cache extended by l tokens)``.
 

@@ -23,12 +23,29 @@ between tokens:
 on CPU — or, after :meth:`TokenDecoder.capture`, by replaying its graph: the same kernels on the
 same data. :func:`generate_static` is ``SequenceLM.generate(..., use_cuda_graph=True)`` on CUDA.
 
-On the decode-kernel path (``SequenceLM.decode_kernels``: CUDA sm80+, or forced for tests)
-attention reads the buffer with :func:`~effsmall.attention.flash_decode`, Mamba-2 layers step
-with the fused ``mamba2_step`` (state updated in place), and :mod:`effsmall.models.fused` turns
-each residual add + RMSNorm, RoPE + cache write and gated norm into one kernel: about 180
-launches per token for the 12-layer models instead of about 500. Elsewhere the same step runs
-the PyTorch layers (attention over the buffer with the unused slots masked).
+On the decode-kernel path (``SequenceLM.decode_kernels``: CUDA sm80+, or forced for tests) a
+layer is as few launches as the pieces allow (:func:`decode_op_counts` counts them):
+
+* the residual add and the next RMSNorm are one kernel (:func:`~effsmall.models.fused.add_rmsnorm`),
+  writing the residual stream in place into ``DecodeState.x`` and the norm into ``DecodeState.u``;
+* projections that read the same input are one matrix product — ``[W_q; W_kv]`` and
+  ``[W_gate; W_up]``, concatenated once when the state is built (:class:`StepWeights`; Mamba-2's
+  ``in_proj`` already is one) — and ``SiLU(gate) ⊙ up`` is one kernel
+  (:func:`~effsmall.models.fused.swiglu_packed`);
+* attention: RoPE of q and k and the cache write in one kernel that reads the position from
+  ``seqlens`` (:func:`~effsmall.models.fused.rope_append`), then :func:`~effsmall.attention.flash_decode`
+  over the buffer (plus its merge kernel when it splits the keys);
+* Mamba-2: conv window, SiLU, Δ, the state update and the skip in one kernel
+  (``mamba2_step``), the window kept as a ring so that it too is updated in place, then the
+  gated norm (:func:`~effsmall.models.fused.gated_rmsnorm`);
+* per token besides the layers: ``seqlens += 1``, the embedding, the final norm, the output
+  projection and the argmax written straight into the token buffer.
+
+That is 9 operations per layer with an MLP (attention or Mamba-2) and 5 more per token: 113 for
+the 12-layer benchmark models, against 154 with one product per projection and PyTorch's SiLU and
+multiply, and 540 to 740 with the PyTorch layers. Elsewhere the same step runs the PyTorch layers
+(attention over the buffer with the unused slots masked), the reference the kernels are tested
+against.
 """
 from __future__ import annotations
 
@@ -38,13 +55,29 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from effsmall.measure import count_ops
 from effsmall.models.layers import KVCache
 from effsmall.nn import apply_rope, rope_tables
 from effsmall.runtime import compute_dtype
 from effsmall.ssm.mamba2_block import Mamba2Cache
+from effsmall.ssm.mamba2_step_kernel import ring_from_window, window_from_ring
 
-__all__ = ["StaticKVCache", "DecodeState", "decode_step", "sample_tokens", "TokenDecoder", "generate_static",
-           "bytes_per_token", "count_ops"]
+__all__ = ["StepWeights", "step_weights", "StaticKVCache", "DecodeState", "decode_step", "sample_tokens",
+           "TokenDecoder", "generate_static", "bytes_per_token", "count_ops", "decode_op_counts"]
+
+
+class StepWeights(NamedTuple):
+    """One layer's matrices as the decode-kernel path multiplies them: the projections that read
+    the same input concatenated once, when the :class:`DecodeState` is built, so each pair is one
+    matrix product per token (the model's own parameters are left as they are)."""
+    qkv: torch.Tensor | None        # attention: [W_q; W_kv]  ((h + 2·hk)·D, d_model), else None
+    gate_up: torch.Tensor | None    # SwiGLU: [W_gate; W_up]  (2·d_ff, d_model), None without an MLP
+
+
+def step_weights(layer) -> StepWeights:
+    """The :class:`StepWeights` of one ``Layer`` (copies of its current weights)."""
+    return StepWeights(layer.mixer.qkv_weight() if layer.is_attention else None,
+                       layer.mlp.gate_up_weight() if layer.mlp is not None else None)
 
 
 @dataclass
@@ -58,8 +91,14 @@ class StaticKVCache:
 class DecodeState:
     """Everything a decoding step reads and writes, allocated once: one cache per layer
     (:class:`StaticKVCache` or ``Mamba2Cache``), ``seqlens (B,) int32`` — the tokens stored per
-    row, i.e. the position of the next one — and the RoPE tables for every position up to
-    ``capacity``.
+    row, i.e. the position of the next one — the RoPE tables for every position up to
+    ``capacity``, each layer's :class:`StepWeights` (concatenated copies of the model's weights
+    as they are when the state is built: the decode-kernel path reads these), and the buffers
+    ``x``, ``u (B, d_model)`` its fused norms write the residual stream and their output into.
+
+    A Mamba-2 layer's conv window is kept as a **ring**: input j of row b in slot j mod d_conv
+    (:func:`~effsmall.ssm.mamba2_step_kernel.window_from_ring` reads it out oldest first), so
+    that a step writes one slot in place instead of shifting the window into a copy.
 
     ``length`` is the host's copy of the longest row: :meth:`reserve` checks capacity on the host
     before a token is decoded (a replayed graph cannot raise)."""
@@ -82,6 +121,9 @@ class DecodeState:
         self.seqlens = torch.zeros(batch, dtype=torch.int32, device=w.device)          # (B,)
         self.rope_cos, self.rope_sin = rope_tables(capacity, cfg.d_head, cfg.rope_base, device=w.device,
                                                    dtype=compute_dtype(w.dtype))      # (capacity, D/2) each
+        self.weights = [step_weights(layer) for layer in model.layers]
+        self.x = w.new_zeros(batch, cfg.d_model)     # (B, d_model) the residual stream (decode-kernel path)
+        self.u = w.new_zeros(batch, cfg.d_model)     # (B, d_model) the normalized input of the next block
 
     @classmethod
     def from_prefill(cls, model, caches: list, length: int, capacity: int) -> "DecodeState":
@@ -92,14 +134,14 @@ class DecodeState:
             raise ValueError(f"the prompt has {length} tokens, more than capacity={capacity}")
         batch = next(c.k.shape[0] if isinstance(c, KVCache) else c.ssm_state.shape[0] for c in caches)
         state = cls(model, batch, capacity)
+        state.set_length(length)
         for dst, src in zip(state.caches, caches):
             if isinstance(src, KVCache):
                 dst.k[:, :, :length] = src.k                               # (B, Hk, length, D)
                 dst.v[:, :, :length] = src.v
             else:
-                dst.conv_state.copy_(src.conv_state)
+                ring_from_window(src.conv_state, state.seqlens, out=dst.conv_state)   # window → ring
                 dst.ssm_state.copy_(src.ssm_state)
-        state.set_length(length)
         return state
 
     def set_length(self, n: int) -> None:
@@ -145,103 +187,123 @@ class DecodeState:
 # ---------------------------------------------------------------------------------------------
 # One step, in place: the work a CUDA graph captures
 # ---------------------------------------------------------------------------------------------
-class _Position(NamedTuple):
-    """Where this step writes, computed once per step for every attention layer."""
-    pos: torch.Tensor       # (B,) int64 position of the new token
-    lens: torch.Tensor      # (B,) int32 tokens stored after the step
-    cos: torch.Tensor       # (B, 1, 1, D/2) RoPE tables at pos
-    sin: torch.Tensor
-
-
-def _attention_step(attn, u: torch.Tensor, cache: StaticKVCache, at: "_Position", kernels: bool) -> torch.Tensor:
+def _attention_step(attn, w: StepWeights, u: torch.Tensor, cache: StaticKVCache, state: DecodeState,
+                    kernels: bool) -> torch.Tensor:
     """One token of one attention layer: u ``(B, d_model)`` → ``(B, d_model)``; writes the token's
-    key and value at position ``at.pos`` and attends over the ``at.lens`` stored tokens."""
-    B = u.shape[0]
-    if kernels:  # RoPE and the cache write in one kernel, then split-KV attention over the buffer
+    key and value at position ``lens[b] − 1`` (``lens = state.seqlens``, already advanced by the
+    step) and attends over the ``lens[b]`` stored tokens."""
+    B, lens = u.shape[0], state.seqlens
+    if kernels:  # q, k, v in one product; RoPE and the cache write in one kernel; split-KV attention
         from effsmall.attention import flash_decode
         from effsmall.models.fused import rope_append
 
-        q = rope_append(attn.wq(u), attn.wkv(u), at.cos, at.sin, at.pos, cache.k, cache.v)   # (B, h, D)
-        y = flash_decode(q, cache.k, cache.v, at.lens, validate=False)                       # (B, h, D)
+        q, kv = F.linear(u, w.qkv).split([attn.h * attn.d, 2 * attn.hk * attn.d], dim=-1)   # (B, h·D), (B, 2·hk·D)
+        q = rope_append(q, kv, state.rope_cos, state.rope_sin, lens, cache.k, cache.v)      # (B, h, D)
+        y = flash_decode(q, cache.k, cache.v, lens, validate=False)                          # (B, h, D)
         return attn.wo(y.reshape(B, attn.h * attn.d))                                        # (B, d_model)
     # the reference: the same steps in PyTorch
+    pos = lens.long() - 1                                                       # (B,) this token's position
+    cos, sin = state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None]   # (B, 1, 1, D/2)
     q = attn.wq(u).view(B, attn.h, 1, attn.d)                                   # (B, h, 1, D)
     k, v = attn.wkv(u).view(B, 2, attn.hk, 1, attn.d).unbind(1)                 # (B, hk, 1, D) ×2
-    qk = apply_rope(torch.cat([q, k], dim=1), at.cos, at.sin)                   # (B, h+hk, 1, D): one rotation
+    qk = apply_rope(torch.cat([q, k], dim=1), cos, sin)                         # (B, h+hk, 1, D): one rotation
     q, k = qk.split([attn.h, attn.hk], dim=1)                                   # (B, h, 1, D), (B, hk, 1, D)
-    slot = at.pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                # (B, hk, 1, D)
+    slot = pos.view(B, 1, 1, 1).expand(B, attn.hk, 1, attn.d)                   # (B, hk, 1, D)
     cache.k.scatter_(2, slot, k)                                                # row b's token at pos[b]
     cache.v.scatter_(2, slot, v)
     # attention over the whole buffer, slots past each row's length masked out
     rep = attn.h // attn.hk
     keys = cache.k.repeat_interleave(rep, dim=1)                                # (B, h, capacity, D)
     vals = cache.v.repeat_interleave(rep, dim=1)
-    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < at.lens[:, None]   # (B, capacity)
+    seen = torch.arange(keys.shape[2], device=u.device)[None, :] < lens[:, None]   # (B, capacity)
     y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=seen[:, None, None, :])[:, :, 0]  # (B, h, D)
     return attn.wo(y.reshape(B, attn.h * attn.d))                               # (B, d_model)
 
 
-def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, kernels: bool) -> torch.Tensor:
-    """One token of one Mamba-2 layer, states updated in place: u ``(B, d_model)`` → ``(B, d_model)``."""
+def _mlp_step(mlp, w: StepWeights, u: torch.Tensor, kernels: bool) -> torch.Tensor:
+    """The SwiGLU MLP of one token, u ``(B, d_model)`` → ``(B, d_model)``; on the kernel path the
+    gate and up projections are one product and ``SiLU(gate) ⊙ up`` one kernel."""
     if not kernels:
-        y, new = block.step(u, cache)
-        cache.conv_state.copy_(new.conv_state)
+        return mlp(u)
+    from effsmall.models.fused import swiglu_packed
+
+    return mlp.down(swiglu_packed(F.linear(u, w.gate_up)))           # (B, 2·d_ff) → (B, d_ff) → (B, d_model)
+
+
+def _mamba_step(block, u: torch.Tensor, cache: Mamba2Cache, state: DecodeState, kernels: bool) -> torch.Tensor:
+    """One token of one Mamba-2 layer, states updated in place: u ``(B, d_model)`` → ``(B, d_model)``.
+    The conv window is the state's ring (``state.seqlens`` inputs per row, with this token)."""
+    if not kernels:  # the reference: Mamba2Block.step on the window read out of the ring
+        window = window_from_ring(cache.conv_state, state.seqlens - 1)    # (B, conv_dim, d_conv) before the token
+        y, new = block.step(u, Mamba2Cache(window, cache.ssm_state))
+        ring_from_window(new.conv_state, state.seqlens, out=cache.conv_state)
         cache.ssm_state.copy_(new.ssm_state)
         return y
     from effsmall.models.fused import gated_rmsnorm
     from effsmall.ssm.mamba2_step_kernel import mamba2_step
 
     z, xBC, dt = block._split_proj(block.in_proj(u))      # (B, d_inner), (B, conv_dim), (B, h): views
-    y, conv, _ = mamba2_step(xBC, dt, cache.conv_state, cache.ssm_state, block.conv1d.weight, block.conv1d.bias,
-                             block.dt_bias, block.A_log, block.D, nheads=block.nheads, headdim=block.headdim,
-                             ngroups=block.ngroups, d_state=block.d_state, inplace_ssm=True)   # y (B, h, P)
-    cache.conv_state.copy_(conv)
+    y, _, _ = mamba2_step(xBC, dt, cache.conv_state, cache.ssm_state, block.conv1d.weight, block.conv1d.bias,
+                          block.dt_bias, block.A_log, block.D, nheads=block.nheads, headdim=block.headdim,
+                          ngroups=block.ngroups, d_state=block.d_state, inplace_ssm=True,
+                          ring_lens=state.seqlens)       # y (B, h, P); window and state updated in place
     return block.out_proj(gated_rmsnorm(block.norm, y.flatten(-2), z))   # (B, d_model)
 
 
-def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, kernels: bool):
+def _add_norm(x: torch.Tensor, y: torch.Tensor | None, norm, state: DecodeState, kernels: bool):
     """The residual add and the next norm: ``(x + y, norm(x + y))`` (``y = None``: nothing to add).
-    One fused kernel on the decode-kernel path instead of nine."""
+    One fused kernel on the decode-kernel path instead of nine, writing into the state's buffers
+    ``state.x`` (the residual stream, in place) and ``state.u``."""
     if kernels:
         from effsmall.models.fused import add_rmsnorm
 
-        return add_rmsnorm(x, norm.weight, norm.eps, residual=y)
+        return add_rmsnorm(x, norm.weight, norm.eps, residual=y, out=(state.x, state.u))
     x = x if y is None else x + y
     return x, norm(x)
+
+
+def _layer_step(layer, w: StepWeights, x: torch.Tensor, y: torch.Tensor | None, cache, state: DecodeState,
+                kernels: bool):
+    """One layer of the step: ``x += y`` (the previous block's pending output, if any), then the
+    mixer and the MLP; returns the residual stream ``x (B, d_model)`` and the last block's output
+    ``y (B, d_model)``, not yet added."""
+    x, u = _add_norm(x, y, layer.norm1, state, kernels)               # x += y; u = norm1(x)
+    if layer.is_attention:
+        y = _attention_step(layer.mixer, w, u, cache, state, kernels)
+    else:
+        y = _mamba_step(layer.mixer, u, cache, state, kernels)
+    if layer.mlp is not None:
+        x, u = _add_norm(x, y, layer.norm2, state, kernels)
+        y = _mlp_step(layer.mlp, w, u, kernels)
+    return x, y
 
 
 def decode_step(model, token: torch.Tensor, state: DecodeState) -> torch.Tensor:
     """Logits ``(B, vocab)`` of the next token after ``token (B,)``; appends it to every layer's
     cache and advances ``state.seqlens`` — all on the device, nothing read back to the host, no
     allocation that depends on the context. The same layers as ``SequenceLM.step``, with each
-    residual add carried into the norm after it (``_add_norm``)."""
+    residual add carried into the norm after it (``_add_norm``).
+
+    ``state.seqlens`` is advanced first (one in-place add): from then on it holds each row's
+    length *with* this token, which the attention layers read (the token's position is one less)."""
     kernels = model._use_decode_kernels()
-    pos = state.seqlens.long()                                        # (B,) this token's position
-    at = _Position(pos, state.seqlens + 1,                            # lens (B,): tokens after this one
-                   state.rope_cos[pos][:, None, None], state.rope_sin[pos][:, None, None])  # (B, 1, 1, D/2)
+    state.seqlens.add_(1)                                             # (B,) lengths with this token
     x, y = model.embed(token), None                                   # residual stream (B, d_model), pending add
-    for layer, cache in zip(model.layers, state.caches):
-        x, u = _add_norm(x, y, layer.norm1, kernels)                  # x += y; u = norm1(x)
-        if layer.is_attention:
-            y = _attention_step(layer.mixer, u, cache, at, kernels)
-        else:
-            y = _mamba_step(layer.mixer, u, cache, kernels)
-        if layer.mlp is not None:
-            x, u = _add_norm(x, y, layer.norm2, kernels)
-            y = layer.mlp(u)
-    state.seqlens.copy_(at.lens)
-    _, u = _add_norm(x, y, model.norm, kernels)
+    for layer, w, cache in zip(model.layers, state.weights, state.caches):
+        x, y = _layer_step(layer, w, x, y, cache, state, kernels)
+    _, u = _add_norm(x, y, model.norm, state, kernels)
     return model.lm_head(u)                                           # (B, vocab)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                  noise: torch.Tensor | None = None) -> torch.Tensor:
+                  noise: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The next token per row, on the device: ``argmax`` when ``temperature <= 0``; otherwise a
     sample of softmax(logits / T) (restricted to the ``top_k`` largest) by the Gumbel-max trick,
     ``argmax(logits / T + g)`` with ``g = −log(−log U)``, U ~ uniform from ``noise (B, vocab)``
-    (drawn by the caller, so a captured graph reads fresh noise from a fixed buffer)."""
+    (drawn by the caller, so a captured graph reads fresh noise from a fixed buffer). ``out``:
+    a ``(B,)`` int64 buffer to write the tokens into (the decoder's token, without a copy)."""
     if temperature <= 0:
-        return logits.argmax(-1)                                      # (B,)
+        return torch.argmax(logits, -1, out=out)                      # (B,)
     if noise is None or noise.shape != logits.shape:
         raise ValueError(f"sampling with temperature > 0 needs uniform noise of the logits' shape "
                          f"{tuple(logits.shape)}, got {None if noise is None else tuple(noise.shape)}")
@@ -250,7 +312,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int | N
         kth = z.topk(min(top_k, z.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         z = z.masked_fill(z < kth, float("-inf"))
     gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))  # (B, vocab)
-    return (z + gumbel).argmax(-1)                                    # (B,)
+    return torch.argmax(z + gumbel, -1, out=out)                      # (B,)
 
 
 class TokenDecoder:
@@ -280,12 +342,11 @@ class TokenDecoder:
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample from ``logits (B, vocab)`` into ``self.token`` (e.g. the prompt's last logits)."""
         self.draw_noise()
-        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
-        return self.token
+        return sample_tokens(logits, self.temperature, self.top_k, self.noise, out=self.token)
 
     def _run(self) -> None:                                          # the captured work of one token
         logits = decode_step(self.model, self.token, self.state)      # (B, vocab)
-        self.token.copy_(sample_tokens(logits, self.temperature, self.top_k, self.noise))
+        sample_tokens(logits, self.temperature, self.top_k, self.noise, out=self.token)
 
     @torch.no_grad()
     def capture(self, warmup: int = 1) -> None:
@@ -372,37 +433,30 @@ def bytes_per_token(model, batch: int, context: int) -> dict:
     return dict(weights=weights, kv=kv, state=state, total=weights + kv + state)
 
 
-def count_ops(fn) -> dict:
-    """What ``fn()`` launches: ``{"torch": tensor operations dispatched (views and empty
-    allocations, which launch nothing, not counted), "triton": Triton kernel launches, "total":
-    both}``. On a GPU each is a kernel launch and several microseconds of host work."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from triton.runtime.jit import KernelInterface
+@torch.no_grad()
+def decode_op_counts(model, batch: int = 1, temperature: float = 0.0) -> dict:
+    """The operations one decoded token issues (:func:`count_ops`: PyTorch operations plus Triton
+    launches; on a GPU each is a kernel), on the path ``model._use_decode_kernels()`` picks:
 
-    counts = {"torch": 0, "triton": 0}
-    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not (func.is_view or inside[0] or func.__name__.startswith(("empty", "new_empty"))):
-                counts["torch"] += 1
-            return func(*args, **(kwargs or {}))
-
-    def launch(kernel, grid):
-        def run(*args, **kwargs):
-            counts["triton"] += 1
-            inside[0] += 1
-            try:
-                return kernel.run(*args, grid=grid, warmup=False, **kwargs)
-            finally:
-                inside[0] -= 1
-        return run
-
-    original = KernelInterface.__getitem__
-    KernelInterface.__getitem__ = launch
-    try:
-        with _Count():
-            fn()
-    finally:
-        KernelInterface.__getitem__ = original
-    return dict(counts, total=counts["torch"] + counts["triton"])
+    ``{"token": one :class:`TokenDecoder` call (the step and sampling — what a CUDA graph
+    replays), "step": :func:`decode_step` alone, "layers": one entry per layer, "per_layer": the
+    most of any layer by kind (``{"attention": n, "mamba2": n}``), "fixed": token − Σ layers (the
+    embedding, positions, final norm, output projection, sampling)}``, each a total. Counted on a
+    fresh state after one warm-up token (a GPU's one-time tuning launches are not counted)."""
+    state = DecodeState(model, batch, capacity=8)
+    dec = TokenDecoder(model, state, temperature=temperature,
+                       generator=torch.Generator(device=state.seqlens.device).manual_seed(0))
+    dec()                                                             # warm-up: compile, tune
+    kernels = model._use_decode_kernels()
+    token_ops = count_ops(dec)["total"]
+    step_ops = count_ops(lambda: decode_step(model, dec.token, state))["total"]
+    x = model.embed(dec.token)                                        # (B, d_model)
+    state.seqlens.add_(1)                                             # as decode_step does before its layers
+    layers = []
+    for layer, w, cache in zip(model.layers, state.weights, state.caches):
+        layers.append(count_ops(lambda: _layer_step(layer, w, x, x, cache, state, kernels))["total"])
+    per_layer: dict = {}
+    for layer, n in zip(model.layers, layers):
+        kind = "attention" if layer.is_attention else "mamba2"
+        per_layer[kind] = max(per_layer.get(kind, 0), n)
+    return dict(token=token_ops, step=step_ops, layers=layers, per_layer=per_layer, fixed=token_ops - sum(layers))

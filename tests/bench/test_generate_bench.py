@@ -26,6 +26,8 @@ def test_cli_generate_quick_cpu(tmp_path):
         assert r["eager_over_floor"] == pytest.approx(r["eager_ms"] / r["floor_ms"])
         assert r["floor_bytes"] == r["weight_bytes"] + r["kv_bytes"] + r["state_bytes"]
         assert (r["kv_bytes"] == 0) == (r["arch"] == "mamba2")
+        assert r["ops_per_token"] > 0 and "cuda_kernels_per_token" not in r      # counted on any device
+    assert set(res["summary"]["ops_per_token"]) == {"transformer", "mamba2", "hybrid"}
     assert "lines" not in res["summary"]            # measurements only, no verdicts
     assert res["summary"]["floor_crossover_context_batch1"] > 0
 

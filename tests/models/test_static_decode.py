@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from effsmall.models import LMConfig, build_model
-from effsmall.models.static_decode import (DecodeState, StaticKVCache, TokenDecoder, bytes_per_token, decode_step,
-                                           generate_static, sample_tokens)
+from effsmall.models.static_decode import (DecodeState, StaticKVCache, TokenDecoder, bytes_per_token, decode_op_counts,
+                                           decode_step, generate_static, sample_tokens)
+from effsmall.testing import DEVICE
 
 ARCHS = ("transformer", "mamba2", "hybrid")
 
@@ -26,8 +27,6 @@ def _model(arch, seed=0, **kw):
 @pytest.mark.parametrize("kernels", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_static_steps_equal_eager_steps(arch, kernels):
-    from effsmall.testing import DEVICE
-
     device = DEVICE if kernels else "cpu"         # kernels: compiled on a GPU, interpreted on a CPU
     model = _model(arch).to(device)
     idx = torch.randint(0, 61, (2, 11)).to(device)
@@ -52,6 +51,61 @@ def test_static_generate_equals_eager_generate(arch):
     assert torch.equal(generate_static(model, prompt, 7), ref)                 # eager static path on CPU
     assert torch.equal(model.generate(prompt, 7, use_cuda_graph=True), ref)    # CPU: falls back to the eager loop
     assert generate_static(model, prompt, 0).shape == (3, 5)
+
+
+def test_step_weights_are_concatenated_once_and_leave_the_model_alone():
+    model = _model("hybrid")
+    before = {k: (v.shape, v.data_ptr()) for k, v in model.state_dict().items()}
+    state = DecodeState(model, 1, capacity=8)
+    assert {k: (v.shape, v.data_ptr()) for k, v in model.state_dict().items()} == before   # same parameters
+    for layer, w in zip(model.layers, state.weights):
+        attn, mlp = layer.mixer, layer.mlp
+        if layer.is_attention:
+            assert torch.equal(w.qkv, torch.cat([attn.wq.weight, attn.wkv.weight]))       # ((h + 2·hk)·D, d)
+        else:
+            assert w.qkv is None
+        assert torch.equal(w.gate_up, torch.cat([mlp.gate.weight, mlp.up.weight]))        # (2·d_ff, d)
+        assert not w.gate_up.requires_grad and w.gate_up.data_ptr() != mlp.gate.weight.data_ptr()
+    assert all(w.gate_up is None for w in DecodeState(_model("mamba2", d_ff=0), 1, 4).weights)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shipped_weights_decode_the_reference_tokens(arch):
+    """The trained models of chapter 12 load as before, and the decode-kernel path (interpreted on a
+    CPU; on a GPU compiled and replayed as a CUDA graph) continues a prompt with the reference's
+    greedy tokens."""
+    from effsmall.models.book import has_weights, load_lm
+
+    if not has_weights():
+        pytest.skip("the shipped weights are not in this checkout")
+    model = load_lm(arch, device=DEVICE)
+    prompt = torch.randint(0, model.cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    model.decode_kernels = False
+    ref = model.generate(prompt, 6)                           # the eager reference (growing caches)
+    model.decode_kernels = True
+    assert torch.equal(generate_static(model, prompt, 6), ref)
+
+
+# Operations (PyTorch ops + Triton launches) one token issues on the decode-kernel path, as
+# count_ops counts them; a regression that adds a kernel per layer fails here. Attention: norm,
+# qkv, rope_append, flash_decode (+ its merge when it splits the keys: not at this capacity),
+# wo; Mamba-2: norm, in_proj, mamba2_step, gated norm, out_proj; the MLP: norm, gate_up, swiglu,
+# down. Fixed: seqlens += 1, embedding, final norm, lm_head, argmax.
+MAX_OPS_PER_LAYER = {"attention": 9, "mamba2": 9}
+MAX_FIXED_OPS = 5
+
+
+@pytest.mark.parametrize("arch,batches", [("transformer", (1,)), ("mamba2", (1,)), ("hybrid", (1, 3))])
+def test_decode_ops_per_layer_stay_bounded(arch, batches):
+    model = _model(arch).to(DEVICE)
+    model.decode_kernels = True                       # interpreted on a CPU: the same launches
+    for batch in batches:
+        c = decode_op_counts(model, batch)
+        assert c["token"] == sum(c["layers"]) + c["fixed"] and c["step"] < c["token"]
+        assert set(c["per_layer"]) == {"attention" if layer.is_attention else "mamba2" for layer in model.layers}
+        for kind, n in c["per_layer"].items():
+            assert n <= MAX_OPS_PER_LAYER[kind], (kind, n)
+        assert c["fixed"] <= MAX_FIXED_OPS, c
 
 
 def test_cuda_graph_needs_cuda():

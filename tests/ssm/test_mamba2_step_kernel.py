@@ -5,6 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from effsmall.ssm import Mamba2Block, mamba2_block_step, mamba2_step
+from effsmall.ssm.mamba2_block import Mamba2Cache
+from effsmall.ssm.mamba2_step_kernel import ring_from_window, window_from_ring
 from effsmall.testing import DEVICE, on_device
 
 # Compiled on a GPU, interpreted on a CPU. The blocks (and so their caches) live on the policy
@@ -77,6 +79,45 @@ def test_inplace_ssm_state_and_strided_slices():
     with pytest.raises(ValueError, match="contiguous"):
         mamba2_step(xBC, dt, cache.conv_state, state.transpose(2, 3).contiguous().transpose(2, 3),
                     *args[4:], **kw, inplace_ssm=True)
+
+
+def test_ring_round_trip():
+    window = torch.randn(3, 5, 4)                                       # (b, conv_dim, d_conv), oldest first
+    lens = torch.tensor([4, 3, 10])
+    ring = ring_from_window(window, lens)
+    assert torch.equal(window_from_ring(ring, lens), window)
+    assert torch.equal(ring[0], window[0])                              # lens ≡ 0 (mod 4): input j in slot j
+    for k in range(4):                                                  # column k is input lens − 4 + k
+        assert torch.equal(ring[1, :, (3 - 4 + k) % 4], window[1, :, k])
+        assert torch.equal(ring[2, :, (10 - 4 + k) % 4], window[2, :, k])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(ngroups=1), dict(d_conv=3, conv_bias=False), dict(ngroups=4, headdim=8)])
+def test_ring_conv_state_in_place_equals_block_step(kw):
+    """ring_lens: the conv window is a ring updated in place (only the new input's slot is
+    written), the SSM state too; rows of different lengths, around the ring more than once."""
+    m = _block(**kw)
+    g = torch.Generator().manual_seed(2)
+    _, cache = m(torch.randn(3, 5, 32, generator=g).to(DEVICE), return_cache=True)
+    lens = torch.tensor([0, 2, 9], device=DEVICE, dtype=torch.int32)   # inputs per row so far (< d_conv too)
+    window, ssm_ref = cache.conv_state, cache.ssm_state
+    ring, ssm = ring_from_window(window, lens), ssm_ref.clone()
+    kw = dict(nheads=m.nheads, headdim=m.headdim, ngroups=m.ngroups, d_state=m.d_state)
+    for _ in range(2 * m.d_conv + 1):
+        u = torch.randn(3, 32, generator=g).to(DEVICE)
+        ref, new = m.step(u, Mamba2Cache(window, ssm_ref))
+        z, xBC, dt = m._split_proj(m.in_proj(u))
+        lens += 1
+        y, conv, h = mamba2_step(xBC, dt, ring, ssm, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m.D,
+                                 **kw, inplace_ssm=True, ring_lens=lens)
+        assert conv.data_ptr() == ring.data_ptr() and h.data_ptr() == ssm.data_ptr()
+        assert torch.equal(window_from_ring(ring, lens), new.conv_state)
+        assert (ssm - new.ssm_state).abs().max().item() < 1e-5
+        assert (m.out_proj(m.norm(y.flatten(-2), z)) - ref).abs().max().item() < 1e-5
+        window, ssm_ref = new.conv_state, new.ssm_state
+    with pytest.raises(ValueError, match="ring_lens"):
+        mamba2_step(xBC, dt, ring, ssm, m.conv1d.weight, m.conv1d.bias, m.dt_bias, m.A_log, m.D, **kw,
+                    ring_lens=lens[:2])
 
 
 def test_fp16():
