@@ -78,3 +78,15 @@ def untuned_kernels():
     finally:
         for fn, value in zip(fns, saved):
             fn.__kwdefaults__["autotune"] = value
+
+
+def tiny_lm_config(arch: str, **kw):
+    """The tests' small language model of ``arch``: every code path of the three LMs (grouped
+    query heads 4/2, a hybrid with both layer kinds, Mamba-2 chunks shorter than the prompts) at
+    interpreter speed; ``kw`` overrides any field."""
+    from effsmall.models import LMConfig
+
+    cfg = dict(vocab_size=61, d_model=32, n_layers=3, arch=arch, n_heads=4, n_kv_heads=2, d_state=8, headdim=16,
+               chunk_size=8, attn_every=2)
+    cfg.update(kw)
+    return LMConfig(**cfg)

@@ -4,17 +4,14 @@ import pytest
 import torch
 
 from effsmall.attention import PagedKVCache
-from effsmall.models import LMConfig, build_model
+from effsmall.models import build_model
 from effsmall.models.lm import cache_bytes
+from effsmall.testing import tiny_lm_config
 
 ARCHS = ("transformer", "mamba2", "hybrid")
 
 
-def tiny(arch, **kw):
-    cfg = dict(vocab_size=61, d_model=32, n_layers=2, arch=arch, n_heads=4, n_kv_heads=2, d_state=8, headdim=16,
-               chunk_size=8, attn_every=2)
-    cfg.update(kw)
-    return LMConfig(**cfg)
+tiny = tiny_lm_config   # one small model for every decode test (effsmall.testing)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

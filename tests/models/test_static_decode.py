@@ -4,19 +4,16 @@ on CPU and, on a GPU, replays a real CUDA graph with the eager path's greedy tok
 import pytest
 import torch
 
-from effsmall.models import LMConfig, build_model
+from effsmall.models import build_model
 from effsmall.models.static_decode import (DecodeState, StaticKVCache, TokenDecoder, bytes_per_token, decode_op_counts,
                                            decode_step, generate_static, sample_tokens)
 from effsmall.testing import DEVICE
+from effsmall.testing import tiny_lm_config
 
 ARCHS = ("transformer", "mamba2", "hybrid")
 
 
-def tiny(arch, **kw):
-    cfg = dict(vocab_size=61, d_model=32, n_layers=3, arch=arch, n_heads=4, n_kv_heads=2, d_state=8, headdim=16,
-               chunk_size=8, attn_every=2)
-    cfg.update(kw)
-    return LMConfig(**cfg)
+tiny = tiny_lm_config   # one small model for every decode test (effsmall.testing)
 
 
 def _model(arch, seed=0, **kw):
