@@ -1,0 +1,30 @@
+"""Host work of the Triton SSD path, counted without a GPU (launches stubbed): regressions show here.
+
+The bench's eager fwd+bwd at 16K tokens was host-bound (host 1.8–2.2 ms vs GPU 0.84–1.6 ms on an
+H200); every torch op and launch below costs the host several µs there.
+"""
+import pytest
+
+pytest.importorskip("triton")
+
+from effsmall.ssm._ssd_testing import mamba_scan_host_cost  # noqa: E402
+
+# (torch ops, Triton launches) per call at the bench's launch plan (two launches per scan);
+# on CPU the torch count includes the A ≤ 0 value check (3 ops: gt, any, item) that CUDA skips
+FWD_MAX = (5, 2)
+FWDBWD_MAX = (29, 8)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_mamba_scan_ops_and_launches_bounded(backward):
+    cost = mamba_scan_host_cost(backward=backward, calls=1, repeats=1)
+    torch_max, triton_max = FWDBWD_MAX if backward else FWD_MAX
+    assert cost["triton"] <= triton_max, cost
+    assert cost["torch"] <= torch_max, cost
+
+
+def test_counts_do_not_depend_on_length_beyond_the_plan():
+    """The default small shape stands for the 16K-token bench shape: same counts (meta: free)."""
+    small = mamba_scan_host_cost(calls=1, repeats=1, device="meta")
+    bench = mamba_scan_host_cost(L=16384, N=128, chunk_size=256, device="meta", calls=1, repeats=1)
+    assert (small["torch"], small["triton"]) == (bench["torch"], bench["triton"])
