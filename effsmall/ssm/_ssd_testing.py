@@ -38,10 +38,10 @@ def mamba_scan_host_cost(Bsz=1, L=32, H=32, P=64, N=16, chunk_size=16, *, backwa
     Bm, Cm = (torch.zeros(Bsz, L, 1, N, device=dev, dtype=bf16, requires_grad=True) for _ in range(2))
     dy = torch.zeros(Bsz, L, H, P, device=dev, dtype=bf16)
 
-    def call():
+    def call():  # autograd.grad, not backward: a training step's grads start from None, nothing accumulates
         y = mamba_api.mamba_chunk_scan_combined(x, dt, A, Bm, Cm, chunk_size)
         if backward:
-            y.backward(dy)
+            torch.autograd.grad(y, (x, dt, A, Bm, Cm), dy)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU ops of a few KB: a thread pool's wake-ups would dominate them
