@@ -502,6 +502,7 @@ class _SSDTriton(torch.autograd.Function):
                     want_y_fp32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
         ctx.save_for_backward(X, A, B, C, initial_states, seq_ids, out.y_fp32, out.final_state, dt)
         ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None, not zeros
         return out.y, out.final_state
 
     @staticmethod
@@ -545,7 +546,7 @@ class _SSDTriton(torch.autograd.Function):
                 rc = rc.transpose(1, 2)  # (b, h, l): time innermost, so the scan below is fast
                 if dhf is not None:  # ⟨dh_final, h_final⟩ joins every suffix: add it at the last step
                     rc = rc.contiguous()
-                    rc[:, :, -1] += (dhf.float() * hf).sum((-1, -2))  # (b, h)
+                    rc[:, :, -1].add_((dhf.float() * hf).sum((-1, -2)))  # (b, h); add_, not +=: no setitem copy
                 dA = torch.flip(torch.cumsum(torch.flip(rc, [-1]), -1), [-1])  # (b, h, l) suffix sums
                 dA = dA.transpose(1, 2).to(A.dtype)  # (b, l, h)
         if need_b:
