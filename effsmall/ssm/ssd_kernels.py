@@ -487,6 +487,15 @@ def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
                     da_terms=da_terms if dx_epilogue is not None else None, ddt=ddt if epilogue_dt else None)
 
 
+def _group_sum(per_head: torch.Tensor, g: int) -> torch.Tensor:
+    """(b, l, h, n) per-head partials -> (b, l, g, n), the sum over each group's h/g heads, in
+    the partials' dtype (torch's reductions of bf16/fp16 accumulate in fp32 and round once)."""
+    b, l, h, n = per_head.shape
+    if h == g:
+        return per_head  # one head per group: nothing to sum
+    return per_head.view(b, l, g, h // g, n).sum(3)  # (b, l, g, n)
+
+
 class _SSDTriton(torch.autograd.Function):
     """Autograd for the scan; ``dt`` (optional, (b, l, h)) scales X per step inside the kernels."""
 
@@ -517,8 +526,8 @@ class _SSDTriton(torch.autograd.Function):
         need_dt = dt is not None and ctx.needs_input_grad[7]
         dY = dY if dY is not None else torch.zeros_like(Y)
         dX = dA = dB = dC = dh0 = ddt = None
-        # per-head dB, dC partials: fp32 when one head per group, else the inputs' dtype (summed in fp32)
-        part = torch.float32 if (r == 1 or B.dtype == torch.float32) else B.dtype
+        # per-head dB, dC partials in the inputs' dtype; one head per group: they are dB, dC themselves
+        part = B.dtype
         if need_x or need_a or need_h0 or need_dt:
             # dx_t = dh_t B_t: reverse scan with roles (x, B, C) = (dY, C, B), decays shifted by one step.
             # one x-block (p ≤ BLOCK_X): the fused epilogue computes dx, dΔ and dy·y − x̃·dx̃ in-kernel
@@ -554,13 +563,13 @@ class _SSDTriton(torch.autograd.Function):
             dBh = _scan(x=C, B=dY, C=X, A=A, nheads=h, x_heads_per_group=r,
                         seq_ids=seq_ids, initial_state=dhf, initial_state_transposed=True, reverse=True, a_shift=1,
                         out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="C").y
-            dB = dBh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(B.dtype)  # (b, l, g, n)
+            dB = _group_sum(dBh, g)  # (b, l, g, n)
         if need_c:
             # dC_t = h_tᵀ dy_t: forward scan with roles (B, X, dY); the state is hᵀ.
             dCh = _scan(x=B, B=X, C=dY, A=A, nheads=h, x_heads_per_group=r,
                         seq_ids=seq_ids, initial_state=h0, initial_state_transposed=True, reverse=False, a_shift=0,
                         out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="B").y
-            dC = dCh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(C.dtype)  # (b, l, g, n)
+            dC = _group_sum(dCh, g)  # (b, l, g, n)
         return dX, dA, dB, dC, None, dh0, None, ddt
 
 
