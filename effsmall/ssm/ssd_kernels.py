@@ -510,7 +510,7 @@ class _SSDTriton(torch.autograd.Function):
     def forward(ctx, X, A, B, C, chunk_size, initial_states, seq_idx, dt=None):
         b, l, h, p = X.shape
         r = h // B.shape[2]  # heads per group
-        seq_ids = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
+        seq_ids = segment_ids(seq_idx, torch.int32) if seq_idx is not None else None  # (b, l)
         # the backward's dA needs y in fp32 (see _chunk_step): the kernel writes a copy when A needs a gradient
         out = _scan(x=X, B=B, C=C, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
                     seq_ids=seq_ids, initial_state=initial_states, reverse=False, a_shift=0,

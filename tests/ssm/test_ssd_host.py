@@ -43,3 +43,22 @@ def test_group_sum_equals_the_fp32_sum_rounded_once(dtype):
     old = per_head.view(2, 37, 3, 4, 16).sum(3, dtype=torch.float32).to(dt)
     assert torch.equal(_group_sum(per_head, 3), old)
     assert _group_sum(per_head, 12) is per_head
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "int16", "uint8"])
+def test_segment_ids_match_the_first_definition(dtype):
+    """segment_ids by diff/ne/cumsum (4 ops) equals its first definition (zeros, setitem of ne, cumsum)."""
+    import torch
+
+    from effsmall.ssm._ssd_checks import segment_ids
+
+    gen = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, 3, (3, 29), generator=gen).to(getattr(torch, dtype))
+    seq[1] = 7  # one sequence
+    seq[2, 0] = 255 if dtype == "uint8" else -(2**15)  # wrap-around differences are still nonzero
+    first = torch.zeros_like(seq, dtype=torch.int64)
+    first[:, 1:] = (seq[:, 1:] != seq[:, :-1]).to(torch.int64)
+    first = first.cumsum(dim=1)
+    assert torch.equal(segment_ids(seq), first)
+    assert torch.equal(segment_ids(seq, torch.int32), first.to(torch.int32))
+    assert segment_ids(seq[:, :1]).tolist() == [[0], [0], [0]]
