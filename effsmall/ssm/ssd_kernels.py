@@ -531,7 +531,8 @@ class _SSDTriton(torch.autograd.Function):
         need_x, need_a, need_b, need_c = ctx.needs_input_grad[:4]
         need_h0 = h0 is not None and ctx.needs_input_grad[5]
         need_dt = dt is not None and ctx.needs_input_grad[7]
-        dY = dY if dY is not None else torch.zeros_like(Y)
+        if dY is None:  # only the final state is used; zeros in the output's dtype (Y may be the fp32 copy)
+            dY = torch.zeros(X.shape, device=X.device, dtype=X.dtype)  # (b, l, h, p)
         dX = dA = dB = dC = dh0 = ddt = None
         # per-head dB, dC partials in the inputs' dtype; one head per group: they are dB, dC themselves
         part = B.dtype

@@ -185,3 +185,18 @@ def test_gradients_when_one_output_is_unused(used, with_dt):
     for name, g1, g2 in zip("X A B C h0 dt".split(), got, exp):
         err = ((g1 - g2).abs().max() / g2.abs().max().clamp_min(1e-12)).item()
         assert err < 1e-5, (name, err)
+
+
+def test_half_precision_with_only_the_final_state_used():
+    """dY arrives as None: the backward's zeros must take X's half dtype (not the fp32 copy of Y),
+    as every kernel role pairs it with half-precision operands."""
+    X, A, B, C, h0 = ssd_inputs(b=1, l=23, h=4, g=2, p=16, n=16, seed=9)
+    args = [t.to(torch.float16) if i in (0, 2, 3) else t.float() for i, t in enumerate((X, A, B, C, h0))]
+    args = [t.clone().requires_grad_() for t in args]
+    ref = [a.detach().double().clone().requires_grad_() for a in args]
+    gs = torch.randn(h0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (ssd_triton(*args[:4], 16, initial_states=args[4])[1].double() * gs).sum().backward()
+    (ssd_chunked(*ref[:4], 16, initial_states=ref[4])[1] * gs).sum().backward()
+    for name, a, r in zip("X A B h0".split(), (args[0], args[1], args[2], args[4]), (ref[0], ref[1], ref[2], ref[4])):
+        err = ((a.grad.double() - r.grad).norm() / r.grad.norm()).item()
+        assert err < 5e-3, (name, err)
