@@ -81,7 +81,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     See the module docstring for the exact semantics. Gradients flow to every tensor argument.
     """
     _check(x, dt, A, B, C, D, z, dt_bias, dt_limit)
-    if x.device.type == "cpu" and bool((A > 0).any()):  # on a GPU the check would synchronize
+    if not (x.is_cuda or x.is_meta) and bool((A > 0).any()):  # on a GPU it would synchronize; meta: no values
         raise ValueError("A must be <= 0 (decay rates; the log decay is Δ·A)")
     delta = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h) fp32
     a = delta * A.to(delta.dtype)  # (b, l, h) log decays
