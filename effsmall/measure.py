@@ -111,21 +111,25 @@ class _StubbedTriton:
 
 def host_cost(fn: Callable[[], object], *, calls: int = 20, repeats: int = 5) -> dict:
     """The host work of one ``fn()`` with every Triton launch stubbed out (a no-op that counts):
-    ``{"torch": tensor operations dispatched (views and ``empty`` allocations not counted),
+    ``{"torch": tensor operations dispatched (counted as :func:`count_ops` counts them),
     "triton": launches, "total": both, "host_us": Python and dispatch µs per call (the fastest of
     ``repeats`` rounds of ``calls``, without the counting mode: on a shared CPU other work only
     adds time)}``. With ``meta`` tensors no torch
     operation computes anything, so this is the host's share of a GPU call minus the launches'
     own cost (Triton's argument binding, the driver), which grows with ``triton``."""
+    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     counts = {"torch": 0}
 
-    class _Count(TorchDispatchMode):
+    class _Count(TorchDispatchMode):  # counting as count_ops does
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not (func.is_view or func.__name__.startswith(("empty", "new_empty"))):
+            out = func(*args, **(kwargs or {}))
+            launches = isinstance(out, torch.Tensor) or (
+                isinstance(out, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in out))
+            if launches and not (func.is_view or func.__name__.startswith(("empty", "new_empty"))):
                 counts["torch"] += 1
-            return func(*args, **(kwargs or {}))
+            return out
 
     with _StubbedTriton() as stub:
         fn()  # warm-up: caches, lazy initialisation

@@ -24,7 +24,7 @@ def mamba_scan_host_cost(Bsz=1, L=32, H=32, P=64, N=16, chunk_size=16, *, backwa
     The default shape has the plan of the bench's 16K-token shapes (effsmall.bench.ssd: H = 32,
     P = 64, two launches per scan) but is small enough that CPU torch ops cost their dispatch,
     not their arithmetic: the µs are then close to a GPU host's dispatch cost (on a CPU the call
-    also runs the A ≤ 0 value check, 3 ops, that CUDA skips). ``device="meta"`` counts at any
+    also runs the A ≤ 0 value check, 2 ops, that CUDA skips). ``device="meta"`` counts at any
     shape for free, but meta ops run Python shape functions: its µs are not representative."""
     from unittest import mock
 
