@@ -10,6 +10,8 @@ The small library the chapters, the benchmark suites (:mod:`effsmall.bench`) and
   graph, which removes the host's launch gaps: the GPU's time alone). CPU:
   ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks of runs).
 * :func:`host_time` — the host's share of a call (Python, dispatch, launches).
+* :func:`host_cost` — the same share measured without a GPU: torch operations and Triton launches
+  counted, Python and dispatch timed with every Triton launch stubbed out (tensors on CPU or ``meta``).
 * :func:`benchmark_rounds` and :func:`compare` — several implementations timed fairly against
   each other on a shared machine.
 
@@ -35,8 +37,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["benchmark", "host_time", "benchmark_rounds", "compare", "count_ops", "peak_memory", "environment",
-           "save_result", "load_result", "list_results", "plot_rows", "geomean"]
+__all__ = ["benchmark", "host_time", "host_cost", "benchmark_rounds", "compare", "count_ops", "peak_memory",
+           "environment", "save_result", "load_result", "list_results", "plot_rows", "geomean"]
 
 RESULTS_PACKAGE = "effsmall.results"
 
@@ -84,6 +86,65 @@ def host_time(fn: Callable[[], object], device: str = "cuda", *, calls: int = 10
         per_call.append((time.perf_counter() - t0) / calls)
     sync()
     return statistics.median(per_call)
+
+
+class _StubbedTriton:
+    """Context: every ``kernel[grid](...)`` launch only counts itself (``self.launches``) and runs nothing."""
+
+    def __enter__(self):
+        from triton.runtime.jit import KernelInterface
+
+        self.launches, self._original = 0, KernelInterface.__getitem__
+
+        def launch(kernel, grid):
+            def run(*args, **kwargs):
+                self.launches += 1
+            return run
+        KernelInterface.__getitem__ = launch
+        return self
+
+    def __exit__(self, *exc):
+        from triton.runtime.jit import KernelInterface
+
+        KernelInterface.__getitem__ = self._original
+
+
+def host_cost(fn: Callable[[], object], *, calls: int = 20, repeats: int = 5) -> dict:
+    """The host work of one ``fn()`` with every Triton launch stubbed out (a no-op that counts):
+    ``{"torch": tensor operations dispatched (counted as :func:`count_ops` counts them),
+    "triton": launches, "total": both, "host_us": Python and dispatch µs per call (the fastest of
+    ``repeats`` rounds of ``calls``, without the counting mode: on a shared CPU other work only
+    adds time)}``. With ``meta`` tensors no torch
+    operation computes anything, so this is the host's share of a GPU call minus the launches'
+    own cost (Triton's argument binding, the driver), which grows with ``triton``."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"torch": 0}
+
+    class _Count(TorchDispatchMode):  # counting as count_ops does
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            launches = isinstance(out, torch.Tensor) or (
+                isinstance(out, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in out))
+            if launches and not (func.is_view or func.__name__.startswith(("empty", "new_empty"))):
+                counts["torch"] += 1
+            return out
+
+    with _StubbedTriton() as stub:
+        fn()  # warm-up: caches, lazy initialisation
+        stub.launches = 0
+        with _Count():
+            fn()
+        launches = stub.launches
+        per_call = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per_call.append((time.perf_counter() - t0) / calls)
+    return dict(torch=counts["torch"], triton=launches, total=counts["torch"] + launches,
+                host_us=min(per_call) * 1e6)
 
 
 def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int = 3, **kw) -> dict:

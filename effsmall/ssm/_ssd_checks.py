@@ -73,11 +73,11 @@ def check_ssd_inputs(X, A, B, C, initial_states=None, seq_idx=None, chunk_size=N
     return b, l, h, p, g, n
 
 
-def segment_ids(seq_idx: torch.Tensor) -> torch.Tensor:
+def segment_ids(seq_idx: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """Number the packed sequences of each row: a new one starts wherever seq_idx[t] != seq_idx[t-1].
 
-    Returns int64 ``(b, l)``, 0 for the first sequence (the only one that sees initial_states).
+    Returns ``(b, l)`` in ``dtype`` (int64 by default), 0 for the first sequence (the only one
+    that sees initial_states). Four small ops (cat, sub, ne, cumsum).
     """
-    change = torch.zeros_like(seq_idx, dtype=torch.int64)  # (b, l)
-    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).to(torch.int64)
-    return change.cumsum(dim=1)  # (b, l)
+    change = torch.diff(seq_idx, dim=1, prepend=seq_idx[:, :1]) != 0  # (b, l) bool, False at t = 0
+    return change.cumsum(dim=1, dtype=dtype)  # (b, l)

@@ -67,6 +67,12 @@ def _check(x, dt, A, B, C, D, z, dt_bias, dt_limit):
     check_same_device("x", x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
 
 
+def _use_triton(x: torch.Tensor) -> bool:
+    """The scan runs in :func:`ssd_triton`'s kernels: compiled CUDA, not fp64 (host-cost
+    measurements patch this to reach the kernels' host code with ``meta`` tensors)."""
+    return x.is_cuda and x.dtype != torch.float64 and triton_device_ok(x) and not interpreting()
+
+
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                               seq_idx=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
                               return_final_states=False):
@@ -75,11 +81,11 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     See the module docstring for the exact semantics. Gradients flow to every tensor argument.
     """
     _check(x, dt, A, B, C, D, z, dt_bias, dt_limit)
-    if not x.is_cuda and bool((A > 0).any()):
+    if not (x.is_cuda or x.is_meta) and bool((A > 0).any()):  # on a GPU it would synchronize; meta: no values
         raise ValueError("A must be <= 0 (decay rates; the log decay is Δ·A)")
     delta = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h) fp32
     a = delta * A.to(delta.dtype)  # (b, l, h) log decays
-    if x.is_cuda and x.dtype != torch.float64 and triton_device_ok(x) and not interpreting():
+    if _use_triton(x):
         from effsmall.ssm._ssd_checks import check_ssd_inputs
         from effsmall.ssm.ssd_kernels import _SSDTriton
 

@@ -352,10 +352,10 @@ def _config(b: int, h: int, l: int, DX: int, DS: int, chunk_size: int, device_in
     """Tile sizes and the number of time segments (see the module docstring); cached per shape.
 
     Keys: Q, BX (the kernel's BLOCK_X), BS (BLOCK_BC), nx (x-blocks), nseg (time segments),
-    cps (chunks per segment), num_warps, num_stages, for_loop.
+    cps (chunks per segment), num_warps, num_stages, for_loop. The dict is the cache's own: read it only.
     """
-    return dict(_config_cached(b, h, l, DX, DS, chunk_size, device_index, tuple(sorted(TUNING.items())),
-                               interpreting()))
+    tuning = tuple(sorted(TUNING.items())) if TUNING else ()  # no sort on the common path
+    return _config_cached(b, h, l, DX, DS, chunk_size, device_index, tuning, interpreting())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -372,14 +372,14 @@ def _config_cached(b, h, l, DX, DS, chunk_size, device_index, tuning, interp):
     nseg = max(1, min(nseg, nchunks))
     cps = cdiv(nchunks, nseg)
     nseg = cdiv(nchunks, cps)
-    return tuple(dict(Q=Q, BX=BX, BS=BS, nx=nx, nseg=nseg, cps=cps,
-                      num_warps=tune.get("num_warps", 4), num_stages=tune.get("num_stages", 2),
-                      for_loop=tune.get("for_loop", True) and not interp).items())
+    return dict(Q=Q, BX=BX, BS=BS, nx=nx, nseg=nseg, cps=cps,
+                num_warps=tune.get("num_warps", 4), num_stages=tune.get("num_stages", 2),
+                for_loop=tune.get("for_loop", True) and not interp)
 
 
-def _time_view(t: torch.Tensor, l: int, reverse: bool, shift: int = 0):
-    """(element offset, time stride) so that logical step τ reads t[:, τ] or t[:, l - 1 + shift - τ]."""
-    s = t.stride(1)
+def _time_view(s: int, l: int, reverse: bool, shift: int = 0):
+    """(element offset, time stride) so that logical step τ reads t[:, τ] or t[:, l - 1 + shift - τ]
+    of a tensor t whose time stride (``t.stride(1)``) is s."""
     return ((l - 1 + shift) * s, -s) if reverse else (0, s)
 
 
@@ -425,6 +425,7 @@ def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
     dev = x.device
     # Outputs and scratch; a pointer argument the kernel will not read gets any tensor as a placeholder.
     Y = torch.empty(b, l, h, dim_x, device=dev, dtype=out_dtype)  # (b, l, h, dim_x)
+    y_s = (l * h * dim_x, h * dim_x, dim_x, 1)  # Y's strides (contiguous), without asking the tensor
     store_y_fp32 = bool(want_y_fp32) and out_dtype != torch.float32
     Y_fp32 = torch.empty(b, l, h, dim_x, device=dev, dtype=torch.float32) if store_y_fp32 else Y  # (b, l, h, dim_x)
     final_state = torch.empty(b, h, dim_x, dim_bc, device=dev, dtype=torch.float32) if want_final_state else Y
@@ -432,47 +433,53 @@ def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
     segment_states = torch.empty(b * h * cfg["nseg"] * dim_x * dim_bc if cfg["nseg"] > 1 else 1,
                                  device=dev, dtype=torch.float32)
     segment_decays = torch.empty(max(b * h * cfg["nseg"], 1), device=dev, dtype=torch.float32)
-    x_offset, x_stride_l = _time_view(x, l, reverse)
-    a_offset, a_stride_l = _time_view(A, l, reverse, shift=a_shift)
-    b_offset, b_stride_l = _time_view(B, l, reverse)
-    c_offset, c_stride_l = _time_view(C, l, reverse)
-    y_offset, y_stride_l = _time_view(Y, l, reverse)
+    # each tensor's strides read once (a .stride(i) call is a few hundred ns of host time)
+    x_s, a_s, b_s, c_s = x.stride(), A.stride(), B.stride(), C.stride()
+    x_offset, x_stride_l = _time_view(x_s[1], l, reverse)
+    a_offset, a_stride_l = _time_view(a_s[1], l, reverse, shift=a_shift)
+    b_offset, b_stride_l = _time_view(b_s[1], l, reverse)
+    c_offset, c_stride_l = _time_view(c_s[1], l, reverse)
+    y_offset, y_stride_l = _time_view(y_s[1], l, reverse)
     seq_t = seq_ids if seq_ids is not None else A
-    seq_offset, seq_stride_l = _time_view(seq_t, l, reverse)
+    seq_s = seq_t.stride() if seq_ids is not None else a_s
+    seq_offset, seq_stride_l = _time_view(seq_s[1], l, reverse)
     epilogue_dt = dx_epilogue is not None and dx_epilogue.dt is not None
     dt_t = dt if dt is not None else (dx_epilogue.dt if epilogue_dt else A)
-    dt_offset, dt_stride_l = _time_view(dt_t, l, reverse)
+    dt_s = dt_t.stride() if dt_t is not A else a_s
+    dt_offset, dt_stride_l = _time_view(dt_s[1], l, reverse)
     if dx_epilogue is not None:
         x_fwd, y_fwd = dx_epilogue.x, dx_epilogue.y
         # (b, l, h) views of (b, h, l) memory: the suffix sum over l then runs on the innermost dim
-        da_terms = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2)  # (b, l, h)
-        ddt = torch.empty(b, h, l, device=dev, dtype=torch.float32).transpose(1, 2) if epilogue_dt else da_terms
+        epi_s = (h * l, 1, l)
+        da_terms = torch.empty_strided((b, l, h), epi_s, device=dev, dtype=torch.float32)  # (b, l, h)
+        ddt = torch.empty_strided((b, l, h), epi_s, device=dev, dtype=torch.float32) if epilogue_dt else da_terms
     else:
         x_fwd = y_fwd = x
         da_terms = ddt = A
-    epi_offset, epi_stride_l = _time_view(da_terms, l, reverse)
+        epi_s = a_s
+    epi_offset, epi_stride_l = _time_view(epi_s[1], l, reverse)
     if initial_state is not None:
-        s0 = initial_state
-        h0_strides = ((s0.stride(0), s0.stride(1), s0.stride(3), s0.stride(2)) if initial_state_transposed
-                      else s0.stride())
+        s0 = initial_state.stride()
+        h0_strides = (s0[0], s0[1], s0[3], s0[2]) if initial_state_transposed else s0
     else:
         h0_strides = (0, 0, 0, 0)
-    hf_strides = final_state.stride() if want_final_state else (0, 0, 0, 0)
+    hf_strides = (h * dim_x * dim_bc, dim_x * dim_bc, dim_bc, 1) if want_final_state else (0, 0, 0, 0)
     ieee = x.dtype == torch.float32 and B.dtype == torch.float32
     args = (  # in the kernel's order, group by group
-        x, x_offset, x.stride(0), x_stride_l, x.stride(2), x.stride(3), x_heads_per_group,
-        A, a_offset, A.stride(0), a_stride_l, A.stride(2), a_shift,
-        B, b_offset, B.stride(0), b_stride_l, B.stride(2), B.stride(3), B_heads_per_group,
-        C, c_offset, C.stride(0), c_stride_l, C.stride(2), C.stride(3), C_heads_per_group,
-        Y, Y_fp32, y_offset, Y.stride(0), y_stride_l, Y.stride(2), Y.stride(3),
-        seq_t, seq_offset, seq_t.stride(0), seq_stride_l,
-        dt_t, dt_offset, dt_t.stride(0), dt_stride_l, dt_t.stride(2),
-        x_fwd, y_fwd, da_terms, ddt, epi_offset, da_terms.stride(0), epi_stride_l, da_terms.stride(2),
+        x, x_offset, x_s[0], x_stride_l, x_s[2], x_s[3], x_heads_per_group,
+        A, a_offset, a_s[0], a_stride_l, a_s[2], a_shift,
+        B, b_offset, b_s[0], b_stride_l, b_s[2], b_s[3], B_heads_per_group,
+        C, c_offset, c_s[0], c_stride_l, c_s[2], c_s[3], C_heads_per_group,
+        Y, Y_fp32, y_offset, y_s[0], y_stride_l, y_s[2], y_s[3],
+        seq_t, seq_offset, seq_s[0], seq_stride_l,
+        dt_t, dt_offset, dt_s[0], dt_stride_l, dt_s[2],
+        x_fwd, y_fwd, da_terms, ddt, epi_offset, epi_s[0], epi_stride_l, epi_s[2],
         initial_state if initial_state is not None else Y, *h0_strides,
         final_state, *hf_strides,
         segment_states, segment_decays,
         l, h, dim_x, dim_bc, cfg["cps"], cfg["nseg"])
-    int64 = max(abs(t.stride(1)) for t in (x, A, B, C, Y, seq_t, dt_t, da_terms)) * (l + 1) >= 2**31
+    time_strides = (x_s[1], a_s[1], b_s[1], c_s[1], y_s[1], seq_s[1], dt_s[1], epi_s[1])
+    int64 = max(abs(s) for s in time_strides) * (l + 1) >= 2**31
     modes = dict(Q=cfg["Q"], BLOCK_X=cfg["BX"], BLOCK_BC=cfg["BS"], HAS_INITIAL_STATE=initial_state is not None,
                  HAS_SEQ_IDX=seq_ids is not None, STORE_Y_FP32=store_y_fp32, IEEE_FP32=ieee,
                  FOR_LOOP=cfg["for_loop"], SCALE_ROLE=scale_role if dt is not None else "none",
@@ -487,6 +494,15 @@ def _scan(*, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
                     da_terms=da_terms if dx_epilogue is not None else None, ddt=ddt if epilogue_dt else None)
 
 
+def _group_sum(per_head: torch.Tensor, g: int) -> torch.Tensor:
+    """(b, l, h, n) per-head partials -> (b, l, g, n), the sum over each group's h/g heads, in
+    the partials' dtype (torch's reductions of bf16/fp16 accumulate in fp32 and round once)."""
+    b, l, h, n = per_head.shape
+    if h == g:
+        return per_head  # one head per group: nothing to sum
+    return per_head.view(b, l, g, h // g, n).sum(3)  # (b, l, g, n)
+
+
 class _SSDTriton(torch.autograd.Function):
     """Autograd for the scan; ``dt`` (optional, (b, l, h)) scales X per step inside the kernels."""
 
@@ -494,7 +510,7 @@ class _SSDTriton(torch.autograd.Function):
     def forward(ctx, X, A, B, C, chunk_size, initial_states, seq_idx, dt=None):
         b, l, h, p = X.shape
         r = h // B.shape[2]  # heads per group
-        seq_ids = segment_ids(seq_idx).to(torch.int32) if seq_idx is not None else None  # (b, l)
+        seq_ids = segment_ids(seq_idx, torch.int32) if seq_idx is not None else None  # (b, l)
         # the backward's dA needs y in fp32 (see _chunk_step): the kernel writes a copy when A needs a gradient
         out = _scan(x=X, B=B, C=C, A=A, nheads=h, B_heads_per_group=r, C_heads_per_group=r,
                     seq_ids=seq_ids, initial_state=initial_states, reverse=False, a_shift=0,
@@ -502,6 +518,7 @@ class _SSDTriton(torch.autograd.Function):
                     want_y_fp32=ctx.needs_input_grad[1] or (dt is not None and ctx.needs_input_grad[7]))
         ctx.save_for_backward(X, A, B, C, initial_states, seq_ids, out.y_fp32, out.final_state, dt)
         ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None, not zeros
         return out.y, out.final_state
 
     @staticmethod
@@ -514,10 +531,11 @@ class _SSDTriton(torch.autograd.Function):
         need_x, need_a, need_b, need_c = ctx.needs_input_grad[:4]
         need_h0 = h0 is not None and ctx.needs_input_grad[5]
         need_dt = dt is not None and ctx.needs_input_grad[7]
-        dY = dY if dY is not None else torch.zeros_like(Y)
+        if dY is None:  # only the final state is used; zeros in the output's dtype (Y may be the fp32 copy)
+            dY = torch.zeros(X.shape, device=X.device, dtype=X.dtype)  # (b, l, h, p)
         dX = dA = dB = dC = dh0 = ddt = None
-        # per-head dB, dC partials: fp32 when one head per group, else the inputs' dtype (summed in fp32)
-        part = torch.float32 if (r == 1 or B.dtype == torch.float32) else B.dtype
+        # per-head dB, dC partials in the inputs' dtype; one head per group: they are dB, dC themselves
+        part = B.dtype
         if need_x or need_a or need_h0 or need_dt:
             # dx_t = dh_t B_t: reverse scan with roles (x, B, C) = (dY, C, B), decays shifted by one step.
             # one x-block (p ≤ BLOCK_X): the fused epilogue computes dx, dΔ and dy·y − x̃·dx̃ in-kernel
@@ -545,7 +563,7 @@ class _SSDTriton(torch.autograd.Function):
                 rc = rc.transpose(1, 2)  # (b, h, l): time innermost, so the scan below is fast
                 if dhf is not None:  # ⟨dh_final, h_final⟩ joins every suffix: add it at the last step
                     rc = rc.contiguous()
-                    rc[:, :, -1] += (dhf.float() * hf).sum((-1, -2))  # (b, h)
+                    rc[:, :, -1].add_((dhf.float() * hf).sum((-1, -2)))  # (b, h); add_, not +=: no setitem copy
                 dA = torch.flip(torch.cumsum(torch.flip(rc, [-1]), -1), [-1])  # (b, h, l) suffix sums
                 dA = dA.transpose(1, 2).to(A.dtype)  # (b, l, h)
         if need_b:
@@ -553,13 +571,13 @@ class _SSDTriton(torch.autograd.Function):
             dBh = _scan(x=C, B=dY, C=X, A=A, nheads=h, x_heads_per_group=r,
                         seq_ids=seq_ids, initial_state=dhf, initial_state_transposed=True, reverse=True, a_shift=1,
                         out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="C").y
-            dB = dBh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(B.dtype)  # (b, l, g, n)
+            dB = _group_sum(dBh, g)  # (b, l, g, n)
         if need_c:
             # dC_t = h_tᵀ dy_t: forward scan with roles (B, X, dY); the state is hᵀ.
             dCh = _scan(x=B, B=X, C=dY, A=A, nheads=h, x_heads_per_group=r,
                         seq_ids=seq_ids, initial_state=h0, initial_state_transposed=True, reverse=False, a_shift=0,
                         out_dtype=part, want_final_state=False, chunk_size=Q, dt=dt, scale_role="B").y
-            dC = dCh.view(b, l, g, r, n).sum(3, dtype=torch.float32).to(C.dtype)  # (b, l, g, n)
+            dC = _group_sum(dCh, g)  # (b, l, g, n)
         return dX, dA, dB, dC, None, dh0, None, ddt
 
 

@@ -155,3 +155,48 @@ def test_misspelt_kernel_mode_fails_to_compile():
         on_device(st._scan)(x=X, B=B, C=C, A=A, nheads=2, B_heads_per_group=2, C_heads_per_group=2,
                             seq_ids=None, initial_state=None, reverse=False, a_shift=0, out_dtype=X.dtype,
                             want_final_state=False, chunk_size=16, dt=dt, scale_role="X")
+
+
+@pytest.mark.parametrize("used", ["y", "final_state"])
+@pytest.mark.parametrize("with_dt", [False, True])
+def test_gradients_when_one_output_is_unused(used, with_dt):
+    """The unused output's gradient reaches backward as None (not materialized zeros): every
+    input's gradient still matches ssd_chunked (fp64) to 1e-5, on odd shapes, with Δ folded or not."""
+    st.TUNING["nseg"] = 2  # two-launch path
+    X, A, B, C, h0 = ssd_inputs(b=2, l=19, h=4, g=2, p=8, n=16, dtype=torch.float32, seed=7)
+    dt = torch.rand(2, 19, 4, generator=torch.Generator().manual_seed(2)) + 0.1
+    gen = torch.Generator().manual_seed(4)
+    cot = torch.randn(X.shape if used == "y" else h0.shape, generator=gen, dtype=torch.float64)
+
+    def run(fn, args):
+        args = [a.detach().clone().requires_grad_() for a in args]
+        y, s = fn(*args)
+        ((y if used == "y" else s).double() * cot).sum().backward()
+        return [torch.zeros(a.shape, dtype=torch.float64) if a.grad is None else a.grad.double() for a in args]
+
+    def ours(x, a, b, c, h, d=None):
+        return on_device(st._SSDTriton.apply)(x, a, b, c, 16, h, None, d)
+
+    def ref(x, a, b, c, h, d=None):
+        return ssd_chunked(x if d is None else x * d[..., None], a, b, c, 16, initial_states=h)
+
+    args = (X, A, B, C, h0) + ((dt,) if with_dt else ())
+    got, exp = run(ours, args), run(ref, [t.double() for t in args])
+    for name, g1, g2 in zip("X A B C h0 dt".split(), got, exp):
+        err = ((g1 - g2).abs().max() / g2.abs().max().clamp_min(1e-12)).item()
+        assert err < 1e-5, (name, err)
+
+
+def test_half_precision_with_only_the_final_state_used():
+    """dY arrives as None: the backward's zeros must take X's half dtype (not the fp32 copy of Y),
+    as every kernel role pairs it with half-precision operands."""
+    X, A, B, C, h0 = ssd_inputs(b=1, l=23, h=4, g=2, p=16, n=16, seed=9)
+    args = [t.to(torch.float16) if i in (0, 2, 3) else t.float() for i, t in enumerate((X, A, B, C, h0))]
+    args = [t.clone().requires_grad_() for t in args]
+    ref = [a.detach().double().clone().requires_grad_() for a in args]
+    gs = torch.randn(h0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (ssd_triton(*args[:4], 16, initial_states=args[4])[1].double() * gs).sum().backward()
+    (ssd_chunked(*ref[:4], 16, initial_states=ref[4])[1] * gs).sum().backward()
+    for name, a, r in zip("X A B h0".split(), (args[0], args[1], args[2], args[4]), (ref[0], ref[1], ref[2], ref[4])):
+        err = ((a.grad.double() - r.grad).norm() / r.grad.norm()).item()
+        assert err < 5e-3, (name, err)
