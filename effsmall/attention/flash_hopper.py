@@ -192,18 +192,10 @@ def _key_split(m0, m_last, n_len, OFF, LO, HI, BLOCK_N: tl.constexpr, TO_PRE: tl
 def _query_split(n0, n_last, m_len, OFF, LO, HI, BLOCK_M: tl.constexpr, TO_PRE: tl.constexpr):
     """Query blocks that see key rows [n0, n_last] (the transpose of ``_key_split``):
     [start, full_lo) boundary (the diagonal), [full_lo, full_hi) full, [full_hi, end) boundary
-    (left window edge, ragged end)."""
-    q_lo = tl.maximum(n0 - OFF - HI, 0)
-    q_hi = tl.maximum(tl.minimum(n_last - OFF - LO + 1, m_len), q_lo)
-    start = (q_lo // BLOCK_M) * BLOCK_M
-    full_lo = tl.cdiv(tl.maximum(n_last - OFF - HI, q_lo), BLOCK_M) * BLOCK_M
-    full_hi = (tl.minimum(n0 - OFF - LO + 1, q_hi) // BLOCK_M) * BLOCK_M
-    end = tl.cdiv(q_hi, BLOCK_M) * BLOCK_M
-    no_full = full_hi <= full_lo
-    empty_at = end if TO_PRE else start
-    full_lo = tl.where(no_full, empty_at, full_lo)
-    full_hi = tl.where(no_full, empty_at, full_hi)
-    return start, full_lo, full_hi, end
+    (left window edge, ragged end). Query i sees key j iff i + OFF + LO ≤ j ≤ i + OFF + HI, i.e.
+    j − OFF − HI ≤ i ≤ j − OFF − LO: the same band seen from the keys, with offset −OFF and edges
+    (−HI, −LO) — so it is ``_key_split`` with those."""
+    return _key_split(n0, n_last, m_len, -OFF, -HI, -LO, BLOCK_M, TO_PRE)
 
 
 @triton.jit
