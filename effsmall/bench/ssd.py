@@ -43,7 +43,6 @@ LENGTHS = (512, 2048, 8192, 16384)
 STATES = (64, 128)
 LONG_LENGTHS = (65536, 262144)      # part "long": one sequence (b = 1) of these lengths
 SCAN_STATES = (16, 32, 64, 128, 256)  # part "mamba1": selective scan vs SSD at these N
-HBM_BPS, BF16_FLOPS = 3.0e12, 7.0e14  # H100's measured copy and bf16 matmul rates; a CUDA run re-measures them
 FLA_FORWARD_ONLY = True  # fla's chunk_simple_gla backward fails on Hopper with Triton < 3.7.1
 
 
@@ -143,7 +142,7 @@ def _cuda_rows(rows: list, quick: bool) -> None:
     dev = "cuda"
     mamba_fn, fla_fn, attn, attn_name = _import_baselines()
     todo = parts(("checks", "peers", "crossover", "long", "mamba1"))
-    _measure_floors(rows, quick)
+    rates = _measure_rates(rows, quick)
     if "checks" in todo:
         _check_rows(rows, dev)
     for L in sizes((512, 4096) if quick else LENGTHS):
@@ -152,29 +151,29 @@ def _cuda_rows(rows: list, quick: bool) -> None:
             _crossover_rows(rows, attn, attn_name, ours, L, Bsz)
         if "peers" in todo:
             for N in STATES:
-                _peer_rows(rows, Bsz, L, N, mamba_fn, fla_fn, with_chunked=L == 512)
+                _peer_rows(rows, ours, Bsz, L, N, mamba_fn, fla_fn, rates, with_chunked=L == 512)
     if "long" in todo:   # one long sequence: the chunk walk's parallelism decides
         for L in (LONG_LENGTHS[:1] if quick else LONG_LENGTHS):
             for N in STATES:
-                _peer_rows(rows, 1, L, N, mamba_fn, None, kind="long")
+                _peer_rows(rows, ours, 1, L, N, mamba_fn, None, rates, kind="long")
     if "mamba1" in todo:
         _scan_vs_ssd_rows(rows, ours, quick)
 
 
-def _measure_floors(rows: list, quick: bool) -> None:
-    """The copy rate and bf16 matmul rate of this GPU, measured in this run: the floors' units."""
-    global HBM_BPS, BF16_FLOPS
+def _measure_rates(rows: list, quick: bool) -> tuple[float, float]:
+    """``(copy bytes/s, bf16 matmul FLOP/s)`` of this GPU, measured in this run: the floors' units."""
     from effsmall.hardware import measure_ceilings
 
     ceil = measure_ceilings("cuda", quick=quick)
-    HBM_BPS, BF16_FLOPS = ceil["copy_bandwidth_Bps"], ceil["matmul_flops"].get("bf16", BF16_FLOPS)
-    _emit(rows, dict(kind="ceilings", copy_bandwidth_Bps=HBM_BPS, bf16_matmul_flops=BF16_FLOPS))
+    rates = ceil["copy_bandwidth_Bps"], ceil["matmul_flops"]["bf16"]
+    _emit(rows, dict(kind="ceilings", copy_bandwidth_Bps=rates[0], bf16_matmul_flops=rates[1]))
+    return rates
 
 
-def _peer_rows(rows: list, Bsz: int, L: int, N: int, mamba_fn, fla_fn, *, with_chunked: bool = False,
-               kind: str = "peers") -> None:
-    """Ours against mamba_ssm (and fla) at one shape, forward and forward+backward, same rounds."""
-    from effsmall.ssm.mamba_api import mamba_chunk_scan_combined as ours
+def _peer_rows(rows: list, ours, Bsz: int, L: int, N: int, mamba_fn, fla_fn, rates: tuple[float, float], *,
+               with_chunked: bool = False, kind: str = "peers") -> None:
+    """Ours against mamba_ssm (and fla) at one shape, forward and forward+backward, same rounds;
+    ``rates`` = (copy bytes/s, bf16 FLOP/s) set the floor."""
     from effsmall.ssm.ssd_chunkwise import ssd_chunked, ssd_chunked_cost
 
     dev = "cuda"
@@ -182,7 +181,7 @@ def _peer_rows(rows: list, Bsz: int, L: int, N: int, mamba_fn, fla_fn, *, with_c
     dy = torch.randn(x.shape, device=dev, dtype=x.dtype,
                      generator=torch.Generator(device=dev).manual_seed(L + N + 1))
     cost = ssd_chunked_cost(Bsz, L, H, P, N, 64, g=1)
-    floor_ms = max(cost["bytes_min"] / HBM_BPS, cost["flops"] / BF16_FLOPS) * 1e3
+    floor_ms = max(cost["bytes_min"] / rates[0], cost["flops"] / rates[1]) * 1e3
     with torch.no_grad():
         y_ours = ours(x, dt, A, Bm, Cm, 256).float()
         err_m = _rel(y_ours, mamba_fn(x, dt, A, Bm, Cm, 256)) if mamba_fn else None
