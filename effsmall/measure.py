@@ -27,6 +27,7 @@ and :func:`geomean`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -88,27 +89,6 @@ def host_time(fn: Callable[[], object], device: str = "cuda", *, calls: int = 10
     return statistics.median(per_call)
 
 
-class _StubbedTriton:
-    """Context: every ``kernel[grid](...)`` launch only counts itself (``self.launches``) and runs nothing."""
-
-    def __enter__(self):
-        from triton.runtime.jit import KernelInterface
-
-        self.launches, self._original = 0, KernelInterface.__getitem__
-
-        def launch(kernel, grid):
-            def run(*args, **kwargs):
-                self.launches += 1
-            return run
-        KernelInterface.__getitem__ = launch
-        return self
-
-    def __exit__(self, *exc):
-        from triton.runtime.jit import KernelInterface
-
-        KernelInterface.__getitem__ = self._original
-
-
 def host_cost(fn: Callable[[], object], *, calls: int = 20, repeats: int = 5) -> dict:
     """The host work of one ``fn()`` with every Triton launch stubbed out (a no-op that counts):
     ``{"torch": tensor operations dispatched (counted as :func:`count_ops` counts them),
@@ -117,34 +97,17 @@ def host_cost(fn: Callable[[], object], *, calls: int = 20, repeats: int = 5) ->
     adds time)}``. With ``meta`` tensors no torch
     operation computes anything, so this is the host's share of a GPU call minus the launches'
     own cost (Triton's argument binding, the driver), which grows with ``triton``."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    counts = {"torch": 0}
-
-    class _Count(TorchDispatchMode):  # counting as count_ops does
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            launches = isinstance(out, torch.Tensor) or (
-                isinstance(out, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in out))
-            if launches and not (func.is_view or func.__name__.startswith(("empty", "new_empty"))):
-                counts["torch"] += 1
-            return out
-
-    with _StubbedTriton() as stub:
+    launched = [0]
+    with _triton_launches(launched, run=False):
         fn()  # warm-up: caches, lazy initialisation
-        stub.launches = 0
-        with _Count():
-            fn()
-        launches = stub.launches
+        counts = count_ops(fn, run_kernels=False)
         per_call = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
             per_call.append((time.perf_counter() - t0) / calls)
-    return dict(torch=counts["torch"], triton=launches, total=counts["torch"] + launches,
-                host_us=min(per_call) * 1e6)
+    return dict(counts, host_us=min(per_call) * 1e6)
 
 
 def benchmark_rounds(fns: dict, device: str = "cpu", *, rounds: int = 3, **kw) -> dict:
@@ -208,11 +171,12 @@ def compare(fns: dict, device: str = "cuda", *, detail=(), host: bool = True, **
 # ---------------------------------------------------------------------------------------------
 # Launches
 # ---------------------------------------------------------------------------------------------
-def count_ops(fn: Callable[[], object]) -> dict:
+def count_ops(fn: Callable[[], object], *, run_kernels: bool = True) -> dict:
     """What ``fn()`` launches: ``{"torch": tensor operations dispatched, "triton": Triton kernel
     launches, "total": both}``. On a GPU each is a kernel launch and several microseconds of host
     work; the count is the same on every device (on a CPU the Triton kernels run in the
-    interpreter, whose own tensor operations are not counted).
+    interpreter, whose own tensor operations are not counted). ``run_kernels=False`` counts the
+    Triton launches without running them (:func:`host_cost`).
 
     Not counted, as they launch nothing: views, ``empty`` allocations and operations that return
     no tensor (``promote_types``). A matrix product counts once, whatever library kernel(s) it
@@ -220,10 +184,9 @@ def count_ops(fn: Callable[[], object]) -> dict:
     """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
-    from triton.runtime.jit import KernelInterface
 
-    counts = {"torch": 0, "triton": 0}
-    inside = [0]                 # > 0 while a Triton kernel runs (the interpreter's own torch calls)
+    counts = {"torch": 0}
+    launched, inside = [0], [0]      # inside > 0 while a Triton kernel runs (the interpreter's own torch calls)
 
     class _Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -234,24 +197,37 @@ def count_ops(fn: Callable[[], object]) -> dict:
                 counts["torch"] += 1
             return out
 
+    with _triton_launches(launched, run=run_kernels, inside=inside), _Count():
+        fn()
+    return dict(counts, triton=launched[0], total=counts["torch"] + launched[0])
+
+
+@contextlib.contextmanager
+def _triton_launches(launched: list, *, run: bool = True, inside: list | None = None):
+    """Count every ``kernel[grid](...)`` launch in ``launched[0]`` while the context is open; with
+    ``run=False`` the launch does nothing else. ``inside[0]`` is > 0 while a kernel runs."""
+    from triton.runtime.jit import KernelInterface
+
+    inside = inside if inside is not None else [0]
+
     def launch(kernel, grid):
-        def run(*args, **kwargs):
-            counts["triton"] += 1
+        def call(*args, **kwargs):
+            launched[0] += 1
+            if not run:
+                return None
             inside[0] += 1
             try:
                 return kernel.run(*args, grid=grid, warmup=False, **kwargs)
             finally:
                 inside[0] -= 1
-        return run
+        return call
 
     original = KernelInterface.__getitem__
     KernelInterface.__getitem__ = launch
     try:
-        with _Count():
-            fn()
+        yield
     finally:
         KernelInterface.__getitem__ = original
-    return dict(counts, total=counts["torch"] + counts["triton"])
 
 
 # ---------------------------------------------------------------------------------------------
