@@ -749,18 +749,35 @@ def fallback_reason(q: torch.Tensor) -> str | None:
     return None
 
 
-def backend(q: torch.Tensor) -> str:
+def backend(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, *,
+            causal: bool = False, window=None, hopper: bool | None = None) -> str:
     """Which code :func:`flash_attention` runs for inputs like ``q`` here: ``"triton"`` (compiled
     for this GPU), ``"triton-interpreter"`` (CPU tensors, ``TRITON_INTERPRET=1``) or
-    ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Raises ValueError for
-    a tensor on the wrong device, as :func:`flash_attention` does."""
+    ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Given ``k`` and ``v``
+    too (and the call's ``causal``, ``window``, ``hopper``), ``"triton-hopper"`` where the forward
+    runs the Hopper rung (:func:`effsmall.attention.flash_hopper.dispatch_reason`). Raises
+    ValueError for a tensor on the wrong device, as :func:`flash_attention` does."""
     if fallback_reason(q) is not None:
         return "pytorch-tiled"
-    return "triton-interpreter" if interpreting() else "triton"
+    if interpreting():
+        return "triton-interpreter"
+    if k is not None and v is not None and _hopper_plan(q, k, v, *_kernel_band(*window_bounds(window, causal)),
+                                                        hopper) is not None:
+        return "triton-hopper"
+    return "triton"
+
+
+def _hopper_plan(q, k, v, lo: int, hi: int, hopper: bool | None):
+    """The Hopper forward's plan for this call, None for the portable kernel (imported here:
+    flash_hopper builds on this module)."""
+    if hopper is False or interpreting():   # the common cases decided without the import
+        return None
+    from effsmall.attention import flash_hopper
+    return flash_hopper.dispatch_plan(q, k, v, lo, hi, hopper=hopper)
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None,
-                    autotune: bool = True):
+                    autotune: bool = True, hopper: bool | None = None):
     """Exact softmax attention ``softmax(Q Kᵀ · scale + mask) V`` with FlashAttention-2 kernels.
 
     q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0``; returns ``(B, Hq, Nq, D)``
@@ -768,6 +785,13 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     ``window=(left, right)`` keeps keys ``i + off - left <= j <= i + off + right`` (a negative or
     None side is unlimited). Rows that see no key are zeros. Differentiable (Triton backward).
     ``autotune=False`` launches one safe configuration instead of timing the candidates.
+
+    On a Hopper GPU (H100, H200) the forward of full and causal fp16/bf16 attention with
+    D ∈ {64, 128} on contiguous inputs runs the Hopper rung
+    (:data:`effsmall.attention.flash_hopper.DISPATCH_PLANS`: TMA descriptors, warp
+    specialisation; 1.07x this module's forward on an H200) and the backward stays this module's.
+    ``hopper=False`` or ``EFFSMALL_HOPPER=0`` in the environment keep this module's forward
+    everywhere; :func:`backend` says which one runs.
     """
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to launch: empty output / rows that see no key
@@ -778,6 +802,10 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
         warn_once("flash_attention.fallback", reason)
         from effsmall.attention import tiled_attention
         return tiled_attention(q, k, v, causal=causal, scale=scale, window=window)
+    plan = _hopper_plan(q, k, v, lo, hi, hopper)
+    if plan is not None:  # same outputs and saved tensors: the backward below runs on them
+        from effsmall.attention.flash_hopper import hopper_forward_fa2_backward
+        return hopper_forward_fa2_backward(q, k, v, lo, hi, scale, plan, autotune)
     if interpreting() and q.dtype == torch.bfloat16:
         warn_once("flash_attention.bf16_interpreter",
                   "the Triton interpreter has no bfloat16: flash_attention computes in float32 and casts back")
