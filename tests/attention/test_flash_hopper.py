@@ -340,3 +340,20 @@ def test_flash_attention_dispatches_on_hopper(monkeypatch, D, causal, B, Hq, Hk,
     grads_port = torch.autograd.grad(o_port, (q, k, v), do)
     for a, b in zip(grads, grads_port):
         assert torch.isfinite(a).all() and _rel(a, b) < 3e-2
+
+
+def test_dispatch_plans_match_the_committed_probe():
+    """DISPATCH_PLANS are the probe's first choice per group in the committed H200 result (the
+    variant names of tools/hopper_probe.py), each with the FA2 backward."""
+    from effsmall.bench import load_result
+
+    res = load_result("hopper", device="H200")
+    assert res["env"]["capability"] == "9.0"
+    for (D, causal), p in fh.DISPATCH_PLANS.items():
+        split = {None: "", True: "+split", False: "+nosplit"}[p.causal_split]
+        name = f"{p.tma}{'+ws' if p.warp_specialize else ''}{split}/{p.grid}/" \
+               f"{p.config.block_m}x{p.config.block_n}w{p.config.num_warps}s{p.config.num_stages}"
+        chosen = res["summary"]["chosen"][f"D{D}{'c' if causal else 'n'}"]
+        assert chosen["fwd"][0] == name and chosen["bwd"] == "fa2(autotuned)"
+    s = res["summary"]
+    assert 1.0 < s["fwd_fixed_vs_today_min"] <= s["fwd_fixed_vs_today_geomean"]
