@@ -90,7 +90,8 @@ from effsmall.runtime import cdiv, compute_capability, interp_flag, interpreting
 
 __all__ = ["flash_attention_hopper", "flash_attention_hopper_forward", "hopper_supported", "hopper_unsupported_reason",
            "HopperConfig", "HopperPlan", "make_plan", "launch_hopper_forward", "launch_hopper_backward",
-           "HEAD_DIMS", "GRIDS", "TMA_MODES", "BACKWARDS", "DISPATCH_PLANS", "dispatch_plan", "dispatch_reason"]
+           "HEAD_DIMS", "GRIDS", "TMA_MODES", "BACKWARDS", "DISPATCH_PLANS", "dispatch_plan", "dispatch_reason",
+           "ForwardLaunch", "forward_launch"]
 
 HEAD_DIMS = (64, 128)
 GRIDS = ("m", "m_rev", "bh", "persistent", "persistent2")
@@ -699,11 +700,20 @@ def _launch(kernel, grid, args, kwargs, cfg: HopperConfig, warmup: bool):
     return compiled
 
 
-def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, *, warmup: bool = False):
-    """Launch the forward on checked inputs (``lo, hi, scale`` from
-    :func:`~effsmall.attention.flash_triton.check_flash_inputs`); returns ``(o, lse)`` with the
-    kernels' ``+inf`` for a row that sees no key. q ``(B, Hq, Nq, D)``, k, v ``(B, Hk, Nk, D)``;
-    descriptor modes need them contiguous. ``warmup=True`` compiles without launching."""
+class ForwardLaunch(NamedTuple):
+    """One forward launch of ``_hopper_fwd_kernel``, fully bound, and the outputs it will write."""
+    grid: tuple
+    args: tuple
+    kwargs: dict          # the kernel's constexprs
+    config: HopperConfig
+    o: torch.Tensor       # (B, Hq, Nq, D)
+    lse: torch.Tensor     # (B, Hq, Nq) fp32
+
+
+def forward_launch(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan) -> ForwardLaunch:
+    """Bind the forward's launch for checked inputs without launching it (allocates ``o`` and
+    ``lse``): :func:`launch_hopper_forward` launches it, :mod:`effsmall.attention.sm90_asm`
+    compiles it for an sm90 target."""
     B, Hq, Nq, D = q.shape
     Hk, Nk = k.shape[1], k.shape[2]
     cfg = _config(plan.config, "fwd", D, plan.warp_specialize)
@@ -733,8 +743,17 @@ def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperP
                   BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             B, Hq, Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, n_m, num_progs)
-    _launch(_hopper_fwd_kernel, grid, args, kwargs, cfg, warmup)
-    return o, lse
+    return ForwardLaunch(grid, args, kwargs, cfg, o, lse)
+
+
+def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, *, warmup: bool = False):
+    """Launch the forward on checked inputs (``lo, hi, scale`` from
+    :func:`~effsmall.attention.flash_triton.check_flash_inputs`); returns ``(o, lse)`` with the
+    kernels' ``+inf`` for a row that sees no key. q ``(B, Hq, Nq, D)``, k, v ``(B, Hk, Nk, D)``;
+    descriptor modes need them contiguous. ``warmup=True`` compiles without launching."""
+    fl = forward_launch(q, k, v, lo, hi, scale, plan)
+    _launch(_hopper_fwd_kernel, fl.grid, fl.args, fl.kwargs, fl.config, warmup)
+    return fl.o, fl.lse
 
 
 def launch_hopper_backward(do, q, k, v, o, lse, lo: int, hi: int, scale: float, plan: HopperPlan, *,
