@@ -657,17 +657,26 @@ def launch_forward(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max
     """Launch the forward kernel on checked inputs (:func:`check_flash_inputs` gives ``scale, lo,
     hi``); returns ``(o, lse)`` with the kernels' ``+inf`` for rows that see no key.
     Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
+    tune_key, grid, args, consts, o, lse = forward_args(q, k, v, lo, hi, scale, cu_q, cu_k, max_q, max_k)
+    _launch(_fwd_tuned, "fwd", tune_key, autotune, grid, *args, **consts)
+    return o, lse
+
+
+def forward_args(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
+    """``(tune_key, grid, args, constexprs, o, lse)`` of one forward launch, bound but not launched
+    (allocates ``o`` and ``lse``); the tile sizes and compiler settings come from the autotuner
+    (:func:`launch_forward`) or a caller that compiles one configuration
+    (:mod:`effsmall.attention.sm90_asm`)."""
     B, Hq, Hk, Nq, Nk, cu_q, cu_k, consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
     varlen = consts["VARLEN"]
     o = torch.empty_like(q)
     lse_shape = (Hq, q.shape[0]) if varlen else (B, Hq, Nq)  # (Hq, total_q) or (B, Hq, Nq)
     lse = torch.empty(lse_shape, device=q.device, dtype=torch.float32)
     grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_fwd_tuned, "fwd", tune_key, autotune, grid,
-            q, k, v, o, lse, cu_q, cu_k,
+    args = (q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
-            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, bucket, **consts)
-    return o, lse
+            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, bucket)
+    return tune_key, grid, args, consts, o, lse
 
 
 def launch_backward(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None, *,

@@ -29,7 +29,7 @@ import torch
 
 from effsmall.runtime import interpreting
 
-__all__ = ["aot_compile", "hopper_forward_asm", "instructions"]
+__all__ = ["aot_compile", "hopper_forward_asm", "portable_forward_asm", "instructions"]
 
 
 def aot_compile(kernel, args, kwargs, target):
@@ -67,22 +67,51 @@ def _forward_asm_here(D: int, causal: bool, N: int, arch: int) -> dict:
     return dict(ptx=ck.asm["ptx"], ttgir=ck.asm["ttgir"], num_warps=ck.metadata.num_warps, shared=ck.metadata.shared)
 
 
+def _portable_forward_asm_here(D: int, causal: bool, N: int, arch: int) -> dict:
+    """Compile flash_triton's forward (one of its autotuning candidates: 128 × 64 tiles, 4 warps,
+    3 stages) in this process (interpreter off)."""
+    from triton.backends.compiler import GPUTarget
+
+    from effsmall.attention import flash_triton as ft
+
+    q, k, v = (torch.empty(1, 2, N, D, dtype=torch.bfloat16) for _ in range(3))  # (B, H, N, D), never read
+    scale, lo, hi = ft.check_flash_inputs(q, k, v, causal=causal)
+    _, _, args, consts, _, _ = ft.forward_args(q, k, v, lo, hi, scale)
+    ck = aot_compile(ft._fwd_kernel, args, dict(consts, BLOCK_M=128, BLOCK_N=64, num_warps=4, num_ctas=1, num_stages=3),
+                     GPUTarget("cuda", arch, 32))
+    return dict(ptx=ck.asm["ptx"], ttgir=ck.asm["ttgir"], num_warps=ck.metadata.num_warps, shared=ck.metadata.shared)
+
+
+_HERE = {"hopper": _forward_asm_here, "portable": _portable_forward_asm_here}
+
+
+def _asm(kind: str, D: int, causal: bool, N: int, arch: int) -> dict:
+    """Compile here, or under the interpreter in a fresh process with it off."""
+    if not interpreting():
+        return _HERE[kind](D, causal, N, arch)
+    root = str(Path(__file__).resolve().parents[2])     # the directory that holds effsmall/
+    env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-m", "effsmall.attention.sm90_asm", kind, str(D), str(int(causal)), str(N),
+                          str(arch)], env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"compiling for sm{arch} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def portable_forward_asm(D: int = 128, causal: bool = False, *, N: int = 4096, arch: int = 90) -> dict:
+    """The portable forward (:mod:`effsmall.attention.flash_triton`) compiled for compute
+    capability ``arch`` on any machine, as :func:`hopper_forward_asm` does for the Hopper one."""
+    return _asm("portable", D, causal, N, arch)
+
+
 def hopper_forward_asm(D: int = 128, causal: bool = False, *, N: int = 4096, arch: int = 90) -> dict:
     """The forward :func:`~effsmall.attention.flash_attention` runs on a Hopper GPU for this
     (D, causal) group, compiled for compute capability ``arch`` on any machine: a dict with the
     ``"ptx"`` and ``"ttgir"`` texts and the compiled kernel's ``"num_warps"`` (after warp
     specialisation) and ``"shared"`` memory bytes. Takes a few seconds (a subprocess under the
     interpreter)."""
-    if not interpreting():
-        return _forward_asm_here(D, causal, N, arch)
-    root = str(Path(__file__).resolve().parents[2])     # the directory that holds effsmall/
-    env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-m", "effsmall.attention.sm90_asm", str(D), str(int(causal)), str(N),
-                          str(arch)], env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"compiling for sm{arch} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    return _asm("hopper", D, causal, N, arch)
 
 
 def instructions(ptx: str, prefix: str) -> list[str]:
@@ -99,6 +128,6 @@ def instructions(ptx: str, prefix: str) -> list[str]:
     return seen
 
 
-if __name__ == "__main__":   # python -m effsmall.attention.sm90_asm D causal N arch (JSON on stdout)
-    D_, causal_, N_, arch_ = (int(a) for a in sys.argv[1:5])
-    print(json.dumps(_forward_asm_here(D_, bool(causal_), N_, arch_)))
+if __name__ == "__main__":   # python -m effsmall.attention.sm90_asm hopper|portable D causal N arch (JSON on stdout)
+    D_, causal_, N_, arch_ = (int(a) for a in sys.argv[2:6])
+    print(json.dumps(_HERE[sys.argv[1]](D_, bool(causal_), N_, arch_)))

@@ -2,7 +2,7 @@
 import pytest
 
 from effsmall.attention import flash_hopper as fh
-from effsmall.attention.sm90_asm import hopper_forward_asm, instructions
+from effsmall.attention.sm90_asm import hopper_forward_asm, instructions, portable_forward_asm
 
 
 def test_instructions_reads_opcodes_without_operands():
@@ -25,3 +25,12 @@ def test_forward_compiles_to_tma_and_wgmma(D, causal, ws):
     assert bool(instructions(ptx, "setmaxnreg")) == ws                  # register hand-over between warp groups
     assert ("ttg.warp_specialize" in asm["ttgir"]) == ws
     assert asm["num_warps"] == (12 if ws else fh.DISPATCH_PLANS[(D, causal)].config.num_warps)
+
+
+@pytest.mark.skipif(not fh._triton_has_hopper_features(), reason="needs Triton >= 3.4")
+def test_portable_forward_copies_with_per_thread_cp_async():
+    """The portable kernel's pipelined tl.load becomes 16-byte per-thread copies, no TMA."""
+    ptx = portable_forward_asm(128, False)["ptx"]
+    assert "cp.async.cg.shared.global" in instructions(ptx, "cp.async")
+    assert not any(op.startswith("cp.async.bulk.tensor") for op in instructions(ptx, "cp.async"))
+    assert any(op.startswith("wgmma.mma_async") for op in instructions(ptx, "wgmma"))
