@@ -918,10 +918,10 @@ def dispatch_reason(q, k, v, lo: int, hi: int, *, hopper: bool | None = None) ->
 
     ``hopper=False`` or the environment variable ``EFFSMALL_HOPPER=0`` (read on every call, so a
     benchmark can time before and after) force the portable kernel; ``hopper=True`` ignores the
-    variable. Otherwise the Hopper forward runs exactly where it was measured to be faster: a
-    compiled Hopper GPU (not the interpreter), fp16/bf16, D ∈ {64, 128}, dense inputs already in
-    the flat layout the descriptors read (contiguous: a copy of a transposed projection would
-    cost more than the rung gains at short N), full or causal attention without a window."""
+    variable. Otherwise the Hopper forward runs on inputs of the measured groups: a compiled
+    Hopper GPU (not the interpreter), fp16/bf16, D ∈ {64, 128}, full or causal attention without
+    a window, dense inputs already in the flat layout the descriptors read (contiguous: a copy of
+    a transposed projection could cost more than the rung gains at short N)."""
     if hopper is False:
         return "hopper=False"
     if hopper is None and os.environ.get("EFFSMALL_HOPPER", "1") == "0":

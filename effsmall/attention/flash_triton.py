@@ -32,7 +32,10 @@ inputs are computed in fp32 there and cast back, with a one-time warning). On ol
 and computes with the pure-torch :func:`effsmall.attention.tiled_attention` (autograd
 through it gives the gradients) — correct, not fast.
 Head dims 16..256 are supported; non-powers of two (96, 192) are padded to the next power of
-two inside the kernels with masked loads.
+two inside the kernels with masked loads. On Hopper GPUs (sm90) :func:`flash_attention` runs the
+forward of :mod:`effsmall.attention.flash_hopper` where that rung was measured to be faster
+(:func:`~effsmall.attention.flash_hopper.dispatch_reason`) and this module's backward on its
+outputs; ``hopper=False`` or ``EFFSMALL_HOPPER=0`` keep this module's forward.
 """
 from __future__ import annotations
 
