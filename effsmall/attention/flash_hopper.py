@@ -68,7 +68,10 @@ is a wgmma with 64-row warp groups.
 **Where it runs**: CUDA tensors on compute capability 9.x with Triton ≥ 3.4
 (:func:`hopper_supported` says whether the rung applies); fp16/bf16, head dim 64 or 128, dense
 ``(B, H, N, D)`` inputs. Elsewhere :func:`flash_attention_hopper` calls
-:func:`effsmall.attention.flash_attention`. Under the Triton interpreter (CPU tensors,
+:func:`effsmall.attention.flash_attention`. Conversely, :func:`~effsmall.attention.flash_attention`
+itself runs one measured forward plan per (head dim, causal) group from this module on a Hopper
+GPU (:data:`DISPATCH_PLANS`, :func:`dispatch_reason`) and its own FA2 backward on that forward's
+outputs. Under the Triton interpreter (CPU tensors,
 ``TRITON_INTERPRET=1``) the same kernels run in fp32/fp16 with small tiles: tensor descriptors
 are emulated there, warp specialisation and software pipelining do not exist (plain ``while``
 loops), and the backward's dQ adds go through pointer atomics.
