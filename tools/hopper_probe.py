@@ -141,21 +141,11 @@ def screen_bwd(D: int, dry: bool) -> list[dict]:
 # Ahead-of-time compilation in worker processes (fills Triton's on-disk cache)
 # ---------------------------------------------------------------------------------------------
 def _aot_compile(kernel, args, kwargs, target):
-    """Compile ``kernel`` for ``target`` exactly as ``kernel[grid](*args, **kwargs)`` would (the
-    same binder, options and cache key), without a GPU. Returns the CompiledKernel."""
-    from triton import knobs
-    from triton.compiler import ASTSource, make_backend
-    from triton.compiler import compile as tcompile
-    from triton.runtime.jit import create_function_from_signature
+    """Compile ``kernel`` for ``target`` as a launch would, without a GPU (the package's
+    :func:`effsmall.attention.sm90_asm.aot_compile`, imported once the interpreter flag is set)."""
+    from effsmall.attention.sm90_asm import aot_compile
 
-    backend = make_backend(target)
-    kw = dict(kwargs)
-    kw["debug"] = kw.get("debug", kernel.debug) or knobs.runtime.debug
-    kw["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound_args, specialization, options = binder(*args, **kw)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kw, bound_args, specialization, options)
-    return tcompile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    return aot_compile(kernel, args, kwargs, target)
 
 
 def _resource_report(ck) -> dict:
@@ -553,7 +543,7 @@ class Probe:
     def fn_today(self, causal):
         from effsmall.attention import flash_attention
 
-        return lambda q, k, v: flash_attention(q, k, v, causal=causal)
+        return lambda q, k, v: flash_attention(q, k, v, causal=causal, hopper=False)
 
     def fn_hopper(self, causal, fwd: dict, bwd: dict | None = None):
         import effsmall.attention.flash_hopper as fh
@@ -563,7 +553,7 @@ class Probe:
 
         def f(q, k, v):
             scale, lo, hi = check_flash_inputs(q, k, v, causal=causal)
-            return fh._FlashAttentionHopper.apply(q, k, v, lo, hi, scale, plan)
+            return fh._FlashAttentionHopper.apply(q, k, v, lo, hi, scale, plan, True)
         return f
 
     def fn_cudnn(self, causal):

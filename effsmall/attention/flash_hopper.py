@@ -68,7 +68,10 @@ is a wgmma with 64-row warp groups.
 **Where it runs**: CUDA tensors on compute capability 9.x with Triton ≥ 3.4
 (:func:`hopper_supported` says whether the rung applies); fp16/bf16, head dim 64 or 128, dense
 ``(B, H, N, D)`` inputs. Elsewhere :func:`flash_attention_hopper` calls
-:func:`effsmall.attention.flash_attention`. Under the Triton interpreter (CPU tensors,
+:func:`effsmall.attention.flash_attention`. Conversely, :func:`~effsmall.attention.flash_attention`
+itself runs one measured forward plan per (head dim, causal) group from this module on a Hopper
+GPU (:data:`DISPATCH_PLANS`, :func:`dispatch_reason`) and its own FA2 backward on that forward's
+outputs. Under the Triton interpreter (CPU tensors,
 ``TRITON_INTERPRET=1``) the same kernels run in fp32/fp16 with small tiles: tensor descriptors
 are emulated there, warp specialisation and software pipelining do not exist (plain ``while``
 loops), and the backward's dQ adds go through pointer atomics.
@@ -77,6 +80,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import NamedTuple
 
 import torch
@@ -89,7 +93,8 @@ from effsmall.runtime import cdiv, compute_capability, interp_flag, interpreting
 
 __all__ = ["flash_attention_hopper", "flash_attention_hopper_forward", "hopper_supported", "hopper_unsupported_reason",
            "HopperConfig", "HopperPlan", "make_plan", "launch_hopper_forward", "launch_hopper_backward",
-           "HEAD_DIMS", "GRIDS", "TMA_MODES", "BACKWARDS"]
+           "HEAD_DIMS", "GRIDS", "TMA_MODES", "BACKWARDS", "DISPATCH_PLANS", "dispatch_plan", "dispatch_reason",
+           "ForwardLaunch", "forward_launch"]
 
 HEAD_DIMS = (64, 128)
 GRIDS = ("m", "m_rev", "bh", "persistent", "persistent2")
@@ -130,6 +135,7 @@ INTERPRETER_CONFIG = HopperConfig(16, 16, 4, 1)
 # ---------------------------------------------------------------------------------------------
 # Where the rung applies
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _triton_has_hopper_features() -> bool:
     """Triton ≥ 3.4: in-kernel tensor descriptors and ``tl.range(..., warp_specialize=)``."""
     return hasattr(tl, "make_tensor_descriptor") and \
@@ -697,11 +703,20 @@ def _launch(kernel, grid, args, kwargs, cfg: HopperConfig, warmup: bool):
     return compiled
 
 
-def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, *, warmup: bool = False):
-    """Launch the forward on checked inputs (``lo, hi, scale`` from
-    :func:`~effsmall.attention.flash_triton.check_flash_inputs`); returns ``(o, lse)`` with the
-    kernels' ``+inf`` for a row that sees no key. q ``(B, Hq, Nq, D)``, k, v ``(B, Hk, Nk, D)``;
-    descriptor modes need them contiguous. ``warmup=True`` compiles without launching."""
+class ForwardLaunch(NamedTuple):
+    """One forward launch of ``_hopper_fwd_kernel``, fully bound, and the outputs it will write."""
+    grid: tuple
+    args: tuple
+    kwargs: dict          # the kernel's constexprs
+    config: HopperConfig
+    o: torch.Tensor       # (B, Hq, Nq, D)
+    lse: torch.Tensor     # (B, Hq, Nq) fp32
+
+
+def forward_launch(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan) -> ForwardLaunch:
+    """Bind the forward's launch for checked inputs without launching it (allocates ``o`` and
+    ``lse``): :func:`launch_hopper_forward` launches it, :mod:`effsmall.attention.sm90_asm`
+    compiles it for an sm90 target."""
     B, Hq, Nq, D = q.shape
     Hk, Nk = k.shape[1], k.shape[2]
     cfg = _config(plan.config, "fwd", D, plan.warp_specialize)
@@ -731,8 +746,17 @@ def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperP
                   BLOCK_M=BM, BLOCK_N=BN, **interp_flag())
     args = (*args4, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             B, Hq, Hk, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, n_m, num_progs)
-    _launch(_hopper_fwd_kernel, grid, args, kwargs, cfg, warmup)
-    return o, lse
+    return ForwardLaunch(grid, args, kwargs, cfg, o, lse)
+
+
+def launch_hopper_forward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, *, warmup: bool = False):
+    """Launch the forward on checked inputs (``lo, hi, scale`` from
+    :func:`~effsmall.attention.flash_triton.check_flash_inputs`); returns ``(o, lse)`` with the
+    kernels' ``+inf`` for a row that sees no key. q ``(B, Hq, Nq, D)``, k, v ``(B, Hk, Nk, D)``;
+    descriptor modes need them contiguous. ``warmup=True`` compiles without launching."""
+    fl = forward_launch(q, k, v, lo, hi, scale, plan)
+    _launch(_hopper_fwd_kernel, fl.grid, fl.args, fl.kwargs, fl.config, warmup)
+    return fl.o, fl.lse
 
 
 def launch_hopper_backward(do, q, k, v, o, lse, lo: int, hi: int, scale: float, plan: HopperPlan, *,
@@ -780,21 +804,25 @@ def _prepare(q, k, v, plan: HopperPlan):
 
 
 class _FlashAttentionHopper(torch.autograd.Function):
+    """Saves what :class:`~effsmall.attention.flash_triton._FlashAttention` saves — q, k, v, o
+    ``(B, H, N, D)`` and lse ``(B, Hq, Nq)`` fp32 with ``+inf`` for a row that sees no key — so
+    either backward can run on this forward's outputs. ``autotune`` goes to the FA2 backward."""
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, scale, plan):
+    def forward(ctx, q, k, v, lo, hi, scale, plan, autotune):
         o, lse = launch_hopper_forward(q, k, v, lo, hi, scale, plan)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.lo, ctx.hi, ctx.scale, ctx.plan = lo, hi, scale, plan
+        ctx.lo, ctx.hi, ctx.scale, ctx.plan, ctx.autotune = lo, hi, scale, plan, autotune
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         if ctx.plan.backward == "fa2":
-            dq, dk, dv = launch_backward(do.contiguous(), q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale)
+            dq, dk, dv = launch_backward(do.contiguous(), q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale,
+                                         autotune=ctx.autotune)
         else:
             dq, dk, dv = launch_hopper_backward(do, q, k, v, o, lse, ctx.lo, ctx.hi, ctx.scale, ctx.plan)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def _checked(q, k, v, causal, scale, window):
@@ -825,9 +853,9 @@ def flash_attention_hopper(q, k, v, causal: bool = False, scale: float | None = 
         warn_once("flash_attention_hopper.bf16_interpreter",
                   "the Triton interpreter has no bfloat16: flash_attention_hopper computes in float32 and casts back")
         q32, k32, v32 = _prepare(q.float(), k.float(), v.float(), plan)
-        return _FlashAttentionHopper.apply(q32, k32, v32, lo, hi, scale, plan).to(torch.bfloat16)
+        return _FlashAttentionHopper.apply(q32, k32, v32, lo, hi, scale, plan, True).to(torch.bfloat16)
     q, k, v = _prepare(q, k, v, plan)
-    return _FlashAttentionHopper.apply(q, k, v, lo, hi, scale, plan)
+    return _FlashAttentionHopper.apply(q, k, v, lo, hi, scale, plan, True)
 
 
 def flash_attention_hopper_forward(q, k, v, causal: bool = False, scale: float | None = None, *, window=None,
@@ -847,3 +875,81 @@ def flash_attention_hopper_forward(q, k, v, causal: bool = False, scale: float |
     q, k, v = _prepare(q, k, v, plan)
     o, lse = launch_hopper_forward(q, k, v, lo, hi, scale, plan)
     return o, lse.masked_fill(lse == float("inf"), float("-inf"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What flash_attention runs on a Hopper GPU
+# ---------------------------------------------------------------------------------------------
+#: The forward :func:`~effsmall.attention.flash_attention` runs on a Hopper GPU, one fixed plan
+#: per (head dim, causal) group; the backward stays flash_triton's FA2 kernels (``backward="fa2"``).
+#: Chosen by ``tools/hopper_probe.py`` on an NVIDIA H200 (Triton 3.6, torch 2.11, 2026-12-02;
+#: committed as ``effsmall/results/hopper-nvidia-h200-20261202.json``, ``summary.chosen``): bf16,
+#: 16K tokens per call, N = 512 … 16K, GPU time (CUDA graphs). These four plans run the forward
+#: 1.068x as fast as the portable kernel (geometric mean over 24 shapes, slowest shape 1.001x),
+#: 0.82x cuDNN's speed, 1.08x FlexAttention's; the best shape reaches 570 TFLOP/s, 72% of the
+#: H200's measured 790 TFLOP/s bf16 ceiling. Forward + backward: 1.021x the portable kernel.
+#:
+#: * D = 128, full: in-kernel descriptors + warp specialisation, 128 × 128 tiles, 4 warps
+#:   (warp specialisation engages only with 4), 2 stages (3 stages with it gave NaN).
+#: * D = 64, full: host descriptors, 128 × 64 tiles, 4 warps, 3 stages.
+#: * causal (D = 128 and 64): host descriptors and the split loop (unmasked blocks, then the
+#:   diagonal); warp specialisation with the split loop does not compile in Triton 3.6, and
+#:   without the split the masked single loop was about 0.89x as fast.
+#: All use the longest-rows-first grid (``"m_rev"``). The atomic-dQ backward of this module was
+#: slower than the FA2 backward at every measured shape (2-23% lower throughput) except D = 128, N = 512 (1-2%
+#: faster), hence ``"fa2"``.
+DISPATCH_PLANS = {
+    (128, False): make_plan(tma="device", warp_specialize=True, grid="m_rev", config=(128, 128, 4, 2), backward="fa2"),
+    (64, False): make_plan(tma="host", warp_specialize=False, grid="m_rev", config=(128, 64, 4, 3), backward="fa2"),
+    (128, True): make_plan(tma="host", warp_specialize=False, causal_split=True, grid="m_rev", config=(128, 128, 8, 3),
+                           backward="fa2"),
+    (64, True): make_plan(tma="host", warp_specialize=False, causal_split=True, grid="m_rev", config=(128, 64, 4, 3),
+                          backward="fa2"),
+}
+
+
+def _measured_group(lo: int, hi: int) -> bool | None:
+    """The ``causal`` of a kernel band the probe measured (no window), None for any other band."""
+    if lo != -_BIG:
+        return None
+    return {_BIG: False, 0: True}.get(hi)
+
+
+def dispatch_reason(q, k, v, lo: int, hi: int, *, hopper: bool | None = None) -> str | None:
+    """Why :func:`~effsmall.attention.flash_attention` runs the portable forward for these checked
+    inputs (``lo, hi`` from ``check_flash_inputs``), None when it runs the Hopper one.
+
+    ``hopper=False`` or the environment variable ``EFFSMALL_HOPPER=0`` (read on every call, so a
+    benchmark can time before and after) force the portable kernel; ``hopper=True`` ignores the
+    variable. Otherwise the Hopper forward runs on inputs of the measured groups: a compiled
+    Hopper GPU (not the interpreter), fp16/bf16, D ∈ {64, 128}, full or causal attention without
+    a window, dense inputs already in the flat layout the descriptors read (contiguous: a copy of
+    a transposed projection could cost more than the rung gains at short N)."""
+    if hopper is False:
+        return "hopper=False"
+    if hopper is None and os.environ.get("EFFSMALL_HOPPER", "1") == "0":
+        return "EFFSMALL_HOPPER=0"
+    if interpreting():
+        return "the Triton interpreter runs the portable kernel"
+    reason = hopper_unsupported_reason(q, k, v)
+    if reason is not None:
+        return reason
+    if _measured_group(lo, hi) is None:
+        return "only full and causal attention without a window were measured on the Hopper rung"
+    if not all(_flat_ok(t) for t in (q, k, v)):
+        return "q, k, v are not contiguous (B, H, N, D) tensors (the descriptors read the flat layout)"
+    return None
+
+
+def dispatch_plan(q, k, v, lo: int, hi: int, *, hopper: bool | None = None) -> HopperPlan | None:
+    """The :data:`DISPATCH_PLANS` entry :func:`~effsmall.attention.flash_attention` runs for these
+    checked inputs, None when :func:`dispatch_reason` says the portable kernel runs."""
+    if dispatch_reason(q, k, v, lo, hi, hopper=hopper) is not None:
+        return None
+    return DISPATCH_PLANS[(q.shape[-1], _measured_group(lo, hi))]
+
+
+def hopper_forward_fa2_backward(q, k, v, lo: int, hi: int, scale: float, plan: HopperPlan, autotune: bool = True):
+    """Attention with the Hopper forward of ``plan`` and flash_triton's FA2 backward (what
+    :func:`~effsmall.attention.flash_attention` calls when :func:`dispatch_plan` gives a plan)."""
+    return _FlashAttentionHopper.apply(q, k, v, lo, hi, scale, plan, autotune)

@@ -32,7 +32,10 @@ inputs are computed in fp32 there and cast back, with a one-time warning). On ol
 and computes with the pure-torch :func:`effsmall.attention.tiled_attention` (autograd
 through it gives the gradients) — correct, not fast.
 Head dims 16..256 are supported; non-powers of two (96, 192) are padded to the next power of
-two inside the kernels with masked loads.
+two inside the kernels with masked loads. On Hopper GPUs (sm90) :func:`flash_attention` runs the
+forward of :mod:`effsmall.attention.flash_hopper` where that rung was measured to be faster
+(:func:`~effsmall.attention.flash_hopper.dispatch_reason`) and this module's backward on its
+outputs; ``hopper=False`` or ``EFFSMALL_HOPPER=0`` keep this module's forward.
 """
 from __future__ import annotations
 
@@ -657,17 +660,26 @@ def launch_forward(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max
     """Launch the forward kernel on checked inputs (:func:`check_flash_inputs` gives ``scale, lo,
     hi``); returns ``(o, lse)`` with the kernels' ``+inf`` for rows that see no key.
     Dense: (B, H, N, D). Varlen: packed (total, H, D) + cu_seqlens."""
+    tune_key, grid, args, consts, o, lse = forward_args(q, k, v, lo, hi, scale, cu_q, cu_k, max_q, max_k)
+    _launch(_fwd_tuned, "fwd", tune_key, autotune, grid, *args, **consts)
+    return o, lse
+
+
+def forward_args(q, k, v, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None):
+    """``(tune_key, grid, args, constexprs, o, lse)`` of one forward launch, bound but not launched
+    (allocates ``o`` and ``lse``); the tile sizes and compiler settings come from the autotuner
+    (:func:`launch_forward`) or a caller that compiles one configuration
+    (:mod:`effsmall.attention.sm90_asm`)."""
     B, Hq, Hk, Nq, Nk, cu_q, cu_k, consts, bucket, tune_key = _plan(q, k, lo, hi, cu_q, cu_k, max_q, max_k)
     varlen = consts["VARLEN"]
     o = torch.empty_like(q)
     lse_shape = (Hq, q.shape[0]) if varlen else (B, Hq, Nq)  # (Hq, total_q) or (B, Hq, Nq)
     lse = torch.empty(lse_shape, device=q.device, dtype=torch.float32)
     grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
-    _launch(_fwd_tuned, "fwd", tune_key, autotune, grid,
-            q, k, v, o, lse, cu_q, cu_k,
+    args = (q, k, v, o, lse, cu_q, cu_k,
             *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(o, varlen),
-            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, bucket, **consts)
-    return o, lse
+            *_lse_strides(lse, varlen), Hq, Hq // Hk, Nq, Nk, lo, hi, scale * LOG2E.value, bucket)
+    return tune_key, grid, args, consts, o, lse
 
 
 def launch_backward(do, q, k, v, o, lse, lo, hi, scale, cu_q=None, cu_k=None, max_q=None, max_k=None, *,
@@ -749,18 +761,35 @@ def fallback_reason(q: torch.Tensor) -> str | None:
     return None
 
 
-def backend(q: torch.Tensor) -> str:
+def backend(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, *,
+            causal: bool = False, window=None, hopper: bool | None = None) -> str:
     """Which code :func:`flash_attention` runs for inputs like ``q`` here: ``"triton"`` (compiled
     for this GPU), ``"triton-interpreter"`` (CPU tensors, ``TRITON_INTERPRET=1``) or
-    ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Raises ValueError for
-    a tensor on the wrong device, as :func:`flash_attention` does."""
+    ``"pytorch-tiled"`` (a GPU without tensor-core ``tl.dot``, e.g. a T4). Given ``k`` and ``v``
+    too (and the call's ``causal``, ``window``, ``hopper``), ``"triton-hopper"`` where the forward
+    runs the Hopper rung (:func:`effsmall.attention.flash_hopper.dispatch_reason`). Raises
+    ValueError for a tensor on the wrong device, as :func:`flash_attention` does."""
     if fallback_reason(q) is not None:
         return "pytorch-tiled"
-    return "triton-interpreter" if interpreting() else "triton"
+    if interpreting():
+        return "triton-interpreter"
+    if k is not None and v is not None and _hopper_plan(q, k, v, *_kernel_band(*window_bounds(window, causal)),
+                                                        hopper) is not None:
+        return "triton-hopper"
+    return "triton"
+
+
+def _hopper_plan(q, k, v, lo: int, hi: int, hopper: bool | None):
+    """The Hopper forward's plan for this call, None for the portable kernel (imported here:
+    flash_hopper builds on this module)."""
+    if hopper is False or interpreting():   # the common cases decided without the import
+        return None
+    from effsmall.attention import flash_hopper
+    return flash_hopper.dispatch_plan(q, k, v, lo, hi, hopper=hopper)
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=None,
-                    autotune: bool = True):
+                    autotune: bool = True, hopper: bool | None = None):
     """Exact softmax attention ``softmax(Q Kᵀ · scale + mask) V`` with FlashAttention-2 kernels.
 
     q ``(B, Hq, Nq, D)``, k and v ``(B, Hk, Nk, D)`` with ``Hq % Hk == 0``; returns ``(B, Hq, Nq, D)``
@@ -768,6 +797,13 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     ``window=(left, right)`` keeps keys ``i + off - left <= j <= i + off + right`` (a negative or
     None side is unlimited). Rows that see no key are zeros. Differentiable (Triton backward).
     ``autotune=False`` launches one safe configuration instead of timing the candidates.
+
+    On a Hopper GPU (H100, H200) the forward of full and causal fp16/bf16 attention with
+    D ∈ {64, 128} on contiguous inputs runs the Hopper rung
+    (:data:`effsmall.attention.flash_hopper.DISPATCH_PLANS`: TMA descriptors, warp
+    specialisation; 1.07x this module's forward on an H200) and the backward stays this module's.
+    ``hopper=False`` or ``EFFSMALL_HOPPER=0`` in the environment keep this module's forward
+    everywhere; :func:`backend` says which one runs.
     """
     scale, lo, hi = check_flash_inputs(q, k, v, causal=causal, scale=scale, window=window)
     if q.shape[2] == 0 or k.shape[2] == 0:  # nothing to launch: empty output / rows that see no key
@@ -778,6 +814,10 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
         warn_once("flash_attention.fallback", reason)
         from effsmall.attention import tiled_attention
         return tiled_attention(q, k, v, causal=causal, scale=scale, window=window)
+    plan = _hopper_plan(q, k, v, lo, hi, hopper)
+    if plan is not None:  # same outputs and saved tensors: the backward below runs on them
+        from effsmall.attention.flash_hopper import hopper_forward_fa2_backward
+        return hopper_forward_fa2_backward(q, k, v, lo, hi, scale, plan, autotune)
     if interpreting() and q.dtype == torch.bfloat16:
         warn_once("flash_attention.bf16_interpreter",
                   "the Triton interpreter has no bfloat16: flash_attention computes in float32 and casts back")

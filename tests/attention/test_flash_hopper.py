@@ -201,3 +201,163 @@ def test_compiled_on_hopper_bf16(switches, N, D, Hq, Hk, causal):
     grads = torch.autograd.grad(o, (q, k, v), do)
     for a, b in zip(grads, torch.autograd.grad(ref, ref_in, do.float())):
         assert _rel(a, b) < 3e-2
+
+
+# -- flash_attention's dispatch to the Hopper forward ---------------------------------------------
+import effsmall.attention.flash_triton as ft  # noqa: E402
+
+
+def test_dispatch_plans_are_the_measured_choices():
+    """One plan per (D, causal) group, all with the FA2 backward; warp specialisation only where it
+    compiles and gave correct results (4 warps, 2 stages, no split loop)."""
+    assert set(fh.DISPATCH_PLANS) == {(64, False), (64, True), (128, False), (128, True)}
+    for (D, causal), plan in fh.DISPATCH_PLANS.items():
+        assert plan.backward == "fa2" and plan.grid == "m_rev"
+        if plan.warp_specialize:
+            assert plan.tma == "device" and plan.config.num_warps == 4 and plan.config.num_stages == 2
+            assert not fh._split(plan)
+        if causal:
+            assert fh._split(plan) and not plan.warp_specialize
+
+
+def test_interpreter_runs_the_portable_forward(monkeypatch):
+    """On CPU (Triton interpreter) flash_attention never takes the Hopper path: same output as
+    hopper=False, and the Hopper launcher is never called."""
+    if not fh.interpreting():
+        pytest.skip("the interpreter only runs on CPU")
+    q, k, v = _qkv(1, 2, 1, 40, 40, 64)
+    calls = []
+    monkeypatch.setattr(fh, "launch_hopper_forward", lambda *a, **kw: calls.append(a))
+    o = flash_attention(q, k, v, causal=True)
+    assert calls == []
+    assert torch.equal(o, flash_attention(q, k, v, causal=True, hopper=False))
+    assert ft.backend(q, k, v, causal=True) == "triton-interpreter"
+    assert ft.backend(q) == "triton-interpreter"
+    _, lo, hi = ft.check_flash_inputs(q, k, v, causal=True)
+    assert "interpreter" in fh.dispatch_reason(q, k, v, lo, hi)
+    assert fh.dispatch_plan(q, k, v, lo, hi, hopper=True) is None
+
+
+def _compiled_here(monkeypatch, unsupported=None):
+    """Pretend to be a compiled Hopper machine for dispatch_reason's checks (CPU tensors)."""
+    monkeypatch.setattr(fh, "interpreting", lambda: False)
+    monkeypatch.setattr(fh, "hopper_unsupported_reason", lambda q, k=None, v=None: unsupported)
+
+
+@pytest.mark.parametrize("D,causal", [(64, False), (64, True), (128, False), (128, True)])
+def test_dispatch_picks_the_group_plan(monkeypatch, D, causal):
+    _compiled_here(monkeypatch)
+    monkeypatch.delenv("EFFSMALL_HOPPER", raising=False)
+    q, k, v = _qkv(1, 4, 2, 33, 47, D)
+    _, lo, hi = ft.check_flash_inputs(q, k, v, causal=causal)
+    assert fh.dispatch_reason(q, k, v, lo, hi) is None
+    assert fh.dispatch_plan(q, k, v, lo, hi) is fh.DISPATCH_PLANS[(D, causal)]
+
+
+def test_dispatch_off_hopper_and_outside_the_measured_domain(monkeypatch):
+    q, k, v = _qkv(1, 2, 2, 40, 40, 64)
+    _, lo, hi = ft.check_flash_inputs(q, k, v)
+    monkeypatch.setattr(fh, "interpreting", lambda: False)
+    assert "CUDA" in fh.dispatch_reason(q, k, v, lo, hi)            # the real check: CPU tensors
+    _compiled_here(monkeypatch, unsupported="compute capability (8, 0) is not Hopper (9.x)")
+    assert "not Hopper" in fh.dispatch_reason(q, k, v, lo, hi)      # another GPU
+    _compiled_here(monkeypatch)
+    _, wlo, whi = ft.check_flash_inputs(q, k, v, causal=True, window=(8, 0))
+    assert "window" in fh.dispatch_reason(q, k, v, wlo, whi)        # not measured: portable
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)             # a (B, N, H, D) projection's view
+    assert "contiguous" in fh.dispatch_reason(qt, k, v, lo, hi)
+
+
+def test_switches_force_the_portable_forward(monkeypatch):
+    _compiled_here(monkeypatch)
+    q, k, v = _qkv(1, 2, 2, 40, 40, 128)
+    _, lo, hi = ft.check_flash_inputs(q, k, v)
+    monkeypatch.delenv("EFFSMALL_HOPPER", raising=False)
+    assert fh.dispatch_plan(q, k, v, lo, hi) is not None
+    assert fh.dispatch_reason(q, k, v, lo, hi, hopper=False) == "hopper=False"
+    monkeypatch.setenv("EFFSMALL_HOPPER", "0")
+    assert fh.dispatch_reason(q, k, v, lo, hi) == "EFFSMALL_HOPPER=0"
+    assert fh.dispatch_plan(q, k, v, lo, hi, hopper=True) is not None  # the argument wins
+    monkeypatch.setenv("EFFSMALL_HOPPER", "1")
+    assert fh.dispatch_plan(q, k, v, lo, hi) is not None
+
+
+@pytest.mark.parametrize("D,causal", [(64, False), (64, True), (128, False), (128, True)])
+def test_flash_attention_through_a_dispatch_plan(monkeypatch, D, causal):
+    """flash_attention's Hopper branch, run by the interpreter: each group's plan (its real tiles)
+    forward, then the FA2 backward on that forward's saved o and lse — GQA, ragged N, Nq != Nk."""
+    if not fh.interpreting():
+        pytest.skip("the compiled path is checked by test_flash_attention_dispatches_on_hopper")
+    plan = fh.DISPATCH_PLANS[(D, causal)]
+    monkeypatch.setattr(ft, "_hopper_plan", lambda q, k, v, lo, hi, hopper: plan)
+    launched = []
+    real = fh.launch_hopper_forward
+    monkeypatch.setattr(fh, "launch_hopper_forward", lambda *a, **kw: launched.append(a[6]) or real(*a, **kw))
+    q, k, v = _qkv(1, 4, 2, 37, 45, D, seed=3)
+    do = torch.randn(1, 4, 37, D, generator=torch.Generator().manual_seed(4))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    o = flash_attention(q, k, v, causal=causal)
+    assert launched == [plan]
+    ref = naive_attention(*(x.detach().double() for x in (q, k, v)), causal=causal)
+    assert (o.double() - ref).abs().max().item() < 1e-5
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    refg = torch.autograd.grad(naive_attention(q64, k64, v64, causal=causal), (q64, k64, v64), do.double())
+    for a, b in zip(grads, refg):
+        assert (a.double() - b).abs().max().item() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D,causal", [(64, False), (64, True), (128, False), (128, True)])
+@pytest.mark.parametrize("B,Hq,Hk,Nq,Nk,dtype", [(2, 8, 8, 2048, 2048, torch.bfloat16),
+                                                 (1, 8, 2, 1000, 1000, torch.bfloat16),
+                                                 (2, 4, 1, 333, 517, torch.bfloat16),
+                                                 (1, 4, 2, 777, 777, torch.float16)])
+def test_flash_attention_dispatches_on_hopper(monkeypatch, D, causal, B, Hq, Hk, Nq, Nk, dtype):
+    """On sm90 flash_attention runs the group's Hopper forward, matches the portable kernel in
+    bf16/fp16, and its gradients (FA2 backward on the Hopper forward's o, lse) match the portable
+    ones. Odd lengths, GQA and Nq != Nk were not in the probe's timing, only checked here."""
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(Nq + D)
+    q = torch.randn(B, Hq, Nq, D, device=dev, dtype=dtype, generator=g).requires_grad_()
+    k = torch.randn(B, Hk, Nk, D, device=dev, dtype=dtype, generator=g).requires_grad_()
+    v = torch.randn(B, Hk, Nk, D, device=dev, dtype=dtype, generator=g).requires_grad_()
+    if not fh.hopper_supported(q, k, v):
+        pytest.skip(f"not a Hopper GPU here: {fh.hopper_unsupported_reason(q, k, v)}")
+    monkeypatch.delenv("EFFSMALL_HOPPER", raising=False)
+    assert ft.backend(q, k, v, causal=causal) == "triton-hopper"
+    assert ft.backend(q, k, v, causal=causal, hopper=False) == "triton"
+    launched = []
+    real = fh.launch_hopper_forward
+    monkeypatch.setattr(fh, "launch_hopper_forward", lambda *a, **kw: launched.append(a[6]) or real(*a, **kw))
+    o = flash_attention(q, k, v, causal=causal)
+    assert launched == [fh.DISPATCH_PLANS[(D, causal)]]
+    o_port = flash_attention(q, k, v, causal=causal, hopper=False)
+    monkeypatch.setenv("EFFSMALL_HOPPER", "0")
+    o_env = flash_attention(q, k, v, causal=causal)
+    assert len(launched) == 1                                          # neither switch reached the rung
+    assert o.dtype == dtype and torch.isfinite(o).all()
+    assert (o.float() - o_port.float()).abs().max().item() < 2e-2
+    assert torch.equal(o_env, o_port)
+    do = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    grads_port = torch.autograd.grad(o_port, (q, k, v), do)
+    for a, b in zip(grads, grads_port):
+        assert torch.isfinite(a).all() and _rel(a, b) < 3e-2
+
+
+def test_dispatch_plans_match_the_committed_probe():
+    """DISPATCH_PLANS are the probe's first choice per group in the committed H200 result (the
+    variant names of tools/hopper_probe.py), each with the FA2 backward."""
+    from effsmall.bench import load_result
+
+    res = load_result("hopper", device="H200")
+    assert res["env"]["capability"] == "9.0"
+    for (D, causal), p in fh.DISPATCH_PLANS.items():
+        split = {None: "", True: "+split", False: "+nosplit"}[p.causal_split]
+        name = f"{p.tma}{'+ws' if p.warp_specialize else ''}{split}/{p.grid}/" \
+               f"{p.config.block_m}x{p.config.block_n}w{p.config.num_warps}s{p.config.num_stages}"
+        chosen = res["summary"]["chosen"][f"D{D}{'c' if causal else 'n'}"]
+        assert chosen["fwd"][0] == name and chosen["bwd"] == "fa2(autotuned)"
+    s = res["summary"]
+    assert 1.0 < s["fwd_fixed_vs_today_min"] <= s["fwd_fixed_vs_today_geomean"]
