@@ -59,6 +59,17 @@ SWEEP_N = (512, 16384, 1024, 8192, 2048)                       # extremes first
 FWD_TOL, BWD_REL_TOL = 2e-2, 3e-2
 
 
+def _finite(x):
+    """``x`` with NaN and infinities (a failed check's errors) as None, so the file is strict JSON."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def elapsed() -> float:
     return time.time() - T_START
 
@@ -898,7 +909,7 @@ class Probe:
         data = dict(suite="hopper_probe", env=self.env, seconds=round(elapsed(), 1), budget_s=self.args.budget_s,
                     rows=self.rows, compile=self.compile, skipped=self.skipped, summary=self.summary())
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=1, default=str, allow_nan=False) + "\n")
         tmp.replace(out)
 
     def table(self) -> str:
