@@ -51,35 +51,41 @@ def aot_compile(kernel, args, kwargs, target):
     return tcompile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def _forward_asm_here(D: int, causal: bool, N: int, arch: int) -> dict:
-    """Compile ``DISPATCH_PLANS[(D, causal)]``'s forward in this process (interpreter off)."""
-    from triton.backends.compiler import GPUTarget
-
-    from effsmall.attention import flash_hopper as fh
+def _checked_inputs(D: int, causal: bool, N: int):
+    """``(q, k, v, scale, lo, hi)``: bf16 (1, 2, N, D) placeholders (never read) and their checked band."""
     from effsmall.attention.flash_triton import check_flash_inputs
 
-    q, k, v = (torch.empty(1, 2, N, D, dtype=torch.bfloat16) for _ in range(3))  # (B, H, N, D), never read
-    scale, lo, hi = check_flash_inputs(q, k, v, causal=causal)
-    fl = fh.forward_launch(q, k, v, lo, hi, scale, fh.DISPATCH_PLANS[(D, causal)])
-    cfg = fl.config
-    ck = aot_compile(fh._hopper_fwd_kernel, fl.args,
-                     dict(fl.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages), GPUTarget("cuda", arch, 32))
+    q, k, v = (torch.empty(1, 2, N, D, dtype=torch.bfloat16) for _ in range(3))  # (B, H, N, D)
+    return (q, k, v, *check_flash_inputs(q, k, v, causal=causal))
+
+
+def _compile_report(kernel, args, kwargs, arch: int) -> dict:
+    """Compile for ``sm{arch}`` and keep the texts and resources the book reads."""
+    from triton.backends.compiler import GPUTarget
+
+    ck = aot_compile(kernel, args, kwargs, GPUTarget("cuda", arch, 32))
     return dict(ptx=ck.asm["ptx"], ttgir=ck.asm["ttgir"], num_warps=ck.metadata.num_warps, shared=ck.metadata.shared)
+
+
+def _forward_asm_here(D: int, causal: bool, N: int, arch: int) -> dict:
+    """Compile ``DISPATCH_PLANS[(D, causal)]``'s forward in this process (interpreter off)."""
+    from effsmall.attention import flash_hopper as fh
+
+    q, k, v, scale, lo, hi = _checked_inputs(D, causal, N)
+    fl = fh.forward_launch(q, k, v, lo, hi, scale, fh.DISPATCH_PLANS[(D, causal)])
+    return _compile_report(fh._hopper_fwd_kernel, fl.args,
+                           dict(fl.kwargs, num_warps=fl.config.num_warps, num_stages=fl.config.num_stages), arch)
 
 
 def _portable_forward_asm_here(D: int, causal: bool, N: int, arch: int) -> dict:
     """Compile flash_triton's forward (one of its autotuning candidates: 128 × 64 tiles, 4 warps,
     3 stages) in this process (interpreter off)."""
-    from triton.backends.compiler import GPUTarget
-
     from effsmall.attention import flash_triton as ft
 
-    q, k, v = (torch.empty(1, 2, N, D, dtype=torch.bfloat16) for _ in range(3))  # (B, H, N, D), never read
-    scale, lo, hi = ft.check_flash_inputs(q, k, v, causal=causal)
+    q, k, v, scale, lo, hi = _checked_inputs(D, causal, N)
     _, _, args, consts, _, _ = ft.forward_args(q, k, v, lo, hi, scale)
-    ck = aot_compile(ft._fwd_kernel, args, dict(consts, BLOCK_M=128, BLOCK_N=64, num_warps=4, num_ctas=1, num_stages=3),
-                     GPUTarget("cuda", arch, 32))
-    return dict(ptx=ck.asm["ptx"], ttgir=ck.asm["ttgir"], num_warps=ck.metadata.num_warps, shared=ck.metadata.shared)
+    return _compile_report(ft._fwd_kernel, args,
+                           dict(consts, BLOCK_M=128, BLOCK_N=64, num_warps=4, num_ctas=1, num_stages=3), arch)
 
 
 _HERE = {"hopper": _forward_asm_here, "portable": _portable_forward_asm_here}
