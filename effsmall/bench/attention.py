@@ -4,7 +4,10 @@ CUDA (``python -m effsmall.bench attention --device cuda``): bf16, B·N = 16K to
 H = 2048 / D, N ∈ {512, …, 16K}, D ∈ {64, 128}, causal and not; implementations
 ``effsmall`` (:func:`effsmall.attention.flash_attention`), ``sdpa_flash`` (SDPA's
 FlashAttention-2 backend), ``sdpa_cudnn`` (SDPA's cuDNN backend) and ``flex``
-(``torch.compile(flex_attention)``, a block mask for causal). Modes ``fwd`` and ``fwdbwd``
+(``torch.compile(flex_attention)``, a block mask for causal); on a Hopper GPU (sm90), where
+``flash_attention`` runs its Hopper forward, also ``effsmall_portable`` (the same call with
+``hopper=False``: the portable kernel, timed in the same run; each ``effsmall`` row records the
+``backend`` that ran and ``vs_portable``). Modes ``fwd`` and ``fwdbwd``
 (forward + ``torch.autograd.grad``). FLOPs ``4·B·H·N²·D`` (halved when causal), fwd+bwd
 ``3.5×`` fwd. The same run measures the device ceilings (``measure_ceilings``) for the
 ``pct_of_matmul_ceiling`` column. (The kernels' correctness on a GPU is tested by the
@@ -39,8 +42,8 @@ TOKENS = 16 * 1024
 HIDDEN = 2048
 SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS = (64, 128)
-IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn", "flex")
-BASELINES = {"flex": "vs_flex", "sdpa_flash": "vs_fa2", "sdpa_cudnn": "vs_cudnn"}
+IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn", "flex", "effsmall_portable")
+BASELINES = {"flex": "vs_flex", "sdpa_flash": "vs_fa2", "sdpa_cudnn": "vs_cudnn", "effsmall_portable": "vs_portable"}
 
 
 def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str, Nk: int | None = None) -> float:
@@ -97,17 +100,26 @@ def _flex_impl():
     return f
 
 
-def _effsmall_impl():
+def _effsmall_impl(hopper: bool | None = None):
     from effsmall.attention import flash_attention
 
-    return lambda q, k, v, causal: flash_attention(q, k, v, causal=causal)
+    return lambda q, k, v, causal: flash_attention(q, k, v, causal=causal, hopper=hopper)
+
+
+def _has_hopper_rung() -> bool:
+    """Whether ``flash_attention`` may run its Hopper forward here (an sm90 GPU): then the suite also
+    times the portable kernel (``hopper=False``) in the same run, as ``effsmall_portable``."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 def _impls() -> dict:
     from torch.nn.attention import SDPBackend
 
-    return {"effsmall": _effsmall_impl(), "sdpa_flash": _sdpa(SDPBackend.FLASH_ATTENTION),
-            "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
+    impls = {"effsmall": _effsmall_impl(), "sdpa_flash": _sdpa(SDPBackend.FLASH_ATTENTION),
+             "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
+    if _has_hopper_rung():
+        impls["effsmall_portable"] = _effsmall_impl(hopper=False)
+    return impls
 
 
 def _call(fn, q, k, v, do, causal, mode):
@@ -121,7 +133,7 @@ def _call(fn, q, k, v, do, causal, mode):
     return call
 
 
-GRAPH_IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn")  # Flex is already a compiled graph of its own
+GRAPH_IMPLS = ("effsmall", "sdpa_flash", "sdpa_cudnn", "effsmall_portable")  # Flex is already a compiled graph of its own
 
 
 def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
@@ -132,6 +144,7 @@ def _time_shape(impls: dict, q, k, v, do, causal, mode) -> dict:
 
 
 def _run_cuda(quick: bool) -> list[dict]:
+    from effsmall.attention import flash_triton
     from effsmall.hardware import measure_ceilings
 
     rec = Recorder(budget_s(480))
@@ -157,6 +170,8 @@ def _run_cuda(quick: bool) -> list[dict]:
             fl = attention_flops(B, H, N, D, causal, mode)
             for name, r in _time_shape(impls, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
+                if name == "effsmall":                    # which forward ran: "triton" or "triton-hopper"
+                    row["backend"] = flash_triton.backend(q, k, v, causal=causal)
                 if isinstance(r, Exception):
                     row.update(ms=None, tflops=None, **error_fields(r))
                 else:
@@ -168,7 +183,7 @@ def _run_cuda(quick: bool) -> list[dict]:
         for mode in ("fwd", "fwdbwd"):
             mine = shape_rows[("effsmall", mode)]
             for base, col in BASELINES.items():
-                other = shape_rows[(base, mode)]
+                other = shape_rows.get((base, mode), {})
                 if mine.get("ms") and other.get("ms"):
                     mine[col] = other["ms"] / mine["ms"]  # > 1: effsmall is faster
                 if mine.get("graph_ms") and other.get("graph_ms"):

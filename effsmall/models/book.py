@@ -251,15 +251,16 @@ def run_mqar(device, slot_s: float, task: MQARConfig = MQAR_TASK, states=MQAR_ST
              steps: int = MQAR_TRAIN["steps"], batch: int = MQAR_TRAIN["batch"],
              lr: float | dict = MQAR_TRAIN["lr"],
              eval_every: int = MQAR_TRAIN["eval_every"], n_test: int = MQAR_TRAIN["n_test"],
-             d_model: int = MQAR_TRAIN["d_model"], log=print) -> list[dict]:
+             d_model: int = MQAR_TRAIN["d_model"], attention: bool = True, log=print) -> list[dict]:
     """One row per (model, seed): final held-out accuracy, steps, why it stopped, the curve.
 
+    Models: Mamba-2 at each state size in ``states``, and attention unless ``attention=False``.
     ``lr``: one peak learning rate, or one per architecture (``{"mamba2": ..., "transformer": ...}``).
     """
     lrs = lr if isinstance(lr, dict) else {"mamba2": lr, "transformer": lr}
     xt, yt = mqar(n_test, task, seed=10_000_000)                          # held out: other seeds
     xt, yt = xt.to(device), yt.to(device)
-    variants = [("mamba2", n) for n in states] + [("transformer", None)]
+    variants = [("mamba2", n) for n in states] + ([("transformer", None)] if attention else [])
     runs = [(seed, arch, n) for seed in seeds for arch, n in variants]    # every size of seed 0 first
     rows, t0 = [], time.perf_counter()
     for i, (seed, arch, n) in enumerate(runs):
@@ -337,9 +338,16 @@ def _lm_loss(model, batch):
 
 
 def _data(device, seq_len, n_val):
+    """Train ids, validation batches and the tokenizer: the shipped tokenizer where the package has
+    one (so that models trained on any machine, under any Python, share its token ids), else one
+    trained here on this machine's corpus."""
     from effsmall.data import eval_batches, token_splits
 
-    train_ids, val_ids, tok = token_splits(vocab_size=VOCAB)
+    if has_weights():
+        tok = book_tokenizer()
+        train_ids, val_ids = book_token_splits(tok)
+    else:
+        train_ids, val_ids, tok = token_splits(vocab_size=VOCAB)
     val = [(x.to(device), y.to(device)) for x, y in eval_batches(val_ids, 8, seq_len, max_batches=n_val)]
     return train_ids, val, tok
 
@@ -364,13 +372,14 @@ def lm_samples(model, tok, device, n_new: int = 48, temperature: float = 0.8, to
 
 def run_lms(device, slot_s: float, steps: int = LM_TRAIN["steps"], batch: int = LM_TRAIN["batch"],
             seq_len: int = LM_TRAIN["seq_len"], lr: float = LM_TRAIN["lr"], eval_every: int = LM_TRAIN["eval_every"],
-            n_val: int = LM_TRAIN["n_val"], shape: dict | None = None, log=print):
-    """Train the three LMs, each in a third of ``slot_s``; returns ``(rows, models, tokenizer)``."""
+            n_val: int = LM_TRAIN["n_val"], shape: dict | None = None, archs=ARCHS, log=print):
+    """Train the LMs ``archs`` (default all three), each in an equal share of ``slot_s``; returns
+    ``(rows, models, tokenizer)``."""
     from effsmall.data import batches
 
     train_ids, val, tok = _data(device, seq_len, n_val)
     rows, models, t0 = [], {}, time.perf_counter()
-    for i, arch in enumerate(ARCHS):
+    for i, arch in enumerate(archs):
         left = slot_s - (time.perf_counter() - t0)
         if left <= 1.0:
             log(f"lms: time is up before {arch}")
@@ -379,7 +388,7 @@ def run_lms(device, slot_s: float, steps: int = LM_TRAIN["steps"], batch: int = 
         cfg = LMConfig(arch=arch, **(shape or LM_SHAPE))
         model = build_model(cfg).to(device)
         it = batches(train_ids, batch, seq_len, seed=0, device=device)
-        h = fit(model, _lm_loss, lambda: next(it), steps, lr, left / (len(ARCHS) - i),
+        h = fit(model, _lm_loss, lambda: next(it), steps, lr, left / (len(archs) - i),
                 eval_fn=lambda: _mean_loss(model, val, _lm_loss), eval_every=eval_every, keep_best=True)
         samples = lm_samples(model, tok, device)
         every = max(1, len(h["loss"]) // 200)
@@ -591,9 +600,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-weights", action="store_true")
     ap.add_argument("--kernels", choices=("torch", "triton"), default="torch",
                     help="torch: SDPA + chunked SSD in torch (no compilation); triton: the book's kernels")
+    ap.add_argument("--mqar-states", nargs="*", type=int, default=None,
+                    help="MQAR: the Mamba-2 state sizes N to train (default: MQAR_STATES; none: attention only)")
+    ap.add_argument("--no-mqar-attention", action="store_true", help="MQAR: leave out the attention model")
+    ap.add_argument("--archs", nargs="*", choices=ARCHS, default=list(ARCHS), help="the language models to train")
+    ap.add_argument("--parallel", action="store_true",
+                    help="one process per MQAR model and per language model (and one for the ReLU model), all on "
+                         "this device and each with the whole budget; their results merged (needs --no-weights)")
     args = ap.parse_args(argv)
+    if args.parallel and not args.no_weights:
+        ap.error("--parallel trains the models in separate processes and saves results only: add --no-weights")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.parallel:
+        return _parallel(args, out)
     device = torch.device(args.device)
     precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     if device.type == "cuda":                      # TF32 matmuls for training, restored on return
@@ -618,7 +638,12 @@ def _train_all(args, out: Path, device: torch.device) -> dict:
     while "--" in slug:
         slug = slug.replace("--", "-")
     json_path = out / f"trained-{slug}-{env['date'][:10].replace('-', '')}.json"
-    q = QUICK if args.quick else MEDIUM if args.medium else {k: {} for k in SHARES}
+    q = copy.deepcopy(QUICK if args.quick else MEDIUM if args.medium else {k: {} for k in SHARES})
+    if args.mqar_states is not None:
+        q["mqar"]["states"] = tuple(args.mqar_states)
+    if args.no_mqar_attention:
+        q["mqar"]["attention"] = False
+    q["lms"]["archs"] = tuple(args.archs)
     todo = [k for k in SHARES if k in args.only]
     models, relu, tok = {}, None, None
 
@@ -668,6 +693,95 @@ def _train_all(args, out: Path, device: torch.device) -> dict:
         texts["relu"] = any(x["greedy_is_text"] for x in result["relu"]["samples"])
     print(f"greedy continuation is words for some prompt: {texts}")
     print(f"wrote {json_path}; {result['seconds']:.0f} s in all; errors: {result['errors'] or 'none'}")
+    return result
+
+
+# ---------------------------------------------------------------------------- parallel runs
+def _parallel_jobs(args) -> list[list[str]]:
+    """The command-line arguments of each process of a ``--parallel`` run."""
+    q = QUICK if args.quick else MEDIUM if args.medium else {}
+    states = args.mqar_states if args.mqar_states is not None else q.get("mqar", {}).get("states", MQAR_STATES)
+    jobs = []
+    if "mqar" in args.only:
+        jobs += [["--only", "mqar", "--mqar-states", str(n), "--no-mqar-attention"] for n in states]
+        if not args.no_mqar_attention:
+            jobs.append(["--only", "mqar", "--mqar-states"])
+    if "lms" in args.only:
+        jobs += [["--only", "lms", "--archs", arch] for arch in args.archs]
+    if "relu" in args.only:
+        jobs.append(["--only", "relu"])
+    return jobs
+
+
+def merge_trained(parts: list[dict]) -> dict:
+    """One ``trained`` result from the results of separate processes (``--parallel``): MQAR rows
+    and language-model rows concatenated in the book's order, the MQAR summary recomputed."""
+    if not parts:
+        raise ValueError("merge_trained needs at least one result")
+    out = {k: v for k, v in parts[0].items() if k not in ("mqar", "lms", "relu", "errors")}
+    out["errors"] = {k: v for p in parts for k, v in p.get("errors", {}).items()}
+    mq = [p["mqar"] for p in parts if "mqar" in p]
+    if mq:
+        rows = sorted((r for m in mq for r in m["rows"]),
+                      key=lambda r: (r["seed"], r["arch"] == "transformer", r["d_state"] or 0))
+        out["mqar"] = {**{k: v for k, v in mq[0].items() if k not in ("rows", "summary", "description")},
+                       "rows": rows, "summary": mqar_summary(rows)}
+        out["mqar"]["description"] = describe_mqar(out["mqar"]["summary"])
+    lm_rows = [r for p in parts for r in p.get("lms", {}).get("rows", [])]
+    if lm_rows:
+        out["lms"] = {"rows": sorted(lm_rows, key=lambda r: ARCHS.index(r["arch"])), "prompts": list(PROMPTS)}
+    relu = [p["relu"] for p in parts if "relu" in p]
+    if relu:
+        out["relu"] = relu[0]
+    out["seconds"] = max(p.get("seconds", 0.0) for p in parts)
+    return out
+
+
+def _parallel(args, out: Path) -> dict:
+    """``--parallel``: the experiments as separate processes on one device (small models leave a
+    GPU mostly idle, and each process's Python drives its own model), then one merged JSON."""
+    import subprocess
+    import sys
+
+    from effsmall.bench.results import environment, save_result
+
+    if not has_weights() and ("lms" in args.only or "relu" in args.only):
+        from effsmall.data import get_tokenizer
+        get_tokenizer(VOCAB)                          # trained and cached once, before the processes start
+    common = [sys.executable, "-m", "effsmall.models.book", "--device", args.device, "--budget-s",
+              str(args.budget_s), "--kernels", args.kernels, "--no-weights"]
+    common += ["--quick"] * args.quick + ["--medium"] * args.medium
+    t0 = time.perf_counter()
+    procs = []
+    for i, job in enumerate(_parallel_jobs(args)):
+        d = out / "parts" / str(i)
+        d.mkdir(parents=True, exist_ok=True)
+        log = open(d / "log.txt", "w")
+        procs.append((job, d, log, subprocess.Popen([*common, "--out", str(d), *job], stdout=log,
+                                                    stderr=subprocess.STDOUT)))
+    print(f"{len(procs)} processes on {args.device}, {args.budget_s:.0f} s each", flush=True)
+    parts, names, errors = [], [], {}
+    for job, d, log, p in procs:
+        rc = p.wait()
+        log.close()
+        found = sorted(d.glob("trained-*.json"))
+        if rc != 0 or not found:
+            errors[" ".join(job)] = f"exit code {rc}, see {d / 'log.txt'}"
+            continue
+        parts.append(json.loads(found[-1].read_text()))
+        names.append(found[-1].name)
+    if not parts:
+        raise RuntimeError(f"no process of the parallel run produced a result: {errors}")
+    result = merge_trained(parts)
+    result["errors"].update(errors)
+    result["env"] = environment(args.device)
+    result["parallel"] = {"processes": len(procs), "jobs": [" ".join(j) for j, *_ in procs]}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    path = out / names[0]
+    save_result(result, path)
+    if "mqar" in result:
+        print(result["mqar"]["description"])
+    print(f"wrote {path}; {result['seconds']:.0f} s in all; errors: {result['errors'] or 'none'}")
     return result
 
 

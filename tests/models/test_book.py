@@ -63,13 +63,50 @@ def test_shipped_format_round_trips(quick_run):
         book.load_lm("rnn", directory=out)
 
 
-def test_book_token_splits_use_the_given_tokenizer(quick_run):
+def test_book_token_splits_use_the_given_tokenizer():
     from effsmall.data import token_splits
 
+    tr0, va0, tok = token_splits(book.VOCAB)                            # trained on this machine's corpus
+    tr, va = book.book_token_splits(tok)
+    assert torch.equal(tr, tr0) and torch.equal(va, va0)               # same corpus, same tokenizer
+
+
+def test_training_uses_the_shipped_tokenizer(quick_run):
+    """Models trained anywhere (another Python's corpus, a GPU machine) share the shipped token ids."""
     out, _ = quick_run
-    tr, va = book.book_token_splits(book.book_tokenizer(out))
-    tr0, va0, _ = token_splits(book.VOCAB)
-    assert torch.equal(tr, tr0) and torch.equal(va, va0)               # same corpus, same tokenizer here
+    if not book.has_weights():
+        pytest.skip("this checkout ships no trained weights")
+    assert book.book_tokenizer(out).to_str() == book.book_tokenizer().to_str()
+
+
+def test_parallel_jobs_cover_every_model():
+    import argparse
+
+    args = argparse.Namespace(quick=False, medium=False, mqar_states=None, no_mqar_attention=False,
+                              only=["mqar", "lms", "relu"], archs=list(book.ARCHS))
+    jobs = [" ".join(j) for j in book._parallel_jobs(args)]
+    assert jobs == [*(f"--only mqar --mqar-states {n} --no-mqar-attention" for n in book.MQAR_STATES),
+                    "--only mqar --mqar-states", *(f"--only lms --archs {a}" for a in book.ARCHS), "--only relu"]
+    with pytest.raises(SystemExit):                                     # parallel runs save results only
+        book.main(["--parallel", "--out", "unused"])
+
+
+def test_merge_trained_reassembles_a_split_run(quick_run):
+    _, result = quick_run
+    rows, lms = result["mqar"]["rows"], result["lms"]["rows"]
+    mamba = dict(result, mqar=dict(result["mqar"], rows=[r for r in rows if r["arch"] == "mamba2"][::-1]),
+                 lms={"rows": lms[1:]}, errors={})
+    attn = {k: v for k, v in result.items() if k not in ("mqar", "relu")}
+    attn.update(mqar=dict(result["mqar"], rows=[r for r in rows if r["arch"] == "transformer"]),
+                lms={"rows": lms[:1]}, errors={"x": "y"})
+    merged = book.merge_trained([mamba, attn])
+    assert merged["mqar"]["rows"] == sorted(rows, key=lambda r: (r["seed"], r["arch"] == "transformer",
+                                                                 r["d_state"] or 0))
+    assert merged["mqar"]["summary"] == result["mqar"]["summary"]
+    assert merged["mqar"]["description"] == result["mqar"]["description"]
+    assert merged["lms"]["rows"] == lms and merged["relu"] == result["relu"] and merged["errors"] == {"x": "y"}
+    with pytest.raises(ValueError):
+        book.merge_trained([])
 
 
 def test_fit_plans_to_its_time_slot_and_stops_on_convergence():
