@@ -7,6 +7,9 @@ This module is that training, in one command with a wall-clock budget::
 
     python -m effsmall.models.book --device cuda --out DIR            # ≈ 4 minutes on one GPU
     python -m effsmall.models.book --device cpu --quick --out DIR     # the same code, tiny, seconds
+    python -m effsmall.models.book --device cuda --parallel --no-weights --out DIR
+        # every MQAR model and every LM its own process on the one GPU, each with the whole budget:
+        # small models leave a GPU mostly idle, so this trains them all to their step limits (results only)
 
 Three experiments, each given a share of the budget (what finished is saved; every record says
 how many steps it ran and why it stopped):
