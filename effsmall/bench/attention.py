@@ -4,8 +4,8 @@ CUDA (``python -m effsmall.bench attention --device cuda``): bf16, B·N = 16K to
 H = 2048 / D, N ∈ {512, …, 16K}, D ∈ {64, 128}, causal and not; implementations
 ``effsmall`` (:func:`effsmall.attention.flash_attention`), ``sdpa_flash`` (SDPA's
 FlashAttention-2 backend), ``sdpa_cudnn`` (SDPA's cuDNN backend) and ``flex``
-(``torch.compile(flex_attention)``, a block mask for causal); on a Hopper GPU (sm90), where
-``flash_attention`` runs its Hopper forward, also ``effsmall_portable`` (the same call with
+(``torch.compile(flex_attention)``, a block mask for causal); at shapes where
+``flash_attention`` runs its Hopper forward (sm90), also ``effsmall_portable`` (the same call with
 ``hopper=False``: the portable kernel, timed in the same run; each ``effsmall`` row records the
 ``backend`` that ran and ``vs_portable``). Modes ``fwd`` and ``fwdbwd``
 (forward + ``torch.autograd.grad``). FLOPs ``4·B·H·N²·D`` (halved when causal), fwd+bwd
@@ -106,20 +106,13 @@ def _effsmall_impl(hopper: bool | None = None):
     return lambda q, k, v, causal: flash_attention(q, k, v, causal=causal, hopper=hopper)
 
 
-def _has_hopper_rung() -> bool:
-    """Whether ``flash_attention`` may run its Hopper forward here (an sm90 GPU): then the suite also
-    times the portable kernel (``hopper=False``) in the same run, as ``effsmall_portable``."""
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-
-
 def _impls() -> dict:
+    """The implementations timed at every shape (``effsmall_portable`` is added per shape, where
+    ``flash_attention`` dispatches its Hopper forward)."""
     from torch.nn.attention import SDPBackend
 
-    impls = {"effsmall": _effsmall_impl(), "sdpa_flash": _sdpa(SDPBackend.FLASH_ATTENTION),
-             "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
-    if _has_hopper_rung():
-        impls["effsmall_portable"] = _effsmall_impl(hopper=False)
-    return impls
+    return {"effsmall": _effsmall_impl(), "sdpa_flash": _sdpa(SDPBackend.FLASH_ATTENTION),
+            "sdpa_cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION), "flex": _flex_impl()}
 
 
 def _call(fn, q, k, v, do, causal, mode):
@@ -152,7 +145,7 @@ def _run_cuda(quick: bool) -> list[dict]:
     peak = ceil["matmul_flops"].get("bf16", ceil["peak_flops"])
     rec.add(dict(kind="ceiling", matmul_bf16_flops=peak, copy_bandwidth_Bps=ceil["copy_bandwidth_Bps"],
                  matmul_n=ceil.get("matmul_n")))
-    impls = _impls()
+    impls, portable = _impls(), _effsmall_impl(hopper=False)
     seq_lens = sizes(SEQ_LENS[:2] if quick else SEQ_LENS)
     shapes = [(N, D, causal) for N in seq_lens for D in HEAD_DIMS for causal in (False, True)]
     per_shape: list[float] = []
@@ -165,13 +158,15 @@ def _run_cuda(quick: bool) -> list[dict]:
         g = torch.Generator(device="cuda").manual_seed(N + D)
         q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
         q, k, v = (x.requires_grad_() for x in (q, k, v))
+        backend = flash_triton.backend(q, k, v, causal=causal)    # which forward runs: "triton", "triton-hopper"
+        here = {**impls, "effsmall_portable": portable} if backend == "triton-hopper" else impls
         shape_rows = {}
         for mode in ("fwd", "fwdbwd"):
             fl = attention_flops(B, H, N, D, causal, mode)
-            for name, r in _time_shape(impls, q, k, v, do, causal, mode).items():
+            for name, r in _time_shape(here, q, k, v, do, causal, mode).items():
                 row = dict(kind="attention", impl=name, D=D, N=N, B=B, H=H, causal=causal, mode=mode)
-                if name == "effsmall":                    # which forward ran: "triton" or "triton-hopper"
-                    row["backend"] = flash_triton.backend(q, k, v, causal=causal)
+                if name == "effsmall":
+                    row["backend"] = backend
                 if isinstance(r, Exception):
                     row.update(ms=None, tflops=None, **error_fields(r))
                 else:
@@ -188,7 +183,7 @@ def _run_cuda(quick: bool) -> list[dict]:
                     mine[col] = other["ms"] / mine["ms"]  # > 1: effsmall is faster
                 if mine.get("graph_ms") and other.get("graph_ms"):
                     mine[col + "_graph"] = other["graph_ms"] / mine["graph_ms"]  # GPU time alone
-            for name in impls:
+            for name in here:
                 rec.add(shape_rows[(name, mode)])
         del q, k, v, do
         torch.cuda.empty_cache()
