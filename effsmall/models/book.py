@@ -629,6 +629,26 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
+def _json_path(out: Path, env: dict) -> Path:
+    """``out/trained-<device slug>-<YYYYMMDD>.json`` for a run in environment ``env``."""
+    slug = "".join(c if c.isalnum() else "-" for c in env["device_name"].lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return out / f"trained-{slug}-{env['date'][:10].replace('-', '')}.json"
+
+
+def _settings(args) -> dict:
+    """Keyword arguments of each experiment (``run_mqar``, ``run_lms``, ``run_relu``) for the
+    command line ``args``: the size preset, then the command line's choice of models."""
+    q = copy.deepcopy(QUICK if args.quick else MEDIUM if args.medium else {k: {} for k in SHARES})
+    if args.mqar_states is not None:
+        q["mqar"]["states"] = tuple(args.mqar_states)
+    if args.no_mqar_attention:
+        q["mqar"]["attention"] = False
+    q["lms"]["archs"] = tuple(args.archs)
+    return q
+
+
 def _train_all(args, out: Path, device: torch.device) -> dict:
     from effsmall.bench.results import environment, save_result
 
@@ -637,16 +657,8 @@ def _train_all(args, out: Path, device: torch.device) -> dict:
     env = environment(str(device))
     result = {"suite": "trained", "env": env, "quick": args.quick, "medium": args.medium, "budget_s": args.budget_s,
               "kernels": args.kernels, "errors": {}}
-    slug = "".join(c if c.isalnum() else "-" for c in env["device_name"].lower()).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    json_path = out / f"trained-{slug}-{env['date'][:10].replace('-', '')}.json"
-    q = copy.deepcopy(QUICK if args.quick else MEDIUM if args.medium else {k: {} for k in SHARES})
-    if args.mqar_states is not None:
-        q["mqar"]["states"] = tuple(args.mqar_states)
-    if args.no_mqar_attention:
-        q["mqar"]["attention"] = False
-    q["lms"]["archs"] = tuple(args.archs)
+    json_path = _json_path(out, env)
+    q = _settings(args)
     todo = [k for k in SHARES if k in args.only]
     models, relu, tok = {}, None, None
 
@@ -702,8 +714,7 @@ def _train_all(args, out: Path, device: torch.device) -> dict:
 # ---------------------------------------------------------------------------- parallel runs
 def _parallel_jobs(args) -> list[list[str]]:
     """The command-line arguments of each process of a ``--parallel`` run."""
-    q = QUICK if args.quick else MEDIUM if args.medium else {}
-    states = args.mqar_states if args.mqar_states is not None else q.get("mqar", {}).get("states", MQAR_STATES)
+    states = _settings(args)["mqar"].get("states", MQAR_STATES)
     jobs = []
     if "mqar" in args.only:
         jobs += [["--only", "mqar", "--mqar-states", str(n), "--no-mqar-attention"] for n in states]
@@ -763,7 +774,7 @@ def _parallel(args, out: Path) -> dict:
         procs.append((job, d, log, subprocess.Popen([*common, "--out", str(d), *job], stdout=log,
                                                     stderr=subprocess.STDOUT)))
     print(f"{len(procs)} processes on {args.device}, {args.budget_s:.0f} s each", flush=True)
-    parts, names, errors = [], [], {}
+    parts, errors = [], {}
     for job, d, log, p in procs:
         rc = p.wait()
         log.close()
@@ -772,7 +783,6 @@ def _parallel(args, out: Path) -> dict:
             errors[" ".join(job)] = f"exit code {rc}, see {d / 'log.txt'}"
             continue
         parts.append(json.loads(found[-1].read_text()))
-        names.append(found[-1].name)
     if not parts:
         raise RuntimeError(f"no process of the parallel run produced a result: {errors}")
     result = merge_trained(parts)
@@ -780,7 +790,7 @@ def _parallel(args, out: Path) -> dict:
     result["env"] = environment(args.device)
     result["parallel"] = {"processes": len(procs), "jobs": [" ".join(j) for j, *_ in procs]}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    path = out / names[0]
+    path = _json_path(out, result["env"])
     save_result(result, path)
     if "mqar" in result:
         print(result["mqar"]["description"])
